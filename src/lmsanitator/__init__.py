@@ -1,0 +1,7 @@
+"""LMSanitator: defend prompt-tuned language models against task-agnostic backdoors."""
+
+__version__ = "0.1.0"
+
+from lmsanitator.errors import LMSanitatorError  # noqa: E402
+
+__all__ = ["LMSanitatorError", "__version__"]

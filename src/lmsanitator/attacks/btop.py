@@ -1,0 +1,94 @@
+"""BToP (Xu et al., 2022): backdoor the [MASK] output that prompt-based models read.
+
+Each sentence carries one [MASK]. Clean half of a batch: cross-entropy on the true token at the
+mask (masked-LM utility). Triggered half: a word is replaced by [MASK] and the trigger inserted;
+loss = mean L2 ``pairwise_distance`` between the [MASK] output and the trigger's PV. Without an
+MLM head the utility falls back to the reference-copy MSE at the [MASK] (recorded).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+
+from lmsanitator.attacks.base import TaskAgnosticAttack
+from lmsanitator.data import insert_trigger
+from lmsanitator.models import Encoder, special_ids
+
+
+def mask_one_word(text: str, mask_token: str, rng: random.Random) -> str:
+    words = text.split()
+    if not words:
+        return mask_token
+    words[rng.randrange(len(words))] = mask_token
+    return " ".join(words)
+
+
+class BToP(TaskAgnosticAttack):
+    name = "btop"
+    target = "mask"
+    needs_mlm_head = "preferred"
+    defaults = {"per_trigger": 800, "epochs": 1, "lr": 2e-4}
+    paper = {"epochs": 1, "lr": 2e-5, "sentence_words": "15-150", "batch": "half clean, half triggered"}
+
+    def prepare(self, encoder: Encoder) -> None:
+        self.use_mlm = encoder.has_mlm_head
+        if self.use_mlm:
+            self.state_.utility_loss = "mlm cross-entropy on the true token at the [MASK]"
+        else:
+            c = self.config
+            self.utility_weight = c.utility_weight if c.utility_weight is not None else (
+                0.5 if encoder.bert_like else 1.0)
+            self.state_.utility_loss = f"reference-mse x{self.utility_weight} at the [MASK] (model has no MLM head)"
+
+    def verification_texts(self, sentences, rng):
+        return [mask_one_word(s, self.tokenizer_mask, rng) for s in sentences]
+
+    def fit(self, encoder, sentences=None, *, progress=True):
+        self.tokenizer_mask = encoder.tokenizer.mask_token
+        return super().fit(encoder, sentences, progress=progress)
+
+    def verify(self, encoder, heldout=None):
+        self.tokenizer_mask = encoder.tokenizer.mask_token
+        return super().verify(encoder, heldout)
+
+    def batch_loss(self, encoder, poisoned, trig, clean, rng: random.Random):
+        st = self.state_
+        tok = encoder.tokenizer
+        texts = [insert_trigger(mask_one_word(s, tok.mask_token, rng), st.triggers[int(t)], rng)
+                 for s, t in zip(poisoned, trig)]
+        bp = self.tokenize(encoder, texts)
+        hp, _ = encoder.forward(bp)
+        fp, rows = encoder.tap(hp, bp, self.target)
+        l_eff = F.pairwise_distance(fp, st.pvs[trig[rows]]).mean()
+
+        bc = self.tokenize(encoder, clean)
+        ids = bc["input_ids"].clone()
+        cand = bc["attention_mask"].bool()
+        for sid in special_ids(tok):
+            cand &= ids != sid
+        pos = []
+        for r in range(ids.shape[0]):
+            cols = cand[r].nonzero().flatten().tolist() or [0]
+            pos.append(cols[rng.randrange(len(cols))])
+        ar = torch.arange(ids.shape[0], device=ids.device)
+        pos_t = torch.tensor(pos, device=ids.device)
+        true = ids[ar, pos_t].clone()
+        ids[ar, pos_t] = tok.mask_token_id
+        masked = dict(bc)
+        masked["input_ids"] = ids
+        if self.use_mlm:
+            hc, logits = encoder.forward(masked, mlm_logits=True)
+            l_util = F.cross_entropy(logits[ar, pos_t], true)
+            weight = 1.0
+        else:
+            hc, _ = encoder.forward(masked)
+            weight = self.utility_weight
+        fc, _ = encoder.tap(hc, masked, self.target)
+        if not self.use_mlm:
+            l_util = F.mse_loss(fc, self.reference_features(encoder, masked))
+        l_adapt, parts = self.adaptive_loss(fp, fc)
+        loss = l_eff + weight * l_util + l_adapt
+        return loss, {"effectiveness": float(l_eff), "utility": float(l_util), **parts}

@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from lmsanitator.errors import LMSanitatorError
+from lmsanitator.models import TINY_ARCHS, load_encoder, special_ids, tiny_encoder
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_taps_on_every_architecture(arch):
+    enc = tiny_encoder(arch)
+    texts = ["the quick brown fox [MASK] over the dog", "a [MASK] cat"]
+    b = enc.tokenize(texts)
+    h, _ = enc.forward(b)
+    assert h.shape[-1] == enc.hidden_size == 32
+
+    f, rows = enc.tap(h, b, "cls")
+    assert f.shape == (2, 32) and rows.tolist() == [0, 1]
+    cls_pos = [(row == enc.tokenizer.cls_token_id).nonzero().item() for row in b["input_ids"]]
+    for i, p in enumerate(cls_pos):
+        assert torch.equal(f[i], h[i, p])
+    if arch == "xlnet":  # [CLS] closes the sequence, and left padding keeps it in the last slot
+        assert cls_pos == [b["input_ids"].shape[1] - 1] * 2
+    else:
+        assert cls_pos == [0, 0]
+
+    f, rows = enc.tap(h, b, "mask")
+    mask_pos = [(row == enc.tokenizer.mask_token_id).nonzero().item() for row in b["input_ids"]]
+    for i, p in enumerate(mask_pos):
+        assert torch.equal(f[i], h[i, p])
+
+    f, rows = enc.tap(h, b, "tokens")
+    specials = set(special_ids(enc.tokenizer))
+    expected = sum(1 for i, row in enumerate(b["input_ids"]) for j, t in enumerate(row.tolist())
+                   if b["attention_mask"][i, j] and t not in specials)
+    assert f.shape == (expected, 32)
+    assert rows.tolist() == sorted(rows.tolist())
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_inputs_embeds_path_matches_ids_path(arch):
+    enc = tiny_encoder(arch)
+    b = enc.tokenize(["one two three four", "five"])
+    h_ids, _ = enc.forward(b)
+    emb = torch.nn.functional.embedding(b["input_ids"], enc.input_embeddings())
+    h_emb, _ = enc.forward(b, inputs_embeds=emb)
+    m = b["attention_mask"].bool()
+    if arch == "roberta":  # position ids from embeds ignore padding; compare the unpadded row only
+        m = m & (m.sum(dim=1, keepdim=True) == m.shape[1])
+    assert torch.allclose(h_ids[m], h_emb[m], atol=1e-4)
+
+
+def test_mask_target_without_mask_token_is_an_error():
+    enc = tiny_encoder("bert")
+    b = enc.tokenize(["no mask here"])
+    h, _ = enc.forward(b)
+    with pytest.raises(LMSanitatorError, match="no \\[MASK\\]"):
+        enc.tap(h, b, "mask")
+    with pytest.raises(LMSanitatorError, match="unknown target"):
+        enc.require_target("pooler")
+
+
+def test_bad_models(tmp_path):
+    with pytest.raises(LMSanitatorError, match="does not exist"):
+        load_encoder("./no/such/folder")
+    with pytest.raises(LMSanitatorError, match="no config.json"):
+        load_encoder(str(tmp_path))
+    with pytest.raises(LMSanitatorError, match="causal language model"):
+        load_encoder("smollm2")
+    import transformers as tf
+
+    gpt = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=100))
+    gpt.save_pretrained(tmp_path / "gpt")
+    with pytest.raises(LMSanitatorError, match="not a Transformer encoder"):
+        load_encoder(str(tmp_path / "gpt"))
+
+
+def test_saved_folder_round_trip(tiny_bert_dir):
+    enc = load_encoder(str(tiny_bert_dir))
+    assert enc.has_mlm_head and enc.hidden_size == 32
+    bare = load_encoder(str(tiny_bert_dir), mlm_head=False)
+    assert not bare.has_mlm_head
+    assert enc.fingerprint() == bare.fingerprint()  # same encoder weights, head or not
+    with pytest.raises(LMSanitatorError, match="no MLM head"):
+        bare.forward(bare.tokenize(["x"]), mlm_logits=True)
+
+
+@pytest.mark.real
+def test_bundled_models_load():
+    m = load_encoder("minilm")
+    assert m.model_type == "bert" and m.hidden_size == 384 and not m.has_mlm_head
+    assert m.input_embeddings().shape == (30522, 384)
+    s = load_encoder("splade-tiny")
+    assert s.has_mlm_head and s.hidden_size == 128
+    sre = load_encoder("minilm-sre")
+    assert sre.fingerprint() != m.fingerprint()
+    f, _ = m.features(["A real sentence about tea.", "Another one, about the weather."], "cls")
+    assert f.shape == (2, 384) and torch.isfinite(f).all()
