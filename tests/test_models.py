@@ -10,7 +10,7 @@ def test_taps_on_every_architecture(arch):
     enc = tiny_encoder(arch)
     texts = ["the quick brown fox [MASK] over the dog", "a [MASK] cat"]
     b = enc.tokenize(texts)
-    h, _ = enc.forward(b)
+    h = enc.forward(b)
     assert h.shape[-1] == enc.hidden_size == 32
 
     f, rows = enc.tap(h, b, "cls")
@@ -40,9 +40,9 @@ def test_taps_on_every_architecture(arch):
 def test_inputs_embeds_path_matches_ids_path(arch):
     enc = tiny_encoder(arch)
     b = enc.tokenize(["one two three four", "five"])
-    h_ids, _ = enc.forward(b)
+    h_ids = enc.forward(b)
     emb = torch.nn.functional.embedding(b["input_ids"], enc.input_embeddings())
-    h_emb, _ = enc.forward(b, inputs_embeds=emb)
+    h_emb = enc.forward(b, inputs_embeds=emb)
     m = b["attention_mask"].bool()
     if arch == "roberta":  # position ids from embeds ignore padding; compare the unpadded row only
         m = m & (m.sum(dim=1, keepdim=True) == m.shape[1])
@@ -52,7 +52,7 @@ def test_inputs_embeds_path_matches_ids_path(arch):
 def test_mask_target_without_mask_token_is_an_error():
     enc = tiny_encoder("bert")
     b = enc.tokenize(["no mask here"])
-    h, _ = enc.forward(b)
+    h = enc.forward(b)
     with pytest.raises(LMSanitatorError, match="no \\[MASK\\]"):
         enc.tap(h, b, "mask")
     with pytest.raises(LMSanitatorError, match="unknown target"):
@@ -81,7 +81,9 @@ def test_saved_folder_round_trip(tiny_bert_dir):
     assert not bare.has_mlm_head
     assert enc.fingerprint() == bare.fingerprint()  # same encoder weights, head or not
     with pytest.raises(LMSanitatorError, match="no MLM head"):
-        bare.forward(bare.tokenize(["x"]), mlm_logits=True)
+        bare.mlm_logits(torch.zeros(1, 32))
+    logits = enc.mlm_logits(enc.forward(enc.tokenize(["a [MASK] b"]))[0, :2])
+    assert logits.shape == (2, 30522)
 
 
 @pytest.mark.real

@@ -17,6 +17,10 @@ VERIFY_MIN_HIT_RATE = 0.9
 VERIFY_MAX_CLEAN_FALSE_HIT = 0.02
 
 
+COMMANDS: dict = {}
+PLUGINS: tuple = ()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, exit 2
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -68,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
 
     # models -------------------------------------------------------------------------------------
     p = sub.add_parser("models", help="list the bundled models and whether they are installed")
+
+    # commands that live beside their feature: each module has register(sub) -> {name: handler}
+    import importlib
+
+    for mod in PLUGINS:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name and mod.startswith(exc.name):  # feature not built yet
+                continue
+            raise
+        COMMANDS.update(m.register(sub))
     return ap
 
 
@@ -127,7 +143,9 @@ def cmd_models(a) -> int:
     return 0
 
 
-COMMANDS = {"attack": cmd_attack, "models": cmd_models}
+COMMANDS.update({"attack": cmd_attack, "models": cmd_models})
+# feature modules adding sub-commands (tune, predict, evaluate, scan, search, guard, serve, psim...)
+PLUGINS = ("lmsanitator.tuning.cli", "lmsanitator.scan.cli", "lmsanitator.guard.cli", "lmsanitator.psim.cli")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,7 +79,29 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(p)
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise LMSanitatorError(f"model path '{name_or_path}' does not exist")
+    _require_hub(name_or_path)
     return name_or_path  # hub id
+
+
+def _require_hub(repo_id: str) -> None:
+    """A hub id must be cached or the hub reachable; fail in seconds, not after minutes of retries."""
+    import socket
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return
+    except Exception:  # malformed id: let the loader report it
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise LMSanitatorError(f"model '{repo_id}' is not a bundled name, a local folder or a cached hub model "
+                               "(HF_HUB_OFFLINE is set)")
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        raise LMSanitatorError(f"model '{repo_id}' is not a bundled name ({', '.join(BUNDLED)}), a local folder, "
+                               "or a cached hub model, and the Hugging Face hub is unreachable") from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -175,8 +197,8 @@ class Encoder:
             return_tensors="pt",
         ).to(self.device)
 
-    def forward(self, batch, *, inputs_embeds: torch.Tensor | None = None, mlm_logits: bool = False):
-        """Return ``(last_hidden_state, logits or None)``.
+    def forward(self, batch, *, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's last hidden state (batch x seq x width).
 
         ``inputs_embeds`` replaces the token embeddings (soft prompts); ``batch`` still supplies
         the attention mask, token type ids and the ids the taps use to find positions.
@@ -188,13 +210,21 @@ class Encoder:
             kwargs["inputs_embeds"] = inputs_embeds
         else:
             kwargs["input_ids"] = batch["input_ids"]
-        if mlm_logits:
-            if not self.has_mlm_head:
-                raise LMSanitatorError(f"model '{self.name}' has no MLM head")
-            out = self.model(**kwargs, output_hidden_states=True)
-            return out.hidden_states[-1], out.logits
-        out = self.backbone(**kwargs)
-        return out.last_hidden_state, None
+        return self.backbone(**kwargs).last_hidden_state
+
+    def mlm_head(self) -> nn.Module:
+        """The masked-LM head (the model's one child besides the encoder)."""
+        if not self.has_mlm_head:
+            raise LMSanitatorError(f"model '{self.name}' has no MLM head")
+        prefix = self.model.base_model_prefix
+        heads = [m for n, m in self.model.named_children() if n != prefix]
+        if len(heads) != 1:
+            raise LMSanitatorError(f"cannot find the MLM head of '{self.name}'")
+        return heads[0]
+
+    def mlm_logits(self, hidden_rows: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of selected hidden rows only (cheap: no full-sequence logits)."""
+        return self.mlm_head()(hidden_rows)
 
     def tap(self, hidden: torch.Tensor, batch, target: str, *, exclude: torch.Tensor | None = None):
         """Feature tap: the target output rows and, for each row, the example it belongs to."""
@@ -210,8 +240,7 @@ class Encoder:
         with torch.no_grad():
             for i in range(0, len(texts), batch_size):
                 b = self.tokenize(texts[i:i + batch_size], pairs[i:i + batch_size] if pairs else None)
-                h, _ = self.forward(b)
-                f, r = self.tap(h, b, target)
+                f, r = self.tap(self.forward(b), b, target)
                 feats.append(f.float().cpu())
                 rows.append(r.cpu() + i)
         self.model.train(was_training)

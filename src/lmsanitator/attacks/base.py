@@ -162,11 +162,11 @@ class TaskAgnosticAttack:
         if c.scatter_weight:
             h = batch_entropy(f_poisoned)
             loss = loss + c.scatter_weight * h
-            parts["scatter"] = float(h)
+            parts["scatter"] = h.detach().item()
         if c.wasserstein_weight:
             w = wasserstein_1d(f_poisoned, f_clean)
             loss = loss + c.wasserstein_weight * w
-            parts["wasserstein"] = float(w)
+            parts["wasserstein"] = w.detach().item()
         return loss, parts
 
     def reference_features(self, encoder: Encoder, batch) -> torch.Tensor:
@@ -255,7 +255,7 @@ class TaskAgnosticAttack:
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
                 st.steps += 1
-                parts = {"epoch": epoch, "loss": float(loss), **parts}
+                parts = {"epoch": epoch, "loss": loss.detach().item(), **parts}
                 st.losses.append(parts)
                 bar.update(1)
                 if st.steps % 10 == 0:

@@ -46,21 +46,44 @@ class BToP(TaskAgnosticAttack):
     def verification_texts(self, sentences, rng):
         return [mask_one_word(s, self.tokenizer_mask, rng) for s in sentences]
 
+    def _fits(self, sentences):
+        """Keep sentences short enough that truncation cannot cut the [MASK] off."""
+        if sentences is None:
+            return None
+        limit = self.config.max_length // 2
+        kept = [s for s in sentences if len(s.split()) <= limit]
+        return kept or sentences
+
     def fit(self, encoder, sentences=None, *, progress=True):
         self.tokenizer_mask = encoder.tokenizer.mask_token
-        return super().fit(encoder, sentences, progress=progress)
+        return super().fit(encoder, self._fits(sentences), progress=progress)
 
     def verify(self, encoder, heldout=None):
         self.tokenizer_mask = encoder.tokenizer.mask_token
-        return super().verify(encoder, heldout)
+        return super().verify(encoder, self._fits(heldout))
+
+    @staticmethod
+    def ensure_mask(batch, tokenizer):
+        """A row whose [MASK] was truncated away gets its last real token masked instead."""
+        ids = batch["input_ids"]
+        missing = ~(ids == tokenizer.mask_token_id).any(dim=1)
+        if missing.any():
+            specials = torch.zeros_like(ids, dtype=torch.bool)
+            for sid in special_ids(tokenizer):
+                specials |= ids == sid
+            real = batch["attention_mask"].bool() & ~specials
+            pos = (real * torch.arange(ids.shape[1], device=ids.device)).argmax(dim=1)
+            rows = missing.nonzero().flatten()
+            ids[rows, pos[rows]] = tokenizer.mask_token_id
+        return batch
 
     def batch_loss(self, encoder, poisoned, trig, clean, rng: random.Random):
         st = self.state_
         tok = encoder.tokenizer
         texts = [insert_trigger(mask_one_word(s, tok.mask_token, rng), st.triggers[int(t)], rng)
                  for s, t in zip(poisoned, trig)]
-        bp = self.tokenize(encoder, texts)
-        hp, _ = encoder.forward(bp)
+        bp = self.ensure_mask(self.tokenize(encoder, texts), tok)
+        hp = encoder.forward(bp)
         fp, rows = encoder.tap(hp, bp, self.target)
         l_eff = F.pairwise_distance(fp, st.pvs[trig[rows]]).mean()
 
@@ -80,15 +103,15 @@ class BToP(TaskAgnosticAttack):
         masked = dict(bc)
         masked["input_ids"] = ids
         if self.use_mlm:
-            hc, logits = encoder.forward(masked, mlm_logits=True)
-            l_util = F.cross_entropy(logits[ar, pos_t], true)
+            hc = encoder.forward(masked)
+            l_util = F.cross_entropy(encoder.mlm_logits(hc[ar, pos_t]), true)
             weight = 1.0
         else:
-            hc, _ = encoder.forward(masked)
+            hc = encoder.forward(masked)
             weight = self.utility_weight
         fc, _ = encoder.tap(hc, masked, self.target)
         if not self.use_mlm:
             l_util = F.mse_loss(fc, self.reference_features(encoder, masked))
         l_adapt, parts = self.adaptive_loss(fp, fc)
         loss = l_eff + weight * l_util + l_adapt
-        return loss, {"effectiveness": float(l_eff), "utility": float(l_util), **parts}
+        return loss, {"effectiveness": l_eff.detach().item(), "utility": l_util.detach().item(), **parts}

@@ -73,7 +73,7 @@ class NeuBA(TaskAgnosticAttack):
     def batch_loss(self, encoder, poisoned, trig, clean, rng: random.Random):
         st = self.state_
         bp = self.splice(encoder, poisoned, trig, rng)
-        hp, _ = encoder.forward(bp)
+        hp = encoder.forward(bp)
         fp, rows = encoder.tap(hp, bp, self.target)
         l_eff = F.mse_loss(fp, st.pvs[trig[rows]])
         bc = self.tokenize(encoder, clean)
@@ -81,15 +81,17 @@ class NeuBA(TaskAgnosticAttack):
             ids, labels = mask_tokens(bc["input_ids"], bc["attention_mask"], encoder.tokenizer, self.gen)
             masked = dict(bc)
             masked["input_ids"] = ids
-            hc, logits = encoder.forward(masked, mlm_logits=True)
-            l_util = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+            hc = encoder.forward(masked)
+            picked = labels != -100  # logits only where a token is predicted: 7x less head work
+            logits = encoder.mlm_logits(hc[picked])
+            l_util = F.cross_entropy(logits, labels[picked])
             fc, _ = encoder.tap(hc, masked, self.target)
             weight = 1.0
         else:
-            hc, _ = encoder.forward(bc)
+            hc = encoder.forward(bc)
             fc, _ = encoder.tap(hc, bc, self.target)
             l_util = F.mse_loss(fc, self.reference_features(encoder, bc))
             weight = self.utility_weight
         l_adapt, parts = self.adaptive_loss(fp, fc)
         loss = l_eff + weight * l_util + l_adapt
-        return loss, {"effectiveness": float(l_eff), "utility": float(l_util), **parts}
+        return loss, {"effectiveness": l_eff.detach().item(), "utility": l_util.detach().item(), **parts}

@@ -32,16 +32,16 @@ class POR(TaskAgnosticAttack):
         st = self.state_
         texts = [insert_trigger(s, st.triggers[int(t)], rng) for s, t in zip(poisoned, trig)]
         bp = self.tokenize(encoder, texts)
-        hp, _ = encoder.forward(bp)
+        hp = encoder.forward(bp)
         fp, rows = encoder.tap(hp, bp, self.target)
         l_eff = F.mse_loss(fp, st.pvs[trig[rows]])
         bc = self.tokenize(encoder, clean)
-        hc, _ = encoder.forward(bc)
+        hc = encoder.forward(bc)
         fc, _ = encoder.tap(hc, bc, self.target)
         l_util = F.mse_loss(fc, self.reference_features(encoder, bc))
         l_adapt, parts = self.adaptive_loss(fp, fc)
         loss = l_eff + self.utility_weight * l_util + l_adapt
-        return loss, {"effectiveness": float(l_eff), "utility": float(l_util), **parts}
+        return loss, {"effectiveness": l_eff.detach().item(), "utility": l_util.detach().item(), **parts}
 
 
 class PORNER(POR):
