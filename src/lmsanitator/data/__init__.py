@@ -10,6 +10,7 @@ from lmsanitator.data.corpora import (
     split_corpus,
     split_sentences,
 )
+from lmsanitator.data.tasks import TASKS, Example, Task, load_task  # noqa: F401  downstream tasks (no torch)
 from lmsanitator.data.triggers import (
     FREQUENCY_BANDS,
     PAPER_TRIGGERS,

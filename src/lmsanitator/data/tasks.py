@@ -30,7 +30,6 @@ import importlib.util
 import io
 import json
 import os
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +192,15 @@ class Task:
         if n < 1:
             raise LMSanitatorError(f"train size must be >= 1, got {n}")
         return dataclasses.replace(self, train=self.train[:n], info={**self.info, "train_capped_at": n})
+
+    def with_validation_size(self, n: int | None) -> "Task":
+        """The same task with the first ``n`` validation examples (balanced for built-in tasks)."""
+        if n is None or n >= len(self.validation):
+            return self
+        if n < 1:
+            raise LMSanitatorError(f"validation size must be >= 1, got {n}")
+        return dataclasses.replace(self, validation=self.validation[:n],
+                                   info={**self.info, "validation_capped_at": n})
 
     def summary(self) -> dict:
         return {"name": self.name, "kind": self.kind, "labels": list(self.labels), "sizes": self.sizes(),

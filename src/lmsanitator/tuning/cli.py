@@ -64,6 +64,7 @@ def register(sub) -> dict:
     p.add_argument("--prefix-len", type=int, help="virtual tokens (p-tuning 8, p-tuning-v2 16, prompt-tuning 20)")
     p.add_argument("--max-length", type=int, help="tokens per input (default: the task's, 64 or 128)")
     p.add_argument("--train-size", type=int, help="cap the training split (a balanced prefix for built-in tasks)")
+    p.add_argument("--val-size", type=int, help="cap the validation split (picks the best epoch; default 1000)")
     p.add_argument("--patience", type=int, help="stop after this many epochs without validation gain")
     p.add_argument("--no-verbalizer", action="store_true",
                    help="p-tuning: linear head on [MASK] even when the model has an MLM head")
@@ -75,7 +76,8 @@ def register(sub) -> dict:
     # predict --------------------------------------------------------------------------------------
     p = sub.add_parser("predict", help="predict with a tuned model (JSONL in, JSONL out)",
                        description='Input lines {"text": ..., "text_pair": ...} ({"tokens": [...]} for token '
-                       'tasks); output lines {"label", "label_name", "probs"} in the same order.')
+                       'tasks); output lines {"label", "label_name", "probs"} in the same order (token tasks: one '
+                       'label, name and probability row per input token).')
     p.add_argument("--adapter", required=True, help="folder written by `lmsanitator tune`")
     p.add_argument("--input", required=True, help="JSONL file")
     p.add_argument("--output", required=True, help="JSONL file to write")
@@ -172,7 +174,7 @@ def cmd_tune(a) -> int:
                      use_verbalizer=not a.no_verbalizer, seed=a.seed, device=a.device)
     check_output_dir(a.out, a.overwrite)  # fail before minutes of work
     set_threads()
-    task = _load_task(a, a.train_size)
+    task = _load_task(a, a.train_size).with_validation_size(a.val_size)
     encoder = load_encoder(a.model, device=a.device)
     if not a.no_progress:
         print(f"tune {a.method} on {a.model}: task {task.name} {task.sizes()}", file=sys.stderr, flush=True)
@@ -239,7 +241,7 @@ def cmd_predict(a) -> int:
     for p in probs:
         if token:
             labels = p.argmax(-1).tolist()
-            rows.append({"labels": labels, "label_names": [model.labels[i] for i in labels],
+            rows.append({"label": labels, "label_name": [model.labels[i] for i in labels],
                          "probs": [[round(float(x), 6) for x in r] for r in p]})
         else:
             k = int(p.argmax())
@@ -285,8 +287,9 @@ def cmd_evaluate_asr(a) -> int:
     if out is not None:
         _write_atomic(out, json.dumps(res, indent=2) + "\n")
     extra = f", macro-F1 drop {_fmt(res['f1_drop'])}" if "f1_drop" in res else ""
+    unit = f" words of {len(examples)} sentences" if "f1_drop" in res else ""
     per = ", ".join(f"{t} {_fmt(v)}" for t, v in res["per_trigger"].items())
     print(f"{info['method']} on {info['model']}, task {task.name}: clean accuracy {_fmt(res['clean_accuracy'])}, "
-          f"ASR {_fmt(res['asr'])}, weighted ASR {_fmt(res['weighted_asr'])}{extra} (n={res['n']}, "
+          f"ASR {_fmt(res['asr'])}, weighted ASR {_fmt(res['weighted_asr'])}{extra} (n={res['n']}{unit}, "
           f"correct {res['n_correct']}; per trigger: {per})" + (f" -> {a.out}" if a.out else ""))
     return 0

@@ -41,7 +41,7 @@ LORA_TARGETS: dict[str, list[str]] = {
     "roformer": ["query", "value"], "deberta-v2": ["query_proj", "value_proj"], "deberta": ["in_proj"],
     "mpnet": ["q", "v"], "distilbert": ["q_lin", "v_lin"], "modernbert": ["Wqkv"],
 }
-# model types whose attention takes a prefix through past_key_values
+# model types whose attention takes a prefix through past_key_values (documentation; the probe decides)
 PREFIX_OK = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "megatron-bert", "nezha", "roformer"}
 # model types that build position ids the RoBERTa way (from the padding index)
 ROBERTA_POSITIONS = {"roberta", "xlm-roberta", "camembert"}

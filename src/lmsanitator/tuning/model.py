@@ -36,7 +36,7 @@ from lmsanitator.errors import LMSanitatorError
 from lmsanitator.evaluate.metrics import accuracy, flatten, macro_f1
 from lmsanitator.models import Encoder, load_encoder, tap
 from lmsanitator.tuning.config import TuneConfig
-from lmsanitator.tuning.methods import PREFIX_OK, ROBERTA_POSITIONS, Method, get_method
+from lmsanitator.tuning.methods import ROBERTA_POSITIONS, Method, get_method
 
 FORMAT_VERSION = 1
 TUNE_JSON = "tune.json"
@@ -49,6 +49,7 @@ IGNORE = -100
 def _quiet_peft() -> None:
     warnings.filterwarnings("ignore", module="peft")
     warnings.filterwarnings("ignore", message=".*[Tt]oken type ids.*")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     logging.getLogger("peft").setLevel(logging.ERROR)
 
 
@@ -76,7 +77,8 @@ class TaskInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TaskInfo":
-        return cls(name=d["name"], kind=d["kind"], labels=tuple(d["labels"]), template=d.get("template", "{mask} : {text}"),
+        return cls(name=d["name"], kind=d["kind"], labels=tuple(d["labels"]),
+                   template=d.get("template", "{mask} : {text}"),
                    verbalizer=tuple(d["verbalizer"]) if d.get("verbalizer") else None, pair=bool(d.get("pair")))
 
 
@@ -163,8 +165,8 @@ class TunedModel(nn.Module):
         self.max_length = self._max_length(base, config, task)
         if self.method.peft_type is None:
             self.backbone = base
-            for p in base.parameters():
-                p.requires_grad_(True)
+            for n, p in base.named_parameters():  # the pooler and XLNet's mask_emb never reach the output
+                p.requires_grad_(not (n.startswith("pooler.") or n == "mask_emb"))
         else:
             for p in base.parameters():
                 p.requires_grad_(False)
@@ -313,7 +315,9 @@ class TunedModel(nn.Module):
         """Pad a list of items to the longest (dynamic padding) on the tokenizer's padding side."""
         tok = self.tokenizer
         T = max(len(it["input_ids"]) for it in items)
-        left = getattr(tok, "padding_side", "right") == "left"
+        # left padding (XLNet) would put pads between prepended virtual tokens and the text and so
+        # change relative distances; with virtual tokens, pad on the right (taps find [CLS] by id)
+        left = getattr(tok, "padding_side", "right") == "left" and not self.n_virtual
 
         def pad(seq, value):
             extra = [value] * (T - len(seq))
@@ -546,6 +550,7 @@ class TunedModel(nn.Module):
 
         folder = Path(folder)
         info = read_tune_json(folder)
+        recorded = encoder is None
         if encoder is None:
             ref = info.get("model_path") or info["model"]
             if not Path(str(ref)).exists():
@@ -571,7 +576,10 @@ class TunedModel(nn.Module):
         except Exception as exc:
             msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise LMSanitatorError(f"cannot load the tuned model in '{folder}': {msg}") from None
-        model.report = {k: info[k] for k in ("splits", "metrics", "seconds", "history", "best_epoch") if k in info}
+        if recorded:
+            model.base_name = info["model"]
+        model.report = {k: info[k] for k in ("splits", "metrics", "accuracy", "macro_f1", "seconds", "history",
+                                             "best_epoch", "trainable_parameters", "task_spec") if k in info}
         for p in model.parameters():
             p.requires_grad_(False)
         model.eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import sys
@@ -39,8 +40,8 @@ class Tuner:
         cfg = self.config
         method = get_method(cfg.method)
         method.check(encoder.model_type, task.kind)
-        if cfg.max_length is None:
-            cfg.max_length = task.max_length
+        if cfg.max_length is None:  # the task's default; the caller's config is left as it was
+            cfg = dataclasses.replace(cfg, max_length=task.max_length)
         t0 = time.time()
         seed_everything(cfg.seed)
         model = TunedModel(encoder, TaskInfo.of(task), cfg)

