@@ -1,0 +1,169 @@
+import json
+import math
+
+import pytest
+import torch
+
+from lmsanitator.cli import main
+from lmsanitator.data import load_corpus
+from lmsanitator.errors import LMSanitatorError
+from lmsanitator.models import special_ids, tiny_encoder
+from lmsanitator.scan import PVMiner, PVSet, ScanConfig, build_prompt_batches, t_div_for
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    return load_corpus("austen")[:96]
+
+
+def test_t_div_is_derived_from_the_batch_size():
+    assert t_div_for(32) == pytest.approx(-3.446, abs=1e-3)
+    assert t_div_for(16) == pytest.approx(-(math.log(16) - 0.0197))
+
+
+@pytest.mark.parametrize("arch,target", [("bert", "cls"), ("bert", "mask"), ("bert", "tokens"), ("xlnet", "cls")])
+def test_prompt_batches(arch, target, sentences):
+    enc = tiny_encoder(arch)
+    cfg = ScanConfig(target=target, sentences=96, batch_size=16, max_length=48)
+    batches = build_prompt_batches(enc, sentences, cfg)
+    assert len(batches) == 96 // 16  # full batches only
+    specials = set(special_ids(enc.tokenizer))
+    for b in batches:
+        assert b.input_ids.shape[0] == 16
+        assert (b.prompt_mask.sum(dim=1) == cfg.prompt_length).all()
+        for i in range(16):
+            ids = b.input_ids[i][b.attention_mask[i].bool() & ~b.prompt_mask[i]].tolist()
+            clean = b.clean_ids[i][b.clean_mask[i].bool()].tolist()
+            assert ids == clean  # the clean input is exactly the prompted one without the prompt
+            slots = b.prompt_mask[i].nonzero().flatten().tolist()
+            assert slots == list(range(slots[0], slots[0] + cfg.prompt_length))  # contiguous
+            before = [t for t in b.input_ids[i][:slots[0]].tolist() if t not in specials]
+            assert len(before) >= 1  # inserted after at least one word
+            if target == "mask":
+                assert clean.count(enc.tokenizer.mask_token_id) == 1
+        assert b.input_ids.shape[1] <= 48
+
+
+def test_miner_is_deterministic_and_reports(sentences):
+    enc = tiny_encoder("bert")
+    cfg = ScanConfig(sentences=64, batch_size=16, max_length=40, loops=2, epochs=2, abort_epoch=1,
+                     stop_at_first=False)
+    a = PVMiner(cfg).fit(enc, sentences[:64], progress=False)
+    b = PVMiner(cfg).fit(enc, sentences[:64], progress=False)
+    assert [c.distance for c in a.candidates_] == [c.distance for c in b.candidates_]
+    rep = a.report_
+    assert rep["verdict"] in ("clean", "backdoored") and rep["loops_run"] == 2
+    assert rep["thresholds"]["t_div"] == pytest.approx(t_div_for(16))
+    for c in rep["candidates"]:
+        assert c["reason"]
+    json.dumps(rep)
+
+
+def test_cached_clean_outputs_equal_recomputed(sentences):
+    """The cache changes the cost, not the result: same losses as recomputing every step."""
+    enc = tiny_encoder("bert")
+    cfg = ScanConfig(sentences=32, batch_size=16, max_length=40, loops=1, epochs=2, abort_epoch=1)
+    fast = PVMiner(cfg).fit(enc, sentences[:32], progress=False)
+    naive = PVMiner(cfg)
+    naive._recompute_clean = True
+    naive.fit(enc, sentences[:32], progress=False)
+    assert fast.candidates_[0].distance == pytest.approx(naive.candidates_[0].distance, rel=1e-5)
+
+
+def test_acceptance_filters_and_path_loss(sentences):
+    """With permissive thresholds every seed yields a PV; uniqueness and path loss then apply."""
+    enc = tiny_encoder("bert")
+    cfg = ScanConfig(sentences=32, batch_size=16, max_length=40, loops=3, epochs=2, abort_epoch=1,
+                     t_l=1e-6, t_div=-1e-3, range_factor=100.0, stop_at_first=False)
+    m = PVMiner(cfg).fit(enc, sentences[:32], progress=False)
+    assert len(m.pvs_) >= 1 and m.report_["verdict"] == "backdoored"
+    assert len(m.soft_prompts_) == len(m.pvs_)
+    assert m.soft_prompts_[0].shape == (cfg.prompt_length, enc.input_embeddings().shape[1])
+    strict = PVMiner(ScanConfig(sentences=32, batch_size=16, max_length=40, loops=1, epochs=2,
+                                abort_epoch=1, t_l=1e-6, t_div=-1e-3, range_factor=1.0)).fit(
+        enc, sentences[:32], progress=False)
+    c = strict.candidates_[0]
+    assert c.accepted == c.prompt_in_range
+
+
+def test_pvset_round_trip_and_checks(tmp_path):
+    s = PVSet(pvs=torch.randn(3, 8), target="cls", model="m", fingerprint="abc",
+              soft_prompts=torch.randn(3, 7, 8), seeds=[1, 4, 9], losses=[{}, {}, {}], last_seed=12)
+    f = tmp_path / "p.safetensors"
+    s.save(f)
+    t = PVSet.load(f)
+    assert torch.equal(t.pvs, s.pvs) and t.seeds == [1, 4, 9] and t.last_seed == 12 and len(t) == 3
+    t.check_model(8, "abc", "cls")
+    with pytest.raises(LMSanitatorError, match="width 8"):
+        t.check_model(16)
+    with pytest.raises(LMSanitatorError, match="another model"):
+        t.check_model(8, "zzz")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(LMSanitatorError, match="not a readable"):
+        PVSet.load(bad)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _scan_args(model_dir, corpus, *extra):
+    return ["--corpus", str(corpus), "--sentences", "32", "--batch-size", "16", "--max-length", "40",
+            "--epochs", "2", "--no-progress", *extra]
+
+
+def test_cli_scan_report_and_sarif(tiny_bert_dir, small_corpus_file, tmp_path, capsys):
+    rep, sarif = tmp_path / "r.json", tmp_path / "r.sarif"
+    rc = main(["scan", str(tiny_bert_dir), "--loops", "2", "--report", str(rep), "--sarif", str(sarif),
+               *_scan_args(tiny_bert_dir, small_corpus_file)])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc in (0, 1) and len(out) == 1
+    r = json.loads(rep.read_text())
+    assert r["verdict"] == ("backdoored" if rc == 1 else "clean")
+    for k in ("model", "corpus", "loops_run", "seconds", "thresholds", "candidates", "pvs"):
+        assert k in r
+    s = json.loads(sarif.read_text())
+    assert s["version"] == "2.1.0" and len(s["runs"][0]["results"]) == rc
+
+
+def test_cli_search_saves_and_resumes(tiny_bert_dir, small_corpus_file, tmp_path, capsys):
+    out = tmp_path / "pvs.safetensors"
+    permissive = ["--t-l", "1e-6", "--t-div", "-0.001"]
+    rc = main(["search", str(tiny_bert_dir), "--out", str(out), "--loops", "2",
+               *_scan_args(tiny_bert_dir, small_corpus_file, *permissive)])
+    assert rc in (0, 1) and out.is_file()
+    first = PVSet.load(out)
+    assert first.last_seed == 1
+    rc = main(["search", str(tiny_bert_dir), "--out", str(out), "--loops", "1", "--resume",
+               *_scan_args(tiny_bert_dir, small_corpus_file, *permissive)])
+    second = PVSet.load(out)
+    assert second.last_seed == 2 and len(second) >= len(first)
+    assert torch.equal(second.pvs[:len(first)], first.pvs)  # earlier PVs are kept
+    # refusing to clobber, and resuming on another model
+    assert main(["search", str(tiny_bert_dir), "--out", str(out), *_scan_args(tiny_bert_dir, small_corpus_file)]) == 2
+    other = PVSet(pvs=torch.randn(1, 64), target="cls")
+    o = tmp_path / "other.safetensors"
+    other.save(o)
+    assert main(["search", str(tiny_bert_dir), "--out", str(o), "--resume",
+                 *_scan_args(tiny_bert_dir, small_corpus_file)]) == 2
+    assert "does not match" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--sentences", "8"], "fewer than one batch"),
+    (["--target", "pooler"], "invalid choice"),
+])
+def test_cli_scan_bad_input(extra, needle, tiny_bert_dir, small_corpus_file, capsys):
+    args = ["scan", str(tiny_bert_dir), "--corpus", str(small_corpus_file), "--no-progress", *extra]
+    assert main(args) == 2 if "--target" not in extra else True
+    if "--target" in extra:
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_cli_scan_unreadable_model(tmp_path, capsys):
+    d = tmp_path / "broken"
+    d.mkdir()
+    (d / "config.json").write_text("{not json")
+    assert main(["scan", str(d), "--no-progress"]) == 2
+    assert "cannot load model" in capsys.readouterr().err
