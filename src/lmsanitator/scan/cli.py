@@ -13,7 +13,7 @@ def _mining_args(p) -> None:
     p.add_argument("model", help="bundled name (minilm, minilm-sre, splade-tiny), hub id or model folder")
     p.add_argument("--corpus", default="austen", help="clean sentences: austen, wordnet, fortunes or a "
                    "txt/csv/jsonl file (its 'defence' split, disjoint from what attacks train on)")
-    p.add_argument("--sentences", type=int, default=None, help="clean sentences per epoch (default 640)")
+    p.add_argument("--sentences", type=int, default=None, help="clean sentences per epoch (default 320; the paper uses 2000)")
     p.add_argument("--target", default="cls", choices=["cls", "mask", "tokens"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
