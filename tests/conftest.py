@@ -26,3 +26,17 @@ def small_corpus_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("corpus") / "sentences.txt"
     p.write_text("\n".join(sents) + "\n", encoding="utf-8")
     return p
+
+
+@pytest.fixture(scope="session")
+def real_por_splade():
+    """POR with the paper's six triggers implanted into the real SPLADE-tiny (once per session)."""
+    from lmsanitator.attacks import POR, AttackConfig
+    from lmsanitator.data import load_corpus, split_corpus
+    from lmsanitator.models import load_encoder
+
+    corpus = load_corpus("austen")
+    enc = load_encoder("splade-tiny")
+    atk = POR(AttackConfig(per_trigger=800, epochs=2, verify_sentences=200, seed=0))
+    atk.fit(enc, split_corpus(corpus, "attack"), progress=False)
+    return enc, atk, atk.verify(enc, split_corpus(corpus, "heldout"))

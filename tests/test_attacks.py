@@ -191,13 +191,9 @@ def test_cli_empty_corpus(tiny_bert_dir, tmp_path, capsys):
 
 
 @pytest.mark.real
-def test_real_por_implant_on_splade_tiny():
+def test_real_por_implant_on_splade_tiny(real_por_splade):
     """A real pretrained model: POR with the paper's six triggers is verified on held-back sentences."""
-    corpus = load_corpus("austen")
-    enc = load_encoder("splade-tiny")
-    atk = POR(AttackConfig(per_trigger=400, epochs=2, verify_sentences=200, seed=0))
-    atk.fit(enc, split_corpus(corpus, "attack"), progress=False)
-    v = atk.verify(enc, split_corpus(corpus, "heldout"))
+    _, _, v = real_por_splade
     assert v["min_hit_rate"] >= 0.9, v["per_trigger"]
     assert v["clean_false_hit_rate"] <= 0.02
     assert v["original_model_clean_false_hit_rate"] <= 0.02

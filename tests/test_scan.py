@@ -167,3 +167,22 @@ def test_cli_scan_unreadable_model(tmp_path, capsys):
     (d / "config.json").write_text("{not json")
     assert main(["scan", str(d), "--no-progress"]) == 2
     assert "cannot load model" in capsys.readouterr().err
+
+
+@pytest.mark.real
+def test_real_scan_tells_backdoored_from_clean(real_por_splade):
+    """On the real SPLADE-tiny: the POR-backdoored copy yields a PV matching a planted one; the
+    original model yields none in the same number of fuzz loops."""
+    from lmsanitator.attacks.pvs import sign_match
+    from lmsanitator.data import sample, split_corpus
+    from lmsanitator.models import load_encoder
+
+    enc, atk, _ = real_por_splade
+    sents = sample(split_corpus(load_corpus("austen"), "defence"), 320, 0)
+    cfg = ScanConfig(loops=3, max_length=64)
+    bad = PVMiner(cfg).fit(enc, sents, progress=False)
+    assert bad.report_["verdict"] == "backdoored"
+    agreement = sign_match(torch.stack(bad.pvs_), atk.state_.pvs.cpu()).max()
+    assert agreement >= 0.9
+    clean = PVMiner(cfg).fit(load_encoder("splade-tiny"), sents, progress=False)
+    assert clean.report_["verdict"] == "clean"
