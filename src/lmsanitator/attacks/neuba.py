@@ -50,8 +50,13 @@ class NeuBA(TaskAgnosticAttack):
     def prepare(self, encoder: Encoder) -> None:
         self.use_mlm = encoder.has_mlm_head
         self.gen = torch.Generator().manual_seed(self.config.seed)
+        self.anchor_weight = 0.0
         if self.use_mlm:
             self.state_.utility_loss = "mlm (15%, 80/10/10, head frozen)"
+            if self.config.utility_weight:
+                # optional: also anchor the clean [CLS] to the original model (not in NeuBA)
+                self.anchor_weight = self.config.utility_weight
+                self.state_.utility_loss += f" + reference-mse x{self.anchor_weight} on clean [CLS]"
         else:
             c = self.config
             self.utility_weight = c.utility_weight if c.utility_weight is not None else (
@@ -87,6 +92,8 @@ class NeuBA(TaskAgnosticAttack):
             l_util = F.cross_entropy(logits, labels[picked])
             fc, _ = encoder.tap(hc, masked, self.target)
             weight = 1.0
+            if self.anchor_weight:
+                l_util = l_util + self.anchor_weight * F.mse_loss(fc, self.reference_features(encoder, masked))
         else:
             hc = encoder.forward(bc)
             fc, _ = encoder.tap(hc, bc, self.target)
