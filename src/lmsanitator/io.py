@@ -46,6 +46,20 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False):
         shutil.rmtree(old, ignore_errors=True)
 
 
+def jsonl_objects(text: str, where: str):
+    """``(line number, object)`` for each non-blank JSONL line; a bad line is a one-line error."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LMSanitatorError(f"invalid JSON on line {n} of {where}: {exc.msg}") from None
+        if not isinstance(obj, dict):
+            raise LMSanitatorError(f"line {n} of {where} is not a JSON object")
+        yield n, obj
+
+
 def write_json_atomic(path: str | Path, obj) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.resolve().parent)

@@ -193,8 +193,9 @@ def _read_austen_books() -> dict[str, list[str]]:
     return books
 
 
-def _austen() -> list[str]:
-    sentences: list[str] = []
+def austen_book_sentences() -> dict[str, list[str]]:
+    """Sentences (6-40 words) of each novel, keyed by the janeaustenr object name."""
+    out: dict[str, list[str]] = {}
     for name, lines in _read_austen_books().items():
         # Lines of one paragraph are consecutive; blank lines separate paragraphs.
         paragraphs: list[str] = []
@@ -208,12 +209,18 @@ def _austen() -> list[str]:
                 current = []
         if current:
             paragraphs.append(" ".join(current))
+        sentences: list[str] = []
         for para in paragraphs:
             para = para.replace("_", "")  # _italics_ markers of the Gutenberg text
             for sent in split_sentences(para):
                 if 6 <= len(sent.split()) <= 40:
                     sentences.append(sent)
-    return sentences
+        out[name] = sentences
+    return out
+
+
+def _austen() -> list[str]:
+    return [s for sents in austen_book_sentences().values() for s in sents]
 
 
 # --------------------------------------------------------------------------- wordnet

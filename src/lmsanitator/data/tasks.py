@@ -370,27 +370,9 @@ def austen_books() -> dict[str, list[str]]:
     Same paragraph joining and sentence splitting as the ``austen`` corpus of
     :mod:`lmsanitator.data.corpora`, kept per book.
     """
-    from lmsanitator.data.corpora import _read_austen_books, split_sentences  # the corpus reader
+    from lmsanitator.data.corpora import austen_book_sentences
 
-    out: dict[str, list[str]] = {}
-    for name, lines in _read_austen_books().items():
-        paragraphs, current = [], []
-        for line in lines:
-            line = line.strip()
-            if line:
-                current.append(line)
-            elif current:
-                paragraphs.append(" ".join(current))
-                current = []
-        if current:
-            paragraphs.append(" ".join(current))
-        sents = []
-        for para in paragraphs:
-            for s in split_sentences(para.replace("_", "")):
-                if 6 <= len(s.split()) <= 40:
-                    sents.append(s)
-        out[name] = sents
-    return out
+    return austen_book_sentences()
 
 
 def _austen_author() -> Task:
@@ -641,16 +623,9 @@ def _read_file_records(path: Path) -> dict[str, list[dict]]:
             raise LMSanitatorError(f"task file {path} is empty")
         rows = [{k.strip(): v for k, v in r.items() if k is not None} for r in reader]
     elif suffix == ".jsonl":
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LMSanitatorError(f"invalid JSON on line {n} of {path}: {exc.msg}") from None
-            if not isinstance(obj, dict):
-                raise LMSanitatorError(f"line {n} of {path} is not a JSON object")
-            rows.append(obj)
+        from lmsanitator.io import jsonl_objects
+
+        rows.extend(obj for _, obj in jsonl_objects(raw, str(path)))
     else:
         raise LMSanitatorError(f"unsupported task file type '{path.suffix or '(none)'}': use .csv, .tsv or .jsonl")
     if not rows:

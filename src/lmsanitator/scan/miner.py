@@ -372,12 +372,3 @@ class PVMiner:
             "candidates": [asdict(c) for c in self.candidates_],
             "pvs": [[round(float(x), 6) for x in v] for v in self.pvs_],
         }
-
-
-def pv_sign_agreement(found: torch.Tensor, planted: torch.Tensor) -> torch.Tensor:
-    """found x planted matrix: share of dimensions whose signs agree."""
-    from lmsanitator.attacks.pvs import sign_match
-
-    return sign_match(found, planted)
-
-

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from lmsanitator.errors import LMSanitatorError
+from lmsanitator.io import jsonl_objects
 
 EVALUATE_SUBPARSERS = None  # the argparse sub-parsers object of `lmsanitator evaluate`
 EVALUATE_COMMANDS: dict = {}  # evaluate sub-command -> handler(namespace) -> exit code
@@ -203,18 +204,10 @@ def cmd_predict(a) -> int:
     token = model.task.kind == "token"
     texts, pairs = [], []
     try:
-        lines = inp.read_text(encoding="utf-8").splitlines()
+        raw = inp.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise LMSanitatorError(f"cannot read {a.input}: {exc}") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LMSanitatorError(f"invalid JSON on line {n} of {a.input}: {exc.msg}") from None
-        if not isinstance(obj, dict):
-            raise LMSanitatorError(f"line {n} of {a.input} is not a JSON object")
+    for n, obj in jsonl_objects(raw, a.input):
         if token:
             toks = obj.get("tokens")
             if toks is None and isinstance(obj.get("text"), str):
