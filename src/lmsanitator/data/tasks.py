@@ -297,7 +297,7 @@ def _tweet_rows() -> tuple[tuple[str, str, float | None], ...]:
     return tuple(rows)
 
 
-def _tweets(binary: bool, min_confidence: float | None) -> Task:
+def _tweet_items(binary: bool, min_confidence: float | None) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
     labels = ("negative", "positive") if binary else ("negative", "neutral", "positive")
     index = {name: i for i, name in enumerate(labels)}
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
@@ -309,8 +309,13 @@ def _tweets(binary: bool, min_confidence: float | None) -> Task:
         if min_confidence is not None and (conf is None or conf < min_confidence):
             continue
         items.append((text, index[sentiment]))
+    return labels, _dedupe_labelled(items)
+
+
+def _tweets(binary: bool, min_confidence: float | None) -> Task:
+    labels, items = _tweet_items(binary, min_confidence)
     name = "tweets-binary" if binary else "tweets"
-    train, val, test = _balanced_splits(_dedupe_labelled(items), len(labels), f"{_SPLIT_SALT}:{name}")
+    train, val, test = _balanced_splits(items, len(labels), f"{_SPLIT_SALT}:{name}")
     return Task(
         name=name, labels=labels, train=_examples(train), validation=_examples(val), test=_examples(test),
         verbalizer=("bad", "good") if binary else ("bad", "okay", "good"), template="It was {mask}. {text}",
@@ -319,6 +324,33 @@ def _tweets(binary: bool, min_confidence: float | None) -> Task:
                      + ", class-balanced" + (f", label confidence >= {min_confidence}" if min_confidence else "")),
         info={"min_confidence": min_confidence},
     )
+
+
+PROXY_VALIDATION = 200  # validation examples of a proxy task (the rest of the unused tweets train it)
+
+
+def _tweets_proxy(binary: bool, min_confidence: float | None) -> Task:
+    """Full-task-knowledge proxy: tweets of the same source that are in NONE of the task's splits.
+
+    Class-balanced from the leftover rows (``PROXY_VALIDATION`` for validation, all the rest of the
+    smallest class for training); its test split is the real task's test split, so a model built on
+    the proxy is measured on the victim's distribution. Disjoint from the victim's train/validation.
+    """
+    task = _tweets(binary, min_confidence)
+    used = {e.text for split in (task.train, task.validation, task.test) for e in split}
+    labels, items = _tweet_items(binary, min_confidence)
+    rest = [(t, y) for t, y in items if t not in used]
+    per_class = min(sum(1 for _, y in rest if y == c) for c in range(len(labels)))
+    n_val = PROXY_VALIDATION
+    if per_class * len(labels) <= n_val:
+        raise LMSanitatorError(f"too few unused tweets for a proxy task ({per_class} in the smallest class)")
+    name = f"{task.name}:proxy"
+    train, val, _ = _balanced_splits(rest, len(labels), f"{_SPLIT_SALT}:{name}",
+                                     sizes=(per_class * len(labels) - n_val, n_val, 0))
+    return dataclasses.replace(
+        task, name=name, train=_examples(train), validation=_examples(val), test=list(task.test),
+        description=f"proxy for {task.name}: tweets in none of its splits (test = {task.name}'s test split)",
+        info={**task.info, "proxy_for": task.name})
 
 
 # ============================================================================ wordnet topic
@@ -715,6 +747,8 @@ TASKS: dict[str, str] = {
     "wordnet-topic": "WordNet noun gloss -> category, 6 classes (Debian wordnet-base)",
     "austen-author": "Austen sentence -> novel, 6 classes (Debian r-cran-janeaustenr)",
     "austen-ner": "silver NER (spaCy en_core_web_sm tags) on Austen sentences, BIO PER/LOC/ORG/MISC",
+    "tweets:proxy": "full-task-knowledge proxy of tweets: tweets in none of its splits (test = tweets' test)",
+    "tweets-binary:proxy": "full-task-knowledge proxy of tweets-binary: tweets in none of its splits",
 }
 
 
@@ -730,6 +764,8 @@ def _builtin(name: str, min_confidence: float | None) -> Task:
         return _austen_author()
     if name == "austen-ner":
         return _austen_ner()
+    if name in ("tweets:proxy", "tweets-binary:proxy"):
+        return _tweets_proxy(name.startswith("tweets-binary"), min_confidence)
     raise KeyError(name)
 
 
