@@ -37,6 +37,7 @@ class TuneConfig:
     weight_decay: float = 0.01
     warmup: float = 0.06
     patience: int | None = None
+    keep: str = "best"  # "best": the best validation epoch; "last": the last epoch (random-label PSIM training)
     use_verbalizer: bool = True  # p-tuning: read [MASK] through the MLM head when the model has one
     seed: int = 0
     device: str = "cpu"
@@ -62,6 +63,8 @@ class TuneConfig:
             _int(self.max_length, "max length", 8)
         if self.patience is not None:
             _int(self.patience, "patience", 1)
+        if self.keep not in ("best", "last"):
+            raise LMSanitatorError(f"keep must be 'best' or 'last', got {self.keep!r}")
         for name in ("lr", "head_lr"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:

@@ -36,7 +36,9 @@ class Tuner:
             raise LMSanitatorError("Tuner needs a TuneConfig")
         self.config = config
 
-    def fit(self, encoder: Encoder, task, *, progress: bool = False) -> TunedModel:
+    def fit(self, encoder: Encoder, task, *, progress: bool = False, prepare=None) -> TunedModel:
+        """``prepare(model, task)``, when given, runs on the freshly built model before training
+        (e.g. to initialise the head)."""
         cfg = self.config
         method = get_method(cfg.method)
         method.check(encoder.model_type, task.kind)
@@ -45,6 +47,8 @@ class Tuner:
         t0 = time.time()
         seed_everything(cfg.seed)
         model = TunedModel(encoder, TaskInfo.of(task), cfg)
+        if prepare is not None:
+            prepare(model, task)
         train_items = model.encode_examples(task.train)
         val_items = model.encode_examples(task.validation)
 
@@ -92,7 +96,7 @@ class Tuner:
                 print(f"  epoch {epoch}/{cfg.epochs}: loss {np.mean(losses):.4f}, validation accuracy "
                       f"{val['accuracy']:.4f} macro-F1 {val['macro_f1']:.4f} ({time.time() - te:.0f} s)",
                       file=sys.stderr, flush=True)
-            if score > best_score:
+            if score > best_score or cfg.keep == "last":
                 best_score, best_epoch, best_state, stale = score, epoch, model.trainable_state(), 0
             else:
                 stale += 1
