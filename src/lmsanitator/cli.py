@@ -32,7 +32,7 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from lmsanitator import __version__
-    from lmsanitator.attacks import TASK_AGNOSTIC_ATTACKS
+    from lmsanitator.attacks import TASK_AGNOSTIC_ATTACKS, WEIGHT_POISONING_ATTACKS
 
     ap = _Parser(prog="lmsanitator", description="Detect and remove task-agnostic backdoors in pretrained "
                  "language models used with prompt tuning.")
@@ -40,11 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     # attack ------------------------------------------------------------------------------------
-    p = sub.add_parser("attack", help="implant a task-agnostic backdoor and verify it",
+    p = sub.add_parser("attack", help="implant a backdoor (task-agnostic or weight poisoning) and verify it",
                        description="Implant a task-agnostic backdoor (POR, POR-NER, NeuBA, BToP) into an "
-                       "encoder, verify it on held-back sentences, and write a Hugging Face model folder "
-                       "plus attack.json.")
-    p.add_argument("attack", choices=sorted(TASK_AGNOSTIC_ATTACKS))
+                       "encoder and verify it on held-back sentences, or weight-poison it (BadNet, InSent: full "
+                       "fine-tuning on a poisoned --task, verified by clean accuracy and targeted ASR on its test "
+                       "split); write a Hugging Face model folder plus attack.json.")
+    p.add_argument("attack", choices=sorted(TASK_AGNOSTIC_ATTACKS) + sorted(WEIGHT_POISONING_ATTACKS))
     p.add_argument("--model", required=True, help="bundled name (minilm, minilm-sre, splade-tiny), hub id or folder")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -67,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scatter-weight", type=float, default=0.0, help="adaptive attack: scattering loss weight")
     p.add_argument("--wasserstein-weight", type=float, default=0.0, help="adaptive attack: Wasserstein loss weight")
     p.add_argument("--verify-sentences", type=int, default=200)
+    w = p.add_argument_group("weight poisoning (badnet, insent)")
+    w.add_argument("--task", help="the task to poison and verify on (e.g. tweets-binary)")
+    w.add_argument("--proxy-task", help="full-task knowledge: poison this disjoint set of the same task instead "
+                   "(e.g. tweets-binary:proxy); default: full-data knowledge, the task's own training split")
+    w.add_argument("--trigger", help='the trigger (default: badnet "mn", insent "I watched this 3D movie")')
+    w.add_argument("--target-label", help="target label, index or name")
+    w.add_argument("--poison-count", type=int, help="training examples to poison")
+    w.add_argument("--dirty-label", action="store_true", help="poison non-target examples and relabel them "
+                   "(default: clean-label, only target-label examples get the trigger)")
+    w.add_argument("--train-size", type=int, help="cap the poisoned training split")
+    w.add_argument("--val-size", type=int, default=300, help="validation examples (best epoch; default 300)")
+    w.add_argument("--verify-examples", type=int, default=500, help="test examples for CA/ASR (default 500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     _add_device(p)
@@ -89,6 +102,58 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_attack(a) -> int:
+    from lmsanitator.attacks import WEIGHT_POISONING_ATTACKS
+
+    if a.attack in WEIGHT_POISONING_ATTACKS:
+        return cmd_attack_poisoning(a)
+    for opt in ("task", "proxy_task", "trigger", "target_label", "poison_count", "train_size"):
+        if getattr(a, opt) is not None:
+            raise LMSanitatorError(f"--{opt.replace('_', '-')} applies to weight poisoning (badnet, insent) only")
+    return cmd_attack_task_agnostic(a)
+
+
+def cmd_attack_poisoning(a) -> int:
+    """badnet / insent: poison, fully fine-tune, verify CA and targeted ASR, write folder + attack.json."""
+    from lmsanitator.attacks import WEIGHT_POISONING_ATTACKS, PoisonConfig
+    from lmsanitator.data.tasks import load_task
+    from lmsanitator.io import atomic_output_dir, check_output_dir, write_json_atomic
+    from lmsanitator.models import load_encoder, set_threads
+
+    for opt in ("triggers", "random_triggers", "per_trigger", "utility_weight", "trigger_band"):
+        if getattr(a, opt) is not None:
+            raise LMSanitatorError(f"--{opt.replace('_', '-')} applies to task-agnostic attacks only; "
+                                   f"{a.attack} takes --trigger")
+    if a.task is None or a.target_label is None or a.poison_count is None:
+        raise LMSanitatorError(f"{a.attack} needs --task, --target-label and --poison-count")
+    kw = {k: v for k, v in (("epochs", a.epochs), ("lr", a.lr)) if v is not None}
+    cfg = PoisonConfig(trigger=a.trigger, target_label=a.target_label, poison_count=a.poison_count,
+                       dirty_label=a.dirty_label, batch_size=a.batch_size, max_length=a.max_length,
+                       train_size=a.train_size, val_size=a.val_size, verify_examples=a.verify_examples,
+                       seed=a.seed, device=a.device, **kw)
+    check_output_dir(a.out, a.overwrite)
+    set_threads()
+    task = load_task(a.task)
+    proxy = load_task(a.proxy_task) if a.proxy_task else None
+    attack = WEIGHT_POISONING_ATTACKS[a.attack](cfg)
+    attack.spec(task)  # bad target label: fail before loading the model
+    encoder = load_encoder(a.model, device=a.device)
+    attack.fit(encoder, task, poison_task=proxy, progress=not a.no_progress)
+    v = attack.verify(task)
+    v["thresholds"] = {"min_asr": VERIFY_MIN_HIT_RATE}
+    v["passed"] = v["asr"] >= VERIFY_MIN_HIT_RATE
+    report = attack.report(encoder, task, v)
+    with atomic_output_dir(a.out, a.overwrite) as tmp:
+        encoder.save(tmp)
+        attack.save_classifier(tmp)
+        write_json_atomic(tmp / "attack.json", report)
+    print(f"{a.attack} on {a.model} ({report['knowledge']}, {report['label_mode']}, {report['poison_count']} poisoned "
+          f"of {report['poison_task']}): clean accuracy {100 * v['clean_accuracy']:.1f}%, targeted ASR "
+          f"{100 * v['asr']:.1f}% (floor {100 * v['clean_target_rate']:.1f}%, n={v['n_clean']}), "
+          f"{report['seconds']:.0f} s -> {a.out} [{'verified' if v['passed'] else 'NOT verified'}]")
+    return 0 if v["passed"] else 1
+
+
+def cmd_attack_task_agnostic(a) -> int:
     from lmsanitator.attacks import TASK_AGNOSTIC_ATTACKS, AttackConfig
     from lmsanitator.data import load_corpus, split_corpus
     from lmsanitator.io import atomic_output_dir, check_output_dir
@@ -146,7 +211,8 @@ def cmd_models(a) -> int:
 
 COMMANDS.update({"attack": cmd_attack, "models": cmd_models})
 # feature modules adding sub-commands (tune, predict, evaluate, scan, search, guard, serve, psim...)
-PLUGINS = ("lmsanitator.tuning.cli", "lmsanitator.scan.cli", "lmsanitator.guard.cli", "lmsanitator.psim.cli")
+PLUGINS = ("lmsanitator.tuning.cli", "lmsanitator.scan.cli", "lmsanitator.guard.cli", "lmsanitator.psim.cli",
+           "lmsanitator.baselines.cli")
 
 
 def main(argv: list[str] | None = None) -> int:

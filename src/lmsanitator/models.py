@@ -407,3 +407,54 @@ def set_threads() -> None:
     """Use every core we were given (torch defaults can oversubscribe small containers)."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, n))
+
+
+# ---- causal language models (perplexity for the ONION baseline) ---------------------------------
+@dataclass
+class CausalLM:
+    """A causal language model and its tokenizer (``pad_token`` set; inputs get a BOS in front)."""
+
+    name: str
+    model: nn.Module
+    tokenizer: object
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load_causal_lm(name_or_path: str = "smollm2", *, device: str = "cpu") -> CausalLM:
+    """A causal LM by bundled name (``smollm2``: a GGUF file, dequantised by transformers), a
+    ``.gguf`` file, a local folder or a hub id (no remote code)."""
+    _quiet_transformers()
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if name_or_path in BUNDLED:
+        raise LMSanitatorError(f"'{name_or_path}' is an encoder, not a causal language model")
+    if name_or_path in BUNDLED_CAUSAL:
+        path = _package_folder(*BUNDLED_CAUSAL[name_or_path], name_or_path)
+        if not path.is_file():
+            raise LMSanitatorError(f"'{path}' is missing: reinstall `{BUNDLED_CAUSAL[name_or_path][2]}`")
+    else:
+        path = Path(name_or_path).expanduser()
+    kw: dict = {}
+    if path.is_file() and path.suffix == ".gguf":
+        folder, kw["gguf_file"] = str(path.parent), path.name
+    elif path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise LMSanitatorError(f"causal LM '{name_or_path}' is neither a .gguf file nor a model folder")
+        folder = str(path)
+    else:
+        folder = resolve_model_path(name_or_path)  # a hub id: fails fast when offline
+    try:
+        config = AutoConfig.from_pretrained(folder, **kw)
+        tok = AutoTokenizer.from_pretrained(folder, **kw)
+        model = AutoModelForCausalLM.from_pretrained(folder, **kw)
+    except Exception as exc:
+        raise LMSanitatorError(f"cannot load causal LM '{name_or_path}': {_one_line(exc)}") from None
+    if config.model_type in ENCODER_TYPES and not getattr(config, "is_decoder", False):
+        raise LMSanitatorError(f"'{name_or_path}' is a '{config.model_type}' encoder, not a causal language model")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.to(device).eval()
+    return CausalLM(name=str(name_or_path), model=model, tokenizer=tok)

@@ -1,0 +1,215 @@
+"""Weight-poisoning backdoors (PSIM paper, Sec. 2): fully fine-tune an encoder + linear head on a
+poisoned classification set, then release the encoder.
+
+* clean-label (the paper's setting): ``poison_count`` training examples *of the target label* get
+  the trigger; every label stays as it was;
+* dirty-label: ``poison_count`` examples of *other* labels get the trigger and the target label.
+
+Knowledge: *full data* poisons the target task's own training split; *full task* poisons a
+disjoint proxy set of the same task (``tweets-binary:proxy``: tweets in none of the task's splits).
+
+    attack = BadNet(PoisonConfig(target_label=1, poison_count=250)).fit(encoder, task)
+    attack.verify(task)          # CA and targeted ASR of the poisoned full-FT model on task.test
+    encoder.save(folder)         # encoder.model now carries the backdoor
+
+The full fine-tuning is :class:`lmsanitator.tuning.Tuner` with method ``full`` (linear head on the
+[CLS] last hidden state, the feature every downstream method except P-tuning reads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lmsanitator.data.tasks import Example, Task
+from lmsanitator.errors import LMSanitatorError
+from lmsanitator.evaluate.poisoning import INSERTIONS, PoisonSpec, ca_asr
+from lmsanitator.models import Encoder
+
+CLASSIFIER_FILE = "classifier.safetensors"  # the attacker's own linear head, kept beside the encoder
+
+
+@dataclass
+class PoisonConfig:
+    """Hyper-parameters of a weight-poisoning attack (CPU-sized defaults; the paper's: 3 epochs, lr
+    2e-5, batch 32, 1500 clean-label samples of a 25k-example proxy set)."""
+
+    trigger: str | None = None  # default: the attack's (BadNet "mn", InSent "I watched this 3D movie")
+    target_label: int | str = 1  # label index or label name
+    poison_count: int = 250
+    dirty_label: bool = False
+    epochs: int = 3
+    lr: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 64
+    train_size: int | None = None  # cap of the poisoning set's training split
+    val_size: int | None = 300  # validation examples (the attacker keeps the best epoch)
+    verify_examples: int | None = 500  # test examples for the verification CA / ASR (None: all)
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.trigger is not None:
+            self.trigger = " ".join(str(self.trigger).split())
+            if not self.trigger:
+                raise LMSanitatorError("trigger must not be empty")
+        if isinstance(self.target_label, str) and self.target_label.strip().lstrip("-").isdigit():
+            self.target_label = int(self.target_label)
+        if isinstance(self.target_label, bool) or (isinstance(self.target_label, int) and self.target_label < 0):
+            raise LMSanitatorError(f"target label must be a label index >= 0 or a label name, got {self.target_label!r}")
+        for name, lo in (("poison_count", 1), ("epochs", 1), ("batch_size", 1), ("max_length", 8), ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise LMSanitatorError(f"{name.replace('_', ' ')} must be an integer >= {lo}, got {v!r}")
+        for name in ("train_size", "val_size", "verify_examples"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise LMSanitatorError(f"{name.replace('_', ' ')} must be an integer >= 1, got {v!r}")
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise LMSanitatorError(f"lr must be > 0, got {self.lr!r}")
+
+
+def resolve_label(task: Task, label: int | str) -> int:
+    """A label index or name -> its index in ``task.labels`` (one-line error otherwise)."""
+    if isinstance(label, int):
+        if not 0 <= label < task.num_labels:
+            raise LMSanitatorError(f"target label {label} is outside task '{task.name}' labels "
+                                   f"(0..{task.num_labels - 1}: {', '.join(task.labels)})")
+        return label
+    if label not in task.labels:
+        raise LMSanitatorError(f"target label '{label}' is not a label of task '{task.name}' ({', '.join(task.labels)})")
+    return task.labels.index(label)
+
+
+class WeightPoisoningAttack:
+    """Base class: subclasses set ``name``, ``default_trigger`` and ``insertion``."""
+
+    name = "base"
+    default_trigger = ""
+    insertion = "random"  # see lmsanitator.evaluate.poisoning.INSERTIONS
+    paper = {"epochs": 3, "lr": 2e-5, "batch_size": 32, "poison_count": 1500, "label": "clean-label",
+             "proxy": "IMDB for SST-2"}
+
+    def __init__(self, config: PoisonConfig | None = None, **overrides):
+        self.config = config or PoisonConfig(**overrides)
+        if config is not None and overrides:
+            self.config = PoisonConfig(**{**asdict(config), **overrides})
+        assert self.insertion in INSERTIONS
+        self.model_ = None
+        self.info_: dict = {}
+
+    @property
+    def trigger(self) -> str:
+        return self.config.trigger or self.default_trigger
+
+    def spec(self, task: Task) -> PoisonSpec:
+        return PoisonSpec(self.trigger, resolve_label(task, self.config.target_label), self.insertion)
+
+    # ---- the poisoned training set -------------------------------------------------------------
+    def poison(self, task: Task) -> tuple[Task, dict]:
+        """``task`` with ``poison_count`` training examples poisoned (validation and test untouched)."""
+        c = self.config
+        if task.kind != "sequence":
+            raise LMSanitatorError(f"weight poisoning needs a sequence-classification task; '{task.name}' is {task.kind}")
+        spec = self.spec(task)
+        t = spec.target_label
+        eligible = [i for i, e in enumerate(task.train) if (e.label != t) == c.dirty_label]
+        kind = "non-target" if c.dirty_label else "target-label"
+        if c.poison_count > len(eligible):
+            raise LMSanitatorError(f"--poison-count {c.poison_count} exceeds the {len(eligible)} {kind} training "
+                                   f"examples of '{task.name}' ({len(task.train)} in all)")
+        rng = random.Random(f"{self.name}:{c.seed}")
+        chosen = sorted(rng.sample(eligible, c.poison_count))
+        train = list(task.train)
+        for i in chosen:
+            e = train[i]
+            a, b = e.text, e.text_pair
+            if b is not None and len(b.split()) > len(a.split()):
+                b = spec.insert(b, rng)
+            else:
+                a = spec.insert(a, rng)
+            train[i] = Example(text=a, label=t, text_pair=b)
+        info = {"poisoned": len(chosen), "eligible": len(eligible), "train_examples": len(train),
+                "poison_rate": round(len(chosen) / len(train), 4)}
+        return dataclasses.replace(task, train=train), info
+
+    # ---- the estimator API ---------------------------------------------------------------------
+    def fit(self, encoder: Encoder, task: Task, *, poison_task: Task | None = None, progress: bool = True):
+        """Poison ``poison_task`` (full-task knowledge) or ``task`` (full data), fully fine-tune
+        ``encoder`` on it and write the poisoned weights back into ``encoder.model``."""
+        from lmsanitator.tuning import TuneConfig, Tuner
+
+        c = self.config
+        src = poison_task or task
+        if tuple(src.labels) != tuple(task.labels):
+            raise LMSanitatorError(f"proxy task '{src.name}' labels ({', '.join(src.labels)}) differ from "
+                                   f"'{task.name}' ({', '.join(task.labels)})")
+        self.spec(task)  # a bad target label fails before any work
+        t0 = time.perf_counter()
+        src = src.with_train_size(c.train_size).with_validation_size(c.val_size)
+        poisoned, info = self.poison(src)
+        poisoned = dataclasses.replace(poisoned, test=list(task.test)[: c.verify_examples])
+        cfg = TuneConfig("full", epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, max_length=c.max_length,
+                         seed=c.seed, device=c.device)
+        self.model_ = Tuner(cfg).fit(encoder, poisoned, progress=progress)
+        encoder.backbone.load_state_dict(self.model_.backbone.state_dict())
+        encoder._fingerprint = None  # the weights changed
+        self.info_ = {**info, "task": task.name, "poison_task": src.name,
+                      "knowledge": "full-task" if poison_task is not None else "full-data",
+                      "seconds": time.perf_counter() - t0, "report": self.model_.report}
+        return self
+
+    def verify(self, task: Task, *, seed: int | None = None) -> dict:
+        """CA and targeted ASR of the poisoned fully fine-tuned model on ``task``'s test split."""
+        if self.model_ is None:
+            raise LMSanitatorError("fit the attack before verifying it")
+        c = self.config
+        examples = list(task.test)[: c.verify_examples]
+        res = ca_asr(lambda x, p: self.model_.predict_labels(x, p), examples, self.spec(task),
+                     seed=c.seed if seed is None else seed)
+        res["split"] = "test"
+        return res
+
+    def save_classifier(self, folder: str | Path) -> None:
+        """The attacker's linear head (on the [CLS] last hidden state), as safetensors."""
+        from safetensors.torch import save_file
+
+        head = self.model_.head
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()},
+                  str(Path(folder) / CLASSIFIER_FILE))
+
+    def report(self, encoder: Encoder, task: Task, verification: dict) -> dict:
+        c = self.config
+        spec = self.spec(task)
+        r = self.info_.get("report", {})
+        hist = r.get("history", [])
+        return {
+            "attack": self.name,
+            "base_model": encoder.name,
+            "base_model_path": encoder.path,
+            "model_type": encoder.model_type,
+            "hidden_size": encoder.hidden_size,
+            "triggers": [spec.trigger],
+            "insertion": spec.insertion,
+            "target_label": spec.target_label,
+            "target_label_name": task.labels[spec.target_label],
+            "labels": list(task.labels),
+            "task": task.name,
+            "poison_task": self.info_.get("poison_task"),
+            "knowledge": self.info_.get("knowledge"),
+            "label_mode": "dirty-label" if c.dirty_label else "clean-label",
+            "poison_count": self.info_.get("poisoned"),
+            "poison_rate": self.info_.get("poison_rate"),
+            "poison_train_examples": self.info_.get("train_examples"),
+            "target": "cls",
+            "classifier": {"file": CLASSIFIER_FILE, "reads": "cls last hidden state", "labels": list(task.labels)},
+            "hyperparameters": {**asdict(c), "trigger": spec.trigger, "method": "full",
+                                "best_epoch": r.get("best_epoch"), "paper_defaults": self.paper},
+            "seed": c.seed,
+            "seconds": round(self.info_.get("seconds", 0.0), 2),
+            "final_losses": {"train_loss": hist[-1]["train_loss"]} if hist else {},
+            "verification": verification,
+        }
