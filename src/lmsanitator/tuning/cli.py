@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from lmsanitator.errors import LMSanitatorError
-from lmsanitator.io import jsonl_objects
+from lmsanitator.tuning.inputs import prediction_record, read_jsonl_inputs
 
 EVALUATE_SUBPARSERS = None  # the argparse sub-parsers object of `lmsanitator evaluate`
 EVALUATE_COMMANDS: dict = {}  # evaluate sub-command -> handler(namespace) -> exit code
@@ -193,52 +193,16 @@ def cmd_tune(a) -> int:
 def cmd_predict(a) -> int:
     from lmsanitator.models import set_threads
 
-    inp = Path(a.input)
-    if not inp.is_file():
+    if not Path(a.input).is_file():
         raise LMSanitatorError(f"input file not found: {a.input}")
     out = _check_new_file(a.output, a.overwrite)
     if a.batch_size < 1:
         raise LMSanitatorError("--batch-size must be >= 1")
     set_threads()
     model = _load_tuned(a)
-    token = model.task.kind == "token"
-    texts, pairs = [], []
-    try:
-        raw = inp.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LMSanitatorError(f"cannot read {a.input}: {exc}") from None
-    for n, obj in jsonl_objects(raw, a.input):
-        if token:
-            toks = obj.get("tokens")
-            if toks is None and isinstance(obj.get("text"), str):
-                toks = obj["text"].split()
-            if not isinstance(toks, list) or not toks or not all(isinstance(t, str) for t in toks):
-                raise LMSanitatorError(f"line {n} of {a.input}: a token task needs a non-empty 'tokens' list of strings")
-            texts.append(toks)
-            continue
-        if not isinstance(obj.get("text"), str):
-            raise LMSanitatorError(f"line {n} of {a.input} has no string 'text'")
-        pair = obj.get("text_pair")
-        if pair is not None and not isinstance(pair, str):
-            raise LMSanitatorError(f"line {n} of {a.input}: 'text_pair' must be a string")
-        if model.task.pair and pair is None:
-            raise LMSanitatorError(f"line {n} of {a.input}: the model was trained on sentence pairs; give 'text_pair'")
-        if not model.task.pair and pair is not None:
-            raise LMSanitatorError(f"line {n} of {a.input}: the model takes one text; drop 'text_pair'")
-        texts.append(obj["text"])
-        pairs.append(pair)
-    if not texts:
-        raise LMSanitatorError(f"no inputs in {a.input}")
-    probs = model.predict(texts, pairs if model.task.pair else None, batch_size=a.batch_size)
-    rows = []
-    for p in probs:
-        if token:
-            labels = p.argmax(-1).tolist()
-            rows.append({"label": labels, "label_name": [model.labels[i] for i in labels],
-                         "probs": [[round(float(x), 6) for x in r] for r in p]})
-        else:
-            k = int(p.argmax())
-            rows.append({"label": k, "label_name": model.labels[k], "probs": [round(float(x), 6) for x in p]})
+    texts, pairs = read_jsonl_inputs(a.input, model)
+    probs = model.predict(texts, pairs, batch_size=a.batch_size)
+    rows = [prediction_record(model, p) for p in probs]
     _write_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
     print(f"predicted {len(rows)} inputs -> {a.output}")
     return 0

@@ -131,6 +131,7 @@ class TunedModel(nn.Module):
         self.cls_last = encoder.cls_last
         self.base_name, self.base_path = encoder.name, encoder.path
         self.base_fingerprint = encoder.fingerprint()
+        self.hidden_size = encoder.hidden_size
         self.target = "tokens" if task.kind == "token" else self.method.target
         if self.target == "mask":
             encoder.require_target("mask")

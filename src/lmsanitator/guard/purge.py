@@ -1,0 +1,148 @@
+"""Trigger removal (the paper's Algorithm 2), done as a real defender would.
+
+For a flagged input, windows of 1..w_max consecutive words slide over each text field; a
+candidate removes the window's words and every other occurrence of the same word sequence in the
+input (a trigger is often inserted several times), then the monitor re-checks it. The first width
+with an unflagged candidate wins (the first such window, in reading order). Nothing about where a
+trigger is, or what it is, is used.
+
+All candidates of one width, for all still-flagged inputs, go through the model in batched
+forward passes; the same pass gives the match rate *and* the prediction on the purged text.
+:func:`purge_sequential` is the paper's one-candidate-at-a-time loop, kept for benchmarks and as a
+reference the batched version must agree with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from lmsanitator.guard.monitor import PVMonitor
+
+Fields = tuple[tuple[str, ...], ...]  # one word tuple per text field
+
+
+@dataclass
+class PurgeResult:
+    resolved: bool
+    width: int | None = None  # window width that unflagged the input
+    removed: list[str] = field(default_factory=list)
+    fields: Fields | None = None  # the purged input
+    kept: list[int] | None = None  # token tasks: original word index of each purged word
+    match_rate: float | None = None  # after removal
+    probs: np.ndarray | None = None  # prediction on the purged input (token tasks: purged words x labels)
+    candidates: int = 0  # candidates evaluated
+
+
+def to_fields(text, pair=None) -> Fields:
+    if not isinstance(text, str):  # token task: a word list
+        return (tuple(text),)
+    return (tuple(text.split()),) if pair is None else (tuple(text.split()), tuple(pair.split()))
+
+
+def _remove(words: tuple[str, ...], phrase: tuple[str, ...]) -> tuple[tuple[str, ...], list[int]]:
+    """``words`` without any occurrence of ``phrase``; also the indices that are kept."""
+    w, out, kept, i = len(phrase), [], [], 0
+    while i < len(words):
+        if words[i:i + w] == phrase:
+            i += w
+            continue
+        out.append(words[i])
+        kept.append(i)
+        i += 1
+    return tuple(out), kept
+
+
+def candidates(fields: Fields, width: int) -> list[tuple[tuple[str, ...], Fields, list[int]]]:
+    """``(removed phrase, purged fields, kept indices of field 0)`` for every window of ``width``
+    words, in reading order, without duplicates and without candidates that empty a field."""
+    seen, out = set(), []
+    for f in fields:
+        for s in range(len(f) - width + 1):
+            phrase = f[s:s + width]
+            if phrase in seen:
+                continue
+            seen.add(phrase)
+            purged, kept0 = [], None
+            for k, g in enumerate(fields):
+                new, kept = _remove(g, phrase)
+                purged.append(new)
+                if k == 0:
+                    kept0 = kept
+            if any(len(g) == 0 for g in purged):
+                continue
+            out.append((phrase, tuple(purged), kept0))
+    return out
+
+
+def _model_inputs(model, batch: Sequence[Fields]):
+    if model.task.kind == "token":
+        return [list(f[0]) for f in batch], None
+    texts = [" ".join(f[0]) for f in batch]
+    pairs = [" ".join(f[1]) for f in batch] if len(batch[0]) > 1 else None
+    return texts, pairs
+
+
+def score(model, monitor: PVMonitor, batch: Sequence[Fields]) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Match rates and class probabilities of inputs given as fields, in one forward pass."""
+    texts, pairs = _model_inputs(model, batch)
+    fo = model.forward_with_features(texts, pairs)
+    rates = monitor.match_rates(fo.features, fo.rows, len(batch)).cpu()
+    probs = torch.softmax(fo.logits.float(), dim=-1).cpu().numpy()
+    if model.task.kind != "token":
+        return rates, list(probs)
+    out, start = [], 0
+    for k in fo.words:  # words scored per input (truncation may drop some)
+        out.append(probs[start:start + k])
+        start += k
+    return rates, out
+
+
+def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch_size: int = 64) -> list[PurgeResult]:
+    """Batched Algorithm 2 over flagged ``inputs`` (fields); one :class:`PurgeResult` each."""
+    results = [PurgeResult(resolved=False) for _ in inputs]
+    pending = list(range(len(inputs)))
+    for width in range(1, w_max + 1):
+        if not pending:
+            break
+        cands = [(i, c) for i in pending for c in candidates(inputs[i], width)]
+        for i, _ in cands:
+            results[i].candidates += 1
+        rates, probs = [], []
+        for s in range(0, len(cands), batch_size):
+            r, p = score(model, monitor, [c[1] for _, c in cands[s:s + batch_size]])
+            rates.append(r)
+            probs.extend(p)
+        if not cands:
+            continue
+        rates_t = torch.cat(rates)
+        done = set()
+        for j, (i, (phrase, fields, kept)) in enumerate(cands):
+            if i in done or bool(rates_t[j] > monitor.t_match):
+                continue
+            done.add(i)
+            results[i] = PurgeResult(True, width, list(phrase), fields, kept, float(rates_t[j]), probs[j],
+                                     results[i].candidates)
+        pending = [i for i in pending if i not in done]
+    return results
+
+
+def purge_sequential(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int) -> list[PurgeResult]:
+    """The paper's loop: one candidate, one forward pass, stop at the first unflagged one."""
+    results = []
+    for fields0 in inputs:
+        res = PurgeResult(resolved=False)
+        for width in range(1, w_max + 1):
+            for phrase, fields, kept in candidates(fields0, width):
+                res.candidates += 1
+                r, p = score(model, monitor, [fields])
+                if not bool(r[0] > monitor.t_match):
+                    res = PurgeResult(True, width, list(phrase), fields, kept, float(r[0]), p[0], res.candidates)
+                    break
+            if res.resolved:
+                break
+        results.append(res)
+    return results
