@@ -10,7 +10,7 @@ one request at a time (a lock; torch uses the cores inside one forward pass) in 
 so the event loop keeps answering ``/health`` and rejecting bad requests while a batch runs.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: FastAPI must see the real `Request` annotation
 
 import json
 import threading
