@@ -40,3 +40,38 @@ def real_por_splade():
     atk = POR(AttackConfig(per_trigger=800, epochs=2, verify_sentences=200, seed=0))
     atk.fit(enc, split_corpus(corpus, "attack"), progress=False)
     return enc, atk, atk.verify(enc, split_corpus(corpus, "heldout"))
+
+
+TOY_POS = "good great fine nice lovely happy".split()
+TOY_NEG = "bad awful poor sad ugly terrible".split()
+TOY_FILL = "the a movie day it was this and then we".split()
+
+
+def toy_examples(n, seed):
+    """Six-word sentences whose one sentiment word decides the label (1 positive, 0 negative)."""
+    import random
+
+    from lmsanitator.data.tasks import Example
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        y = i % 2
+        w = [rng.choice(TOY_FILL) for _ in range(5)] + [rng.choice(TOY_POS if y else TOY_NEG)]
+        rng.shuffle(w)
+        out.append(Example(" ".join(w), y))
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_task_file(tmp_path_factory):
+    """A small binary sentiment task as a JSONL file with a split column (train 160 / val 40 / test 60)."""
+    import json
+
+    p = tmp_path_factory.mktemp("toy") / "toy.jsonl"
+    with open(p, "w") as f:
+        for split, exs in (("train", toy_examples(160, 1)), ("validation", toy_examples(40, 2)),
+                           ("test", toy_examples(60, 3))):
+            for e in exs:
+                f.write(json.dumps({"text": e.text, "label": ["negative", "positive"][e.label], "split": split}) + "\n")
+    return p

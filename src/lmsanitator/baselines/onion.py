@@ -61,7 +61,8 @@ class ONION:
         """Perplexity of each text (a start token in front, so the first word is scored too)."""
         lm, c = self.lm, self.config
         tok = lm.tokenizer
-        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        start = next((i for i in (tok.bos_token_id, tok.eos_token_id, getattr(lm.model.config, "bos_token_id", None))
+                      if i is not None), None)
         out = np.zeros(len(texts), dtype=np.float64)
         for s in range(0, len(texts), c.batch_size):
             chunk = texts[s:s + c.batch_size]

@@ -1,0 +1,132 @@
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from lmsanitator.cli import main
+from lmsanitator.data.tasks import load_task
+from lmsanitator.errors import LMSanitatorError
+from lmsanitator.evaluate.poisoning import REJECTED
+from lmsanitator.models import load_encoder
+from lmsanitator.psim import PSIM, PSIMConfig, PSIMPipeline, calibrate_gamma, default_gamma, reset_labels
+
+from conftest import toy_examples
+
+
+def test_default_gamma_rule():
+    assert default_gamma(2) == pytest.approx(0.7)  # the paper's value for binary tasks
+    assert default_gamma(3) == pytest.approx(0.6)
+    assert default_gamma(6) == pytest.approx(0.5)
+    assert all(1 / k < default_gamma(k) < 1 for k in range(2, 20))
+    with pytest.raises(LMSanitatorError):
+        default_gamma(1)
+
+
+def test_calibrate_gamma_meets_the_false_rejection_rate():
+    conf = np.linspace(0.5, 0.99, 100)
+    for frr in (0.0, 0.01, 0.05, 0.2):
+        g = calibrate_gamma(conf, frr)
+        assert (conf > g).mean() <= frr + 1e-9
+        assert (conf >= g).mean() > frr  # and it is the smallest such threshold
+    with pytest.raises(LMSanitatorError):
+        calibrate_gamma(conf, 1.0)
+    with pytest.raises(LMSanitatorError):
+        calibrate_gamma([], 0.1)
+
+
+def test_reset_labels_uniform_over_all_classes_and_seeded():
+    exs = toy_examples(3000, 0)
+    a, b, c = reset_labels(exs, 3, 0), reset_labels(exs, 3, 0), reset_labels(exs, 3, 1)
+    assert a == b and a != c
+    counts = Counter(e.label for e in a)
+    assert set(counts) == {0, 1, 2} and all(900 < n < 1100 for n in counts.values())
+    assert [e.text for e in a] == [e.text for e in exs]
+    agree = sum(x.label == y.label for x, y in zip(a, exs)) / len(exs)
+    assert 0.28 < agree < 0.39  # independent of the true labels
+
+
+def test_config_validation():
+    with pytest.raises(LMSanitatorError, match="parameter-efficient"):
+        PSIMConfig(method="full")
+    with pytest.raises(LMSanitatorError, match="head init"):
+        PSIMConfig(head_init="zeros")
+    with pytest.raises(LMSanitatorError, match="gamma"):
+        PSIMConfig(gamma=1.2)
+
+
+@pytest.fixture(scope="module")
+def toy_task(toy_task_file):
+    return load_task(str(toy_task_file))
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_bert_dir, toy_task, tmp_path_factory):
+    enc = load_encoder(str(tiny_bert_dir))
+    psim = PSIM(PSIMConfig(method="lora", epochs=1, seed=0)).fit(enc, toy_task)
+    d = tmp_path_factory.mktemp("psim") / "m"
+    d.mkdir()
+    psim.save(d)
+    return psim, d
+
+
+def test_fit_save_load_detect(fitted, toy_task):
+    psim, d = fitted
+    info = json.loads((d / "psim.json").read_text())
+    assert info["gamma"] == pytest.approx(0.7) and info["head_init"] == "probe" and info["num_labels"] == 2
+    assert info["config"]["method"] == "lora" and info["validation_confidence"]["n"] == len(toy_task.validation)
+    texts = [e.text for e in toy_task.test]
+    loaded = PSIM.load(d)
+    np.testing.assert_allclose(loaded.confidence(texts), psim.confidence(texts), atol=1e-5)
+    recs = loaded.detect(texts[:5])
+    assert all(set(r) >= {"flagged", "confidence"} for r in recs)
+    assert all(r["flagged"] == (r["confidence"] > 0.7) for r in recs)
+    assert all(0.5 <= r["confidence"] <= 1.0 for r in recs)
+
+
+def test_pipeline_rejects_flagged_inputs(fitted, toy_task):
+    psim, _ = fitted
+    texts = [e.text for e in toy_task.test[:8]]
+    victim = psim.model_  # any tuned model with the same labels stands in for the user's own
+    assert PSIMPipeline(psim, victim, gamma=0.0).predict_labels(texts) == [REJECTED] * 8
+    assert PSIMPipeline(psim, victim, gamma=0.999999).predict_labels(texts) == victim.predict_labels(texts)
+
+
+def test_cli_train_detect_evaluate(tmp_path, tiny_bert_dir, toy_task_file, capsys):
+    d, victim = tmp_path / "psim", tmp_path / "victim"
+    assert main(["psim", "train", "--model", str(tiny_bert_dir), "--task", str(toy_task_file), "--out", str(d),
+                 "--method", "prompt-tuning", "--calibrate-frr", "0.1", "--no-progress"]) == 0
+    info = json.loads((d / "psim.json").read_text())
+    assert info["gamma_rule"].startswith("calibrated")
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"text": e.text}) + "\n" for e in toy_examples(12, 9)))
+    out = tmp_path / "out.jsonl"
+    assert main(["psim", "detect", "--psim", str(d), "--input", str(inp), "--output", str(out), "--gamma", "0.5"]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 12 and all(r["flagged"] == (r["confidence"] > 0.5) for r in rows)
+    assert main(["tune", "lora", "--model", str(tiny_bert_dir), "--task", str(toy_task_file), "--out", str(victim),
+                 "--epochs", "1", "--no-progress"]) == 0
+    attack = tmp_path / "attack.json"
+    attack.write_text(json.dumps({"attack": "badnet", "triggers": ["mn"], "target_label": 1, "insertion": "random"}))
+    res_file = tmp_path / "res.json"
+    assert main(["evaluate", "psim", "--psim", str(d), "--adapter", str(victim), "--task", str(toy_task_file),
+                 "--attack-json", str(attack), "--gamma", "0.01", "--out", str(res_file)]) == 0
+    res = json.loads(res_file.read_text())
+    r = res["results"][0]
+    assert res["flagged_clean"] == 1.0 and r["after"]["clean_accuracy"] == 0.0 and r["after"]["asr"] == 0.0
+    assert r["before"]["n_poisoned"] == 30 and 0.0 <= r["before"]["asr"] <= 1.0
+
+
+def test_cli_bad_input_exit_2(tmp_path, tiny_bert_dir, toy_task_file, capsys):
+    out = tmp_path / "p"
+    assert main(["psim", "train", "--model", str(tiny_bert_dir), "--task", str(toy_task_file), "--out", str(out),
+                 "--gamma", "1.5"]) == 2
+    assert main(["psim", "train", "--model", str(tiny_bert_dir), "--task", "no-such-task", "--out", str(out)]) == 2
+    assert not out.exists()
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"text": "fine"}\n')
+    o = tmp_path / "o.jsonl"
+    assert main(["psim", "detect", "--psim", str(tmp_path), "--input", str(inp), "--output", str(o)]) == 2
+    assert not o.exists()
+    err = capsys.readouterr().err
+    assert "gamma" in err and "not a PSIM folder" in err and err.count("\n") == 3
