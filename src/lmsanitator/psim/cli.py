@@ -66,7 +66,11 @@ def register(sub) -> dict:
     e.add_argument("--task", required=True)
     e.add_argument("--attack-json", required=True, help="attack.json (or its folder) of `lmsanitator attack badnet|insent`")
     e.add_argument("--max-examples", type=int, default=None, help="use the first N test examples")
-    e.add_argument("--gamma", type=float, help="threshold (default: the PSIM folder's)")
+    g = e.add_mutually_exclusive_group()
+    g.add_argument("--gamma", type=float, help="threshold (default: the PSIM folder's)")
+    g.add_argument("--calibrate-frr", type=float, metavar="R", help="set gamma from the task's clean validation "
+                   "split (first --val-size inputs) at false-rejection rate R")
+    e.add_argument("--val-size", type=int, default=300, help="validation inputs for --calibrate-frr (default 300)")
     e.add_argument("--out", help="write the JSON result here")
     e.add_argument("--overwrite", action="store_true")
     e.add_argument("--seed", type=int, default=0, help="seed of the trigger positions")
@@ -167,6 +171,10 @@ def cmd_evaluate_psim(a) -> int:
         raise LMSanitatorError(f"PSIM labels ({', '.join(psim.model_.labels)}) differ from task '{task.name}'")
     ps = poisoned_set(task.test[: a.max_examples], spec, seed=a.seed)
     gamma = psim.gamma_ if a.gamma is None else a.gamma
+    if a.calibrate_frr is not None:
+        val = task.with_validation_size(a.val_size).validation
+        gamma = psim.calibrate([e.text for e in val], [e.text_pair for e in val] if task.is_pair else None,
+                               frr=a.calibrate_frr)
     flag_clean = psim.flags(ps.texts, ps.pairs, gamma)
     flag_poison = psim.flags(ps.poisoned_texts, ps.poisoned_pairs, gamma)
     results = []
@@ -184,7 +192,7 @@ def cmd_evaluate_psim(a) -> int:
                         "before": before, "after": after})
         print(f"{info['method']:>13} {adapter}: CA {100 * before['clean_accuracy']:.1f}% -> "
               f"{100 * after['clean_accuracy']:.1f}%, ASR {100 * before['asr']:.1f}% -> {100 * after['asr']:.1f}%")
-    res = {"psim": a.psim, "gamma": gamma, "task": task.name, "split": "test", "n": len(ps.texts),
+    res = {"psim": a.psim, "gamma": gamma, "gamma_rule": psim.info_.get("gamma_rule") if a.gamma is None else "given", "task": task.name, "split": "test", "n": len(ps.texts),
            "attack": {"file": a.attack_json, "attack": report.get("attack"), "trigger": spec.trigger,
                       "target_label": spec.target_label, "insertion": spec.insertion},
            "flagged_clean": float(flag_clean.mean()), "flagged_poisoned": float(flag_poison.mean()) if ps.source else None,
