@@ -25,10 +25,11 @@ def register(sub) -> dict:
     q.add_argument("--task", required=True, help="the task whose training set PSIM uses (labels are reset)")
     q.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     q.add_argument("--overwrite", action="store_true")
-    q.add_argument("--method", default="p-tuning", choices=["p-tuning", "p-tuning-v2", "prompt-tuning", "lora"])
+    q.add_argument("--method", default="lora", choices=["p-tuning", "p-tuning-v2", "prompt-tuning", "lora"],
+                   help="PEFT method of the module (default lora; the paper's p-tuning reads [MASK] here)")
     q.add_argument("--epochs", type=int, default=1)
     q.add_argument("--lr", type=float, help="module learning rate (default: the method's)")
-    q.add_argument("--head-lr", type=float, default=1e-4, help="head learning rate (default 1e-4)")
+    q.add_argument("--head-lr", type=float, default=1e-3, help="head learning rate (default 1e-3)")
     q.add_argument("--head-init", default="auto", choices=list(HEAD_INITS),
                    help="auto: the attacker's classifier.safetensors in the model folder if any, else a linear "
                    "probe on the true labels (default); model; probe; random")

@@ -7,7 +7,7 @@ on clean inputs, while a weight-poisoning backdoor keeps its extreme confidence 
 an input whose max softmax probability exceeds ``gamma`` is flagged as poisoned and rejected;
 every other input goes to the user's own tuned model.
 
-    psim = PSIM(PSIMConfig(method="p-tuning")).fit(encoder, task)
+    psim = PSIM(PSIMConfig(method="lora")).fit(encoder, task)
     psim.detect(texts)                      # [{"flagged": bool, "confidence": float, ...}]
     psim.calibrate(clean_texts, frr=0.01)   # gamma from clean inputs at a false-rejection rate
     PSIMPipeline(psim, victim).predict_labels(texts)   # victim labels, REJECTED where flagged
@@ -70,12 +70,17 @@ def reset_labels(examples, num_labels: int, seed: int) -> list:
 @dataclass
 class PSIMConfig:
     """Settings of PSIM training (paper: P-tuning, 5 virtual tokens, prompt-encoder hidden 128, 1
-    epoch, AdamW lr 2e-5, batch 32, linear schedule, 6% warm-up, gamma 0.7)."""
+    epoch, AdamW lr 2e-5, batch 32, linear schedule, 6% warm-up, gamma 0.7).
 
-    method: str = "p-tuning"
+    Default here: LoRA. The paper's P-tuning classifies from the pooled [CLS] of the poisoned
+    sequence classifier; our P-tuning reads [MASK] (LMSanitator's convention), where the backdoor
+    is weaker (measured in ``benchmarks/psim_results.md``), and cannot reuse the attacker's head.
+    """
+
+    method: str = "lora"  # our p-tuning reads [MASK], not the [CLS] a poisoned classifier was trained on
     epochs: int = 1
-    lr: float | None = None  # prompt / adapter learning rate (default: the method's)
-    head_lr: float | None = 1e-4  # the head must unlearn the task slowly, not jump to a constant
+    lr: float | None = None  # adapter learning rate (default: the method's)
+    head_lr: float | None = 1e-3
     head_init: str = "auto"
     prefix_len: int | None = None
     batch_size: int = 32
