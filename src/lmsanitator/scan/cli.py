@@ -23,6 +23,9 @@ def _mining_args(p) -> None:
     p.add_argument("--lr", type=float, help="soft-prompt learning rate after the adaptive boost")
     p.add_argument("--no-path-loss", action="store_true", help="ablation: no path loss")
     p.add_argument("--no-adaptive-lr", action="store_true", help="ablation: no adaptive learning rate")
+    p.add_argument("--no-early-accept", action="store_true",
+                   help="train every fuzz loop for all epochs like the paper (default: stop at the first epoch "
+                   "that passes T_L and T_div; later epochs overshoot the PV)")
     p.add_argument("--raw-features", action="store_true",
                    help="measure losses on raw outputs like the paper (default: clean-std units)")
     p.add_argument("--seed", type=int, default=0, help="first fuzz seed")
@@ -36,7 +39,7 @@ def _config(a, mode: str):
 
     kw = dict(target=a.target, batch_size=a.batch_size, max_length=a.max_length, epochs=a.epochs,
               loops=a.loops, t_l=a.t_l, t_div=a.t_div, lr=a.lr, path_loss=not a.no_path_loss,
-              adaptive_lr=not a.no_adaptive_lr, standardize=not a.raw_features, seed=a.seed, mode=mode,
+              adaptive_lr=not a.no_adaptive_lr, early_accept=not a.no_early_accept, standardize=not a.raw_features, seed=a.seed, mode=mode,
               stop_at_first=mode == "detect")
     if a.sentences is not None:
         kw["sentences"] = a.sentences

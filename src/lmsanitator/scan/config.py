@@ -60,6 +60,7 @@ class ScanConfig:
     max_prompt_position: int = 32  # prompt inserted at a word position in [1, min(32, n_words)]
     epochs: int = 4
     abort_epoch: int = 1  # 0-based: a seed with no PV by the end of this epoch is abandoned
+    early_accept: bool = True  # stop a fuzz loop at the first epoch that passes T_L and T_div (see miner)
     loops: int = 30
     t_l: float | None = None
     t_div: float | None = None

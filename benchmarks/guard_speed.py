@@ -1,0 +1,148 @@
+"""Guard speed, measured in one run on one machine:
+
+1. overhead of the guard on clean inputs vs the unguarded tuned model (``TunedModel.predict``), at
+   batch 1 and batch 32 (A/B interleaved, median of rounds);
+2. batched trigger removal vs the paper's sequential loop (one candidate per forward pass) on
+   triggered inputs, with a check that both purge the same words;
+3. requests per second of ``lmsanitator serve`` on loopback (a real server process, httpx client).
+
+    python benchmarks/guard_speed.py --adapter DIR --pvs PVSET --task tweets-binary \
+        --trigger cf [--n 64] [--rounds 7] [--no-service]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from lmsanitator.data.tasks import load_task
+from lmsanitator.data.triggers import insert_trigger
+from lmsanitator.guard import Guard, purge, purge_sequential
+from lmsanitator.guard.purge import to_fields
+from lmsanitator.models import set_threads
+
+
+def ab_overhead(guard: Guard, texts: list[str], batch: int, rounds: int) -> dict:
+    model = guard.model
+    chunks = [texts[i:i + batch] for i in range(0, len(texts), batch)]
+    plain, guarded = [], []
+    guard.predict(chunks[0])  # warm-up
+    model.predict(chunks[0], batch_size=batch)
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for c in chunks:
+            model.predict(c, batch_size=batch)
+        plain.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for c in chunks:
+            guard.predict(c)
+        guarded.append(time.perf_counter() - t0)
+    p, g = statistics.median(plain), statistics.median(guarded)
+    return {"batch": batch, "inputs": len(texts), "unguarded_s": round(p, 4), "guarded_s": round(g, 4),
+            "overhead": round(g / p - 1, 4)}
+
+
+def purge_speed(guard: Guard, texts: list[str], trigger: str, w_max: int) -> dict:
+    rng = random.Random(0)
+    trig = [insert_trigger(t, trigger, rng) for t in texts]
+    recs = guard.predict(trig)
+    flagged = [to_fields(t) for t, r in zip(trig, recs) if r["flagged"]]
+    if not flagged:
+        return {"flagged": 0}
+    t0 = time.perf_counter()
+    b = purge(guard.model, guard.monitor, flagged, w_max)
+    tb = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    s = purge_sequential(guard.model, guard.monitor, flagged, w_max)
+    ts = time.perf_counter() - t0
+    same = sum((x.removed, x.fields) == (y.removed, y.fields) for x, y in zip(b, s))
+    return {"flagged": len(flagged), "batched_s": round(tb, 3), "sequential_s": round(ts, 3),
+            "speedup": round(ts / tb, 2), "same_result": f"{same}/{len(flagged)}",
+            "trigger_removed": sum(x.removed == trigger.split() for x in b) / len(b),
+            "candidates": sum(x.candidates for x in b)}
+
+
+def service_rps(adapter: str, pvs: str, texts: list[str], batch: int, requests: int, workers: int) -> dict:
+    import httpx
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    exe = Path(sys.executable).with_name("lmsanitator")
+    proc = subprocess.Popen([str(exe), "serve", "--adapter", adapter, "--pvs", pvs, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        bodies = [{"inputs": [{"text": t} for t in texts[(i * batch) % len(texts):][:batch] or texts[:batch]]}
+                  for i in range(requests)]
+        with httpx.Client(timeout=120) as c:
+            c.post(f"{url}/predict", json=bodies[0])  # warm-up
+
+            def one(body):
+                r = c.post(f"{url}/predict", json=body)
+                r.raise_for_status()
+                return len(r.json()["results"])
+
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(workers) as ex:
+                n = sum(ex.map(one, bodies))
+            dt = time.perf_counter() - t0
+        return {"batch": batch, "requests": requests, "workers": workers, "seconds": round(dt, 3),
+                "requests_per_s": round(requests / dt, 2), "inputs_per_s": round(n / dt, 1)}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--pvs", required=True)
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--trigger", required=True)
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--w-max", type=int, default=3)
+    ap.add_argument("--no-service", action="store_true")
+    a = ap.parse_args()
+    set_threads()
+    guard = Guard(a.adapter, a.pvs, w_max=a.w_max)
+    texts = [e.text for e in load_task(a.task).test[: a.n]]
+    res = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
+           "adapter": a.adapter, "task": a.task, "n": len(texts)}
+    res["overhead"] = [ab_overhead(guard, texts, 1, max(1, a.rounds // 2)), ab_overhead(guard, texts, 32, a.rounds)]
+    res["trigger_removal"] = purge_speed(guard, texts, a.trigger, a.w_max)
+    if not a.no_service:
+        res["service"] = [service_rps(a.adapter, a.pvs, texts, 1, 64, 4), service_rps(a.adapter, a.pvs, texts, 32, 16, 4)]
+    print(json.dumps(res, indent=2))
+    for o in res["overhead"]:
+        print(f"guard overhead at batch {o['batch']}: {100 * o['overhead']:+.1f}% "
+              f"({o['guarded_s']:.3f} s vs {o['unguarded_s']:.3f} s for {o['inputs']} inputs)", file=sys.stderr)
+    t = res["trigger_removal"]
+    if t.get("flagged"):
+        print(f"trigger removal: batched {t['batched_s']} s vs sequential {t['sequential_s']} s -> "
+              f"{t['speedup']}x on {t['flagged']} flagged inputs (same result {t['same_result']})", file=sys.stderr)
+    for s in res.get("service", []):
+        print(f"service: {s['requests_per_s']} requests/s at batch {s['batch']} ({s['inputs_per_s']} inputs/s, "
+              f"{s['workers']} concurrent clients)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
