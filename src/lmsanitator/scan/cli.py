@@ -102,6 +102,8 @@ def cmd_search(a) -> int:
     from lmsanitator.scan.pvset import PVSet
 
     _check_writable(a.out, a.report)
+    if a.max_pvs is not None and a.max_pvs < 1:
+        raise LMSanitatorError("--max-pvs must be >= 1")
     out = Path(a.out)
     cfg = _config(a, "search")
     previous = None
@@ -141,7 +143,7 @@ def cmd_search(a) -> int:
     n_before = len(miner.pvs_)
     try:
         miner.fit(encoder, sentences, start_seed=start, patience=a.patience, on_pv=on_pv,
-                  progress=not a.no_progress)
+                  progress=not a.no_progress, max_pvs=a.max_pvs)
     except KeyboardInterrupt:
         if miner.candidates_:
             snapshot(miner, miner.candidates_[-1].seed)
@@ -171,6 +173,7 @@ def register(sub) -> dict:
     p.add_argument("--out", required=True, help="PV set file (.safetensors)")
     p.add_argument("--loops", type=int, default=1000)
     p.add_argument("--patience", type=int, default=200)
+    p.add_argument("--max-pvs", type=int, help="stop once this many PVs are found (e.g. the Figure 9 ablation: 3)")
     p.add_argument("--resume", action="store_true", help="continue the search stored in --out")
     p.add_argument("--overwrite", action="store_true")
     return {"scan": cmd_scan, "search": cmd_search}

@@ -334,7 +334,8 @@ class PVMiner:
 
     # ---- the estimator API ----------------------------------------------------------------------------
     def fit(self, encoder: Encoder, sentences: list[str], *, start_seed: int | None = None,
-            patience: int | None = None, on_pv=None, progress: bool = True) -> "PVMiner":
+            patience: int | None = None, on_pv=None, progress: bool = True,
+            max_pvs: int | None = None) -> "PVMiner":
         """Run fuzz loops. Detection (``stop_at_first``) stops at the first legit PV; search stops
         after ``patience`` loops without a new PV. ``on_pv(miner)`` runs after each new PV."""
         cfg = self.config
@@ -354,7 +355,7 @@ class PVMiner:
                 since_new = 0
                 if on_pv is not None:
                     on_pv(self)
-                if cfg.stop_at_first:
+                if cfg.stop_at_first or (max_pvs is not None and len(self.pvs_) >= max_pvs):
                     break
             else:
                 since_new += 1
