@@ -196,8 +196,9 @@ class PSIM:
             raise LMSanitatorError("PSIM needs a sequence-classification task")
         t0 = time.perf_counter()
         K = task.num_labels
-        reset = replace(task, train=reset_labels(task.train, K, c.seed),
-                        validation=reset_labels(task.validation, K, c.seed + 1))
+        val = reset_labels(task.validation, K, c.seed + 1)
+        # accuracy on random labels means nothing: a small test pass only to satisfy the Tuner
+        reset = replace(task, train=reset_labels(task.train, K, c.seed), validation=val, test=val[:64])
         head_from = {}
 
         def prepare(model, _task):
