@@ -21,7 +21,7 @@ import torch
 
 from lmsanitator.errors import LMSanitatorError
 from lmsanitator.guard.monitor import DEFAULT_T_MATCH, PVMonitor
-from lmsanitator.guard.purge import purge, to_fields
+from lmsanitator.guard.purge import forward_rates, purge, to_fields
 from lmsanitator.tuning.inputs import prediction_record
 
 POLICIES = ("predict", "reject")
@@ -69,19 +69,9 @@ class Guard:
     # ---- the hot path: one forward pass, prediction + match rate ----------------------------------
     def monitor_batch(self, texts: Sequence, pairs: Sequence[str] | None = None) -> tuple[list[np.ndarray], torch.Tensor]:
         """Class probabilities and match rates of one batch, from one forward pass."""
-        fields = [to_fields(t, pairs[i] if pairs is not None else None) for i, t in enumerate(texts)]
-        if not fields:
+        if not len(texts):
             return [], torch.zeros(0)
-        fo = self.model.forward_with_features(list(texts), list(pairs) if pairs is not None else None)
-        rates = self.monitor.match_rates(fo.features, fo.rows, len(fields)).cpu()
-        probs = torch.softmax(fo.logits.float(), dim=-1).cpu().numpy()
-        if self.model.task.kind != "token":
-            return list(probs), rates
-        out, start = [], 0
-        for k in fo.words:
-            out.append(probs[start:start + k])
-            start += k
-        return out, rates
+        return forward_rates(self.model, self.monitor, list(texts), list(pairs) if pairs is not None else None)
 
     def _truncated(self, texts: Sequence, pairs: Sequence[str] | None) -> list[bool]:
         """Which inputs the tokenizer cuts at the model's max length. A word piece spans >= 1

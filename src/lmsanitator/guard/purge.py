@@ -86,19 +86,24 @@ def _model_inputs(model, batch: Sequence[Fields]):
     return texts, pairs
 
 
-def score(model, monitor: PVMonitor, batch: Sequence[Fields]) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Match rates and class probabilities of inputs given as fields, in one forward pass."""
-    texts, pairs = _model_inputs(model, batch)
+def forward_rates(model, monitor: PVMonitor, texts, pairs=None) -> tuple[list[np.ndarray], torch.Tensor]:
+    """Class probabilities (token tasks: words x labels per input) and match rates, one forward pass."""
     fo = model.forward_with_features(texts, pairs)
-    rates = monitor.match_rates(fo.features, fo.rows, len(batch)).cpu()
+    rates = monitor.match_rates(fo.features, fo.rows, len(texts)).cpu()
     probs = torch.softmax(fo.logits.float(), dim=-1).cpu().numpy()
     if model.task.kind != "token":
-        return rates, list(probs)
+        return list(probs), rates
     out, start = [], 0
     for k in fo.words:  # words scored per input (truncation may drop some)
         out.append(probs[start:start + k])
         start += k
-    return rates, out
+    return out, rates
+
+
+def score(model, monitor: PVMonitor, batch: Sequence[Fields]) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Match rates and class probabilities of inputs given as fields, in one forward pass."""
+    probs, rates = forward_rates(model, monitor, *_model_inputs(model, batch))
+    return rates, probs
 
 
 def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch_size: int = 64) -> list[PurgeResult]:
