@@ -2,9 +2,9 @@
 
     python benchmarks/psim_table.py /tmp/psim badnet-fd insent-fd badnet-ft clean
 
-For each scenario it reads ``eval-psim-S.json`` (gamma from the PSIM folder), ``eval-psimcal-S.json``
-(gamma calibrated at 1% false rejections on clean validation inputs) and ``eval-onion-S.json``
-(may be missing), and prints one row per tuned model: CA / ASR before, after PSIM, after ONION.
+For each scenario it reads ``eval-psimcal-S.json`` (PSIM at the folder's gamma, 0.7, and at the gamma
+calibrated for 1% false rejections on clean validation inputs) and ``eval-onion-S.json`` (may be
+missing), and prints one row per tuned model: CA / ASR before, behind PSIM, and on ONION-purified inputs.
 """
 
 from __future__ import annotations
@@ -23,28 +23,23 @@ def _pct(x) -> str:
 
 
 def rows(root: Path, scen: str) -> list[str]:
-    psim, cal, onion = (_load(root / f"eval-{k}-{scen}.json") for k in ("psim", "psimcal", "onion"))
-    if psim is None:
-        return [f"| {scen} | (not measured) |"]
-    by = lambda res: {r["method"]: r for r in res["results"]} if res else {}  # noqa: E731
-    c, o = by(cal), by(onion)
+    cal, onion = (_load(root / f"eval-{k}-{scen}.json") for k in ("psimcal", "onion"))
+    if cal is None:
+        return [f"| {scen} | (not measured) |" + " |" * 10]
+    o = {r["method"]: r for r in onion["results"]} if onion else {}
     out = []
-    for r in psim["results"]:
+    for r in cal["results"]:
         m = r["method"]
-        b, a = r["before"], r["after"]
-        ac = c.get(m, {}).get("after", {})
+        b, a7, ac = r["before"], r.get("after_folder_gamma", r["after"]), r["after"]
         oo = o.get(m, {})
         out.append(" | ".join([
-            f"| {scen}", m, _pct(b["clean_accuracy"]), _pct(b["asr"]),
-            _pct(a["clean_accuracy"]), _pct(a["asr"]),
-            _pct(ac.get("clean_accuracy")), _pct(ac.get("asr")),
+            f"| {scen}", m, _pct(b["clean_accuracy"]), _pct(b["asr"]), _pct(a7["clean_accuracy"]), _pct(a7["asr"]),
+            _pct(ac["clean_accuracy"]), _pct(ac["asr"]),
             _pct(oo.get("before", {}).get("clean_accuracy")), _pct(oo.get("before", {}).get("asr")),
             _pct(oo.get("after", {}).get("clean_accuracy")), _pct(oo.get("after", {}).get("asr")) + " |"]))
-    g = f"{psim['gamma']:.3f}"
-    gc = f"{cal['gamma']:.3f}" if cal else "n/a"
-    out.append(f"| {scen} | *flagged clean / poisoned* | | | {_pct(psim['flagged_clean'])} | "
-               f"{_pct(psim['flagged_poisoned'])} | {_pct(cal['flagged_clean']) if cal else 'n/a'} | "
-               f"{_pct(cal['flagged_poisoned']) if cal else 'n/a'} | | | | *gamma {g} / {gc}* |")
+    out.append(f"| {scen} | *flagged clean / poisoned* | | | {_pct(cal['flagged_clean_folder_gamma'])} | "
+               f"{_pct(cal['flagged_poisoned_folder_gamma'])} | {_pct(cal['flagged_clean'])} | "
+               f"{_pct(cal['flagged_poisoned'])} | | | | *γ {cal['folder_gamma']:.3f} / cal. {cal['gamma']:.3f}* |")
     return out
 
 
