@@ -273,3 +273,23 @@ def test_cli_guard_bad_inputs(tiny_guard_files, tmp_path, capsys):
     assert not (tmp_path / "o.jsonl").exists()
     assert "t-match" in _bad(base + ["--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--t-match", "2"],
                              capsys)
+
+
+def test_calibration_raises_thresholds_only_where_clean_inputs_come_close():
+    near = PV_A.clone()
+    near[: D // 8] *= -1  # clean inputs below share 7/8 of PV_A's signs ...
+    model = StubModel()
+    base = model._feature
+
+    def feature(words):  # ... every clean input matches PV_A at 0.875 > 0.8
+        return PV_A.clone() if "cf" in words else (near.clone() if "near" in words else base(words))
+
+    model._feature = feature
+    g = Guard(model, pvset(PV_A, PV_B))
+    clean = [f"near sentence number {i}" for i in range(20)]
+    assert all(r["flagged"] for r in g.predict(clean[:3]))  # uncalibrated: false positives
+    th = g.calibrate(clean, frr=0.0)
+    assert th[0] == pytest.approx(0.875) and th[1] == pytest.approx(0.8)  # PV_B untouched
+    recs = g.predict(clean[:3] + ["near cf here"])
+    assert [r["flagged"] for r in recs] == [False, False, False, True]
+    assert recs[3]["removed"] == ["cf"] and g.info()["calibration"]["inputs"] == 20

@@ -18,6 +18,10 @@ def _guard_options(p) -> None:
     p.add_argument("--on-unresolved", choices=["predict", "reject"], default="predict",
                    help="when no window of <= w-max words unflags an input: predict anyway (default) or reject it")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--calibrate-input", metavar="CLEAN.jsonl",
+                   help="clean inputs (same line format) to raise each PV's threshold above their match rates")
+    p.add_argument("--calibrate-frr", type=float, default=0.01,
+                   help="with a calibration set: the share of it that may still be flagged (default 0.01)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
 
 
@@ -32,7 +36,12 @@ def _make_guard(a):
     read_tune_json(a.adapter)  # clear errors before loading anything heavy
     pvset = PVSet.load(a.pvs)
     set_threads()
-    return Guard(_load_tuned(a), pvset, cfg)
+    guard = Guard(_load_tuned(a), pvset, cfg)
+    if getattr(a, "calibrate_input", None):
+        from lmsanitator.tuning.inputs import read_jsonl_inputs
+
+        guard.calibrate(*read_jsonl_inputs(a.calibrate_input, guard.model), frr=a.calibrate_frr)
+    return guard
 
 
 def register(sub) -> dict:
@@ -72,6 +81,8 @@ def register(sub) -> dict:
     e.add_argument("--max-examples", type=int, help="first N examples of the split")
     e.add_argument("--seed", type=int, default=0, help="trigger positions")
     e.add_argument("--field", default="longer", choices=["longer", "text", "text_pair"], help="pairs: where triggers go")
+    e.add_argument("--calibrate-validation", type=int, metavar="N",
+                   help="calibrate per-PV thresholds on the texts of the first N validation examples (labels unused)")
     e.add_argument("--out", help="results JSON")
     e.add_argument("--plot", help="match-rate histogram PNG (Figure 14)")
     e.add_argument("--overwrite", action="store_true")
@@ -133,6 +144,17 @@ def cmd_evaluate_guard(a) -> int:
     if tuple(task.labels) != tuple(model.labels) or task.kind != model.task.kind:
         raise LMSanitatorError(f"task '{task.name}' (labels {', '.join(task.labels)}) does not match the adapter's "
                                f"labels ({', '.join(model.labels)})")
+    if a.calibrate_validation:
+        if a.calibrate_input:
+            raise LMSanitatorError("give --calibrate-validation or --calibrate-input, not both")
+        val = task.split("validation")[: a.calibrate_validation]
+        if not val:
+            raise LMSanitatorError(f"task '{task.name}' has no validation examples to calibrate on")
+        if model.task.kind == "token":
+            guard.calibrate([list(e.tokens) for e in val], None, frr=a.calibrate_frr)
+        else:
+            guard.calibrate([e.text for e in val], [e.text_pair for e in val] if model.task.pair else None,
+                            frr=a.calibrate_frr)
     examples = task.split(a.split)[: a.max_examples]
     res = evaluate_guard(guard, examples, triggers, seed=a.seed, field=a.field)
     res = {"adapter": str(a.adapter), "pvs": str(a.pvs), "task": task.name, "split": a.split,
@@ -146,6 +168,9 @@ def cmd_evaluate_guard(a) -> int:
     at = next(r for r in res["rates"] if abs(r["t_match"] - guard.config.t_match) < 1e-9) \
         if any(abs(r["t_match"] - guard.config.t_match) < 1e-9 for r in res["rates"]) else None
     rates = f", FRR {_fmt(at['frr'])}, FAR {_fmt(at['far'])} at T_match {guard.config.t_match}" if at else ""
+    if guard.calibration:
+        rates = (f", calibrated on {guard.calibration['inputs']} clean inputs: clean flagged "
+                 f"{_fmt(res['clean_flagged'])}, triggered flagged {_fmt(res['triggered_flagged'])}")
     print(f"guard on {model.method.name}/{model.base_name}, task {task.name} (n={res['n']}): clean accuracy "
           f"{_fmt(res['clean_accuracy'])} -> {_fmt(res['clean_accuracy_guarded'])}, ASR {_fmt(res['asr'])} -> "
           f"{_fmt(res['asr_guarded'])}{rates}" + (f" -> {a.out}" if a.out else ""))

@@ -65,13 +65,24 @@ class Guard:
             raise LMSanitatorError(f"PV set was mined on '{pvset.target}' outputs but the {model.method.name} model "
                                    f"reads '{model.target}' outputs; mine with --target {model.target}")
         self.monitor = PVMonitor(pvset.pvs, self.config.t_match).to(model.device)
+        self.calibration = None
 
     # ---- the hot path: one forward pass, prediction + match rate ----------------------------------
     def monitor_batch(self, texts: Sequence, pairs: Sequence[str] | None = None) -> tuple[list[np.ndarray], torch.Tensor]:
-        """Class probabilities and match rates of one batch, from one forward pass."""
+        """Class probabilities and the inputs x PVs match matrix of one batch, from one forward pass."""
         if not len(texts):
-            return [], torch.zeros(0)
+            return [], torch.zeros(0, len(self.pvset))
         return forward_rates(self.model, self.monitor, list(texts), list(pairs) if pairs is not None else None)
+
+    def calibrate(self, texts: Sequence, pairs: Sequence[str] | None = None, frr: float = 0.01) -> list[float]:
+        """Per-PV thresholds from clean inputs (see :meth:`PVMonitor.calibrate`); returns them."""
+        texts = list(texts)
+        bs = self.config.batch_size
+        mats = [self.monitor_batch(texts[s:s + bs], pairs[s:s + bs] if pairs is not None else None)[1]
+                for s in range(0, len(texts), bs)]
+        th = self.monitor.calibrate(torch.cat(mats) if mats else torch.zeros(0, len(self.pvset)), frr)
+        self.calibration = {"inputs": len(texts), "frr": frr, "thresholds": [round(float(x), 4) for x in th]}
+        return [float(x) for x in th]
 
     def _truncated(self, texts: Sequence, pairs: Sequence[str] | None) -> list[bool]:
         """Which inputs the tokenizer cuts at the model's max length. A word piece spans >= 1
@@ -106,13 +117,15 @@ class Guard:
                 raise LMSanitatorError(f"input {i} is empty")
         token = self.model.task.kind == "token"
         bs = self.config.batch_size
-        probs: list = [None] * len(texts)
-        rates = torch.zeros(len(texts))
+        probs: list = []
+        mats = []
         for s in range(0, len(texts), bs):
-            p, r = self.monitor_batch(texts[s:s + bs], pairs[s:s + bs] if pairs is not None else None)
-            probs[s:s + len(p)] = p
-            rates[s:s + len(p)] = r
-        flagged = self.monitor.flagged(rates).tolist()
+            p, m = self.monitor_batch(texts[s:s + bs], pairs[s:s + bs] if pairs is not None else None)
+            probs.extend(p)
+            mats.append(m)
+        matrix = torch.cat(mats) if mats else torch.zeros(0, len(self.pvset))
+        rates = matrix.max(dim=1).values if len(texts) else torch.zeros(0)
+        flagged = self.monitor.flag(matrix).tolist()
         truncated = self._truncated(texts, pairs)
         idx = [i for i, f in enumerate(flagged) if f]
         fixes = purge(self.model, self.monitor, [to_fields(texts[i], pairs[i] if pairs else None) for i in idx],
@@ -160,5 +173,5 @@ class Guard:
     def info(self) -> dict:
         return {"model": self.model.base_name, "method": self.model.method.name, "task": self.model.task.name,
                 "target": self.model.target, "labels": list(self.model.labels), "pvs": len(self.pvset),
-                **asdict(self.config)}
+                **asdict(self.config), "calibration": self.calibration}
 

@@ -87,23 +87,24 @@ def _model_inputs(model, batch: Sequence[Fields]):
 
 
 def forward_rates(model, monitor: PVMonitor, texts, pairs=None) -> tuple[list[np.ndarray], torch.Tensor]:
-    """Class probabilities (token tasks: words x labels per input) and match rates, one forward pass."""
+    """Class probabilities (token tasks: words x labels per input) and the inputs x PVs match
+    matrix, from one forward pass."""
     fo = model.forward_with_features(texts, pairs)
-    rates = monitor.match_rates(fo.features, fo.rows, len(texts)).cpu()
+    matrix = monitor.match_matrix(fo.features, fo.rows, len(texts)).cpu()
     probs = torch.softmax(fo.logits.float(), dim=-1).cpu().numpy()
     if model.task.kind != "token":
-        return list(probs), rates
+        return list(probs), matrix
     out, start = [], 0
     for k in fo.words:  # words scored per input (truncation may drop some)
         out.append(probs[start:start + k])
         start += k
-    return out, rates
+    return out, matrix
 
 
 def score(model, monitor: PVMonitor, batch: Sequence[Fields]) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Match rates and class probabilities of inputs given as fields, in one forward pass."""
-    probs, rates = forward_rates(model, monitor, *_model_inputs(model, batch))
-    return rates, probs
+    """Match matrix (inputs x PVs) and class probabilities of inputs given as fields, one forward pass."""
+    probs, matrix = forward_rates(model, monitor, *_model_inputs(model, batch))
+    return matrix, probs
 
 
 def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch_size: int = 64) -> list[PurgeResult]:
@@ -123,13 +124,14 @@ def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch
             probs.extend(p)
         if not cands:
             continue
-        rates_t = torch.cat(rates)
+        matrix = torch.cat(rates)
+        still, best = monitor.flag(matrix), matrix.max(dim=1).values
         done = set()
         for j, (i, (phrase, fields, kept)) in enumerate(cands):
-            if i in done or bool(rates_t[j] > monitor.t_match):
+            if i in done or bool(still[j]):
                 continue
             done.add(i)
-            results[i] = PurgeResult(True, width, list(phrase), fields, kept, float(rates_t[j]), probs[j],
+            results[i] = PurgeResult(True, width, list(phrase), fields, kept, float(best[j]), probs[j],
                                      results[i].candidates)
         pending = [i for i in pending if i not in done]
     return results
@@ -143,9 +145,10 @@ def purge_sequential(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max:
         for width in range(1, w_max + 1):
             for phrase, fields, kept in candidates(fields0, width):
                 res.candidates += 1
-                r, p = score(model, monitor, [fields])
-                if not bool(r[0] > monitor.t_match):
-                    res = PurgeResult(True, width, list(phrase), fields, kept, float(r[0]), p[0], res.candidates)
+                m, p = score(model, monitor, [fields])
+                if not bool(monitor.flag(m)[0]):
+                    res = PurgeResult(True, width, list(phrase), fields, kept, float(m[0].max()), p[0],
+                                      res.candidates)
                     break
             if res.resolved:
                 break
