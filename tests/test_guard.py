@@ -152,8 +152,11 @@ def test_guard_records_and_policies():
     assert trig["flagged"] and trig["match_rate"] == 1.0 and trig["removed"] == ["cf"]
     assert trig["purged_text"] == "good movie" and trig["label"] == 0 and trig["unguarded_label"] == 1
     assert trig["purged_match_rate"] <= 0.8
-    # removing "cf" empties the text, so nothing can unflag it: predict anyway (default) ...
+    # removing "cf" empties the text, so there is no candidate: predict on the input (default "best") ...
     assert only_trigger["flagged"] and not only_trigger["resolved"] and only_trigger["label"] == 1
+    # an input whose every candidate stays flagged: "best" predicts on the least-matching one
+    r = Guard(StubModel(), pvset(PV_A, PV_B), w_max=1).predict(["cf blue moon x"])[0]
+    assert not r["resolved"] and r["purged_text"] == "blue moon x" and r["removed"] == ["cf"]
     # ... or reject
     r = Guard(StubModel(), pvset(PV_A), on_unresolved="reject").predict(["cf cf"])[0]
     assert r["rejected"] and r["label"] is None and r["probs"] is None
@@ -219,9 +222,12 @@ def test_guard_on_a_tuned_model(tiny_guard_files):
     assert not any(r["flagged"] for r in recs)
     assert np.allclose([r["probs"] for r in recs], probs, atol=1e-5)  # unflagged: exactly the model's prediction
     assert recs[2]["truncated"] and "note" in recs[2] and not recs[1]["truncated"]
-    recs = Guard(d / "adapter", d / "pvs-all.safetensors", w_max=1).predict(texts[:2])
+    recs = Guard(d / "adapter", d / "pvs-all.safetensors", w_max=1, on_unresolved="predict").predict(texts[:2])
     assert recs[0]["match_rate"] == 1.0 and all(r["flagged"] and not r["resolved"] for r in recs)
     assert recs[1]["candidates"] == 5 and recs[1]["label"] == recs[1]["unguarded_label"]
+    assert recs[1]["purged_text"] is None
+    best = Guard(d / "adapter", d / "pvs-all.safetensors", w_max=1).predict(texts[1:2])[0]  # default "best"
+    assert not best["resolved"] and len(best["removed"]) == 1 and best["purged_match_rate"] <= best["match_rate"]
 
 
 def test_cli_guard_and_evaluate_guard(tiny_guard_files, tmp_path, capsys):

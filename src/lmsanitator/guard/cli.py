@@ -15,13 +15,14 @@ def _guard_options(p) -> None:
     p.add_argument("--t-match", type=float, default=DEFAULT_T_MATCH,
                    help="flag when this share of the output's signs agree with a PV (default 0.8)")
     p.add_argument("--w-max", type=int, default=3, help="widest trigger window removed, in words (default 3)")
-    p.add_argument("--on-unresolved", choices=["predict", "reject"], default="predict",
-                   help="when no window of <= w-max words unflags an input: predict anyway (default) or reject it")
+    p.add_argument("--on-unresolved", choices=["best", "predict", "reject"], default="best",
+                   help="when no window of <= w-max words unflags an input: predict on the candidate that matched "
+                   "the PVs least (best, default), on the input as it is (predict), or reject it")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--calibrate-input", metavar="CLEAN.jsonl",
                    help="clean inputs (same line format) to raise each PV's threshold above their match rates")
     p.add_argument("--calibrate-frr", type=float, default=0.01,
-                   help="with a calibration set: the share of it that may still be flagged (default 0.01)")
+                   help="with a calibration set: the share of it allowed above each PV's threshold (default 0.01)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
 
 

@@ -24,14 +24,16 @@ from lmsanitator.guard.monitor import DEFAULT_T_MATCH, PVMonitor
 from lmsanitator.guard.purge import forward_rates, purge, to_fields
 from lmsanitator.tuning.inputs import prediction_record
 
-POLICIES = ("predict", "reject")
+POLICIES = ("best", "predict", "reject")
 
 
 @dataclass
 class GuardConfig:
     t_match: float = DEFAULT_T_MATCH  # share of the hidden size whose signs must agree with a PV
     w_max: int = 3  # widest trigger window tried (words)
-    on_unresolved: str = "predict"  # nothing unflags within w_max: predict on the input anyway, or reject it
+    # nothing unflags within w_max: predict on the candidate that matched the PVs least ("best"), on the
+    # input as it is ("predict"), or reject it
+    on_unresolved: str = "best"
     batch_size: int = 32
 
     def __post_init__(self) -> None:
@@ -146,7 +148,9 @@ class Guard:
                 fx = fixed[i]
                 rec["resolved"] = fx.resolved
                 rec["candidates"] = fx.candidates
-                if fx.resolved:
+                use = fx.resolved or (self.config.on_unresolved == "best" and fx.fields is not None)
+                rec["rejected"] = not fx.resolved and self.config.on_unresolved == "reject"
+                if use:
                     rec["removed"] = fx.removed
                     rec["purged_text"] = " ".join(fx.fields[0])
                     if len(fx.fields) > 1:
@@ -158,8 +162,6 @@ class Guard:
                             p[orig] = fx.probs[j]
                     else:
                         p = fx.probs
-                elif self.config.on_unresolved == "reject":
-                    rec["rejected"] = True
             if rec["rejected"]:
                 rec.update({"label": None, "label_name": None, "probs": None})
             else:

@@ -64,15 +64,17 @@ class PVMonitor:
         return rates > self.t_match
 
     def calibrate(self, clean_matrix: torch.Tensor, frr: float) -> torch.Tensor:
-        """Raise each PV's threshold above the clean inputs' match rates so that at most ``frr`` of
-        them (spread over the PVs) would be flagged; never below ``t_match``. The defender's clean
-        text is all this uses. (Small hidden sizes and PVs that sit near the clean outputs give
-        clean inputs 0.8 d matches by chance: on BToP SPLADE-tiny, d = 128, 10% of clean tweets.)"""
+        """Raise each PV's threshold to the ``1 - frr`` quantile of the clean inputs' match rates with
+        it (never below ``t_match``). The defender's clean text is all this uses. Small hidden sizes
+        and PVs near the clean outputs give clean inputs 0.8 d matches by chance (BToP SPLADE-tiny,
+        d = 128: 10% of clean tweets). A per-PV quantile, not the maximum: a few "clean" inputs
+        carry natural near-triggers (tweets with t.co links match a BToP PV at 1.0) and must not
+        switch a PV off."""
         if not 0 <= frr < 1:
             raise LMSanitatorError(f"calibration FRR must be in [0, 1), got {frr}")
         if clean_matrix.shape[0] < 1:
             raise LMSanitatorError("calibration needs at least one clean input")
-        q = 1 - frr / clean_matrix.shape[1]
+        q = 1 - frr
         per_pv = torch.quantile(clean_matrix.float().cpu(), q, dim=0, interpolation="higher")
         self.thresholds = torch.maximum(per_pv, torch.full_like(per_pv, self.t_match))
         self.calibrated = True

@@ -27,6 +27,8 @@ Fields = tuple[tuple[str, ...], ...]  # one word tuple per text field
 
 @dataclass
 class PurgeResult:
+    """Unresolved results keep the candidate whose best PV match was lowest (the fallback)."""
+
     resolved: bool
     width: int | None = None  # window width that unflagged the input
     removed: list[str] = field(default_factory=list)
@@ -128,6 +130,11 @@ def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch
         still, best = monitor.flag(matrix), matrix.max(dim=1).values
         done = set()
         for j, (i, (phrase, fields, kept)) in enumerate(cands):
+            if bool(still[j]) and i not in done:  # remember the least-matching candidate (fallback)
+                r = results[i]
+                if r.match_rate is None or float(best[j]) < r.match_rate:
+                    results[i] = PurgeResult(False, width, list(phrase), fields, kept, float(best[j]), probs[j],
+                                             r.candidates)
             if i in done or bool(still[j]):
                 continue
             done.add(i)
