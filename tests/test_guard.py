@@ -120,7 +120,7 @@ def test_purge_finds_single_and_phrase_triggers_without_knowing_them():
     # "blue" or "moon" alone breaks the phrase: width 1 already unflags it
     assert res[1].resolved and res[1].width == 1 and res[1].removed in (["blue"], ["moon"])
     # an unflagged input passed in anyway: the first window already "unflags" it (Guard never does this)
-    assert res[2].resolved and res[2].removed == ["nothing"] and res[2].candidates == 4
+    assert res[2].resolved and res[2].removed == ["nothing"] and res[2].candidates == 1
     assert res[0].probs.argmax() == len(res[0].fields[0]) % 2  # prediction on the purged text
 
 

@@ -6,8 +6,8 @@ input (a trigger is often inserted several times), then the monitor re-checks it
 with an unflagged candidate wins (the first such window, in reading order). Nothing about where a
 trigger is, or what it is, is used.
 
-All candidates of one width, for all still-flagged inputs, go through the model in batched
-forward passes; the same pass gives the match rate *and* the prediction on the purged text.
+Candidates go through the model in batched forward passes shared by all still-flagged inputs
+(see :func:`purge`); the same pass gives the match rate *and* the prediction on the purged text.
 :func:`purge_sequential` is the paper's one-candidate-at-a-time loop, kept for benchmarks and as a
 reference the batched version must agree with.
 """
@@ -110,37 +110,48 @@ def score(model, monitor: PVMonitor, batch: Sequence[Fields]) -> tuple[torch.Ten
 
 
 def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch_size: int = 64) -> list[PurgeResult]:
-    """Batched Algorithm 2 over flagged ``inputs`` (fields); one :class:`PurgeResult` each."""
+    """Batched Algorithm 2 over flagged ``inputs`` (fields); one :class:`PurgeResult` each.
+
+    Rounds of forward passes: each round scores the next ``max(1, batch_size // n)`` candidates of
+    each of the ``n`` inputs still flagged, so one input gets all its windows of a width in one
+    pass, many inputs share passes, and an input stops at its first unflagged window (the same
+    answer as the sequential loop, without scoring the windows after it).
+    """
     results = [PurgeResult(resolved=False) for _ in inputs]
     pending = list(range(len(inputs)))
     for width in range(1, w_max + 1):
         if not pending:
             break
-        cands = [(i, c) for i in pending for c in candidates(inputs[i], width)]
-        for i, _ in cands:
-            results[i].candidates += 1
-        rates, probs = [], []
-        for s in range(0, len(cands), batch_size):
-            r, p = score(model, monitor, [c[1] for _, c in cands[s:s + batch_size]])
-            rates.append(r)
-            probs.extend(p)
-        if not cands:
-            continue
-        matrix = torch.cat(rates)
-        still, best = monitor.flag(matrix), matrix.max(dim=1).values
-        done = set()
-        for j, (i, (phrase, fields, kept)) in enumerate(cands):
-            if bool(still[j]) and i not in done:  # remember the least-matching candidate (fallback)
+        queue = {i: candidates(inputs[i], width) for i in pending}
+        pos = dict.fromkeys(pending, 0)
+        active = [i for i in pending if queue[i]]
+        while active:
+            take = max(1, batch_size // len(active))
+            round_ = [(i, c) for i in active for c in queue[i][pos[i]:pos[i] + take]]
+            mats, probs = [], []
+            for s in range(0, len(round_), batch_size):
+                m, p = score(model, monitor, [c[1] for _, c in round_[s:s + batch_size]])
+                mats.append(m)
+                probs.extend(p)
+            matrix = torch.cat(mats)
+            still, best = monitor.flag(matrix), matrix.max(dim=1).values
+            done = set()
+            for j, (i, (phrase, fields, kept)) in enumerate(round_):
+                if i in done:
+                    continue
+                results[i].candidates += 1
                 r = results[i]
-                if r.match_rate is None or float(best[j]) < r.match_rate:
+                if not bool(still[j]):
+                    done.add(i)
+                    results[i] = PurgeResult(True, width, list(phrase), fields, kept, float(best[j]), probs[j],
+                                             r.candidates)
+                elif r.match_rate is None or float(best[j]) < r.match_rate:  # fallback: least matching
                     results[i] = PurgeResult(False, width, list(phrase), fields, kept, float(best[j]), probs[j],
                                              r.candidates)
-            if i in done or bool(still[j]):
-                continue
-            done.add(i)
-            results[i] = PurgeResult(True, width, list(phrase), fields, kept, float(best[j]), probs[j],
-                                     results[i].candidates)
-        pending = [i for i in pending if i not in done]
+            for i in active:
+                pos[i] += take
+            active = [i for i in active if i not in done and pos[i] < len(queue[i])]
+            pending = [i for i in pending if i not in done]
     return results
 
 
