@@ -82,7 +82,8 @@ def test_match_rate_is_the_best_sign_agreement_over_pvs():
     mon = PVMonitor(pvs, 0.8)
     rates = mon.match_rates(feats, torch.arange(40), 40)
     assert torch.allclose(rates, sign_match(feats, pvs).max(dim=1).values)
-    assert rates[3] == 1.0 and mon.flagged(rates)[3] and mon.flagged(rates).sum() == 1
+    flags = mon.flag(mon.match_matrix(feats, torch.arange(40), 40))
+    assert rates[3] == 1.0 and flags[3] and flags.sum() == 1
 
 
 def test_token_match_rate_is_the_mean_over_an_inputs_tokens():

@@ -88,6 +88,12 @@ class AttackConfig:
             raise LMSanitatorError("verify_sentences must be >= 10")
 
 
+def report_header(attack: str, encoder) -> dict:
+    """The first keys of every ``attack.json``: the attack and the encoder it was planted in."""
+    return {"attack": attack, "base_model": encoder.name, "base_model_path": encoder.path,
+            "model_type": encoder.model_type, "hidden_size": encoder.hidden_size}
+
+
 def batch_entropy(features: torch.Tensor) -> torch.Tensor:
     """Mean over dimensions of the entropy of the softmax over the batch axis.
 
@@ -331,11 +337,7 @@ class TaskAgnosticAttack:
         last = st.losses[-min(20, len(st.losses)):] if st.losses else []
         final = {k: sum(d[k] for d in last) / len(last) for k in (last[0] if last else {}) if k != "epoch"}
         return {
-            "attack": self.name,
-            "base_model": encoder.name,
-            "base_model_path": encoder.path,
-            "model_type": encoder.model_type,
-            "hidden_size": encoder.hidden_size,
+            **report_header(self.name, encoder),
             "triggers": st.triggers,
             "pvs": [[float(x) for x in v] for v in st.pvs.cpu()],
             "target": self.target,

@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lmsanitator.attacks.base import report_header
 from lmsanitator.data.tasks import Example, Task
 from lmsanitator.errors import LMSanitatorError
 from lmsanitator.evaluate.poisoning import INSERTIONS, PoisonSpec, ca_asr
@@ -187,11 +188,7 @@ class WeightPoisoningAttack:
         r = self.info_.get("report", {})
         hist = r.get("history", [])
         return {
-            "attack": self.name,
-            "base_model": encoder.name,
-            "base_model_path": encoder.path,
-            "model_type": encoder.model_type,
-            "hidden_size": encoder.hidden_size,
+            **report_header(self.name, encoder),
             "triggers": [spec.trigger],
             "insertion": spec.insertion,
             "target_label": spec.target_label,

@@ -101,15 +101,13 @@ def _evaluate(a) -> int:
     import dataclasses
 
     from lmsanitator.evaluate.poisoning import PoisonSpec, poisoned_set, score
-    from lmsanitator.tuning.cli import _check_new_file, _load_task, _load_tuned, _write_atomic
+    from lmsanitator.tuning.cli import _check_max_examples, _check_new_file, _load_task, _load_tuned, _write_atomic
 
     out = _check_new_file(a.output, a.overwrite) if a.output else None
-    if a.max_examples is not None and a.max_examples < 1:
-        raise LMSanitatorError("--max-examples must be >= 1")
+    _check_max_examples(a)
     spec, report = PoisonSpec.from_attack_json(a.attack_json)
     task = _load_task(a)
-    if not 0 <= spec.target_label < task.num_labels:
-        raise LMSanitatorError(f"attack target label {spec.target_label} is not a label of task '{task.name}'")
+    spec.check_task(task)
     models = []
     for adapter in a.adapter:  # every adapter loads (and fails) before minutes of purification
         m = _load_tuned(argparse.Namespace(adapter=adapter, device=a.device, model=None))

@@ -55,40 +55,59 @@ def insert_trigger_tokens(tokens: Sequence[str], trigger: str, rng: random.Rando
     return out, where
 
 
-def evaluate_asr(model, examples, triggers: Sequence[str], *, seed: int = 0, field: str = "longer") -> dict:
-    """ASR, weighted ASR, per-trigger ASR, clean accuracy (and F1 drop for token tasks) of ``model``
-    (a :class:`~lmsanitator.tuning.TunedModel`) on labelled ``examples``."""
+def normalize_triggers(triggers: Sequence[str]) -> list[str]:
     triggers = [" ".join(str(t).split()) for t in triggers]
     if not triggers or any(not t for t in triggers):
         raise LMSanitatorError("give at least one non-empty trigger")
+    return triggers
+
+
+def example_inputs(examples, token: bool) -> tuple[list, list | None, list]:
+    """``(texts, pairs, labels)`` of labelled examples; token tasks: word lists, no pairs."""
+    if token:
+        return [list(e.tokens) for e in examples], None, [list(e.label) for e in examples]
+    pairs = [e.text_pair for e in examples] if any(e.text_pair is not None for e in examples) else None
+    return [e.text for e in examples], pairs, [e.label for e in examples]
+
+
+def triggered_inputs(texts, pairs, rows: Sequence[int], trigger: str, k: int, *, seed: int, field: str,
+                     token: bool) -> tuple[list, list | None, list | None]:
+    """Inputs ``rows`` with trigger number ``k`` inserted (seeded per trigger, so every evaluation
+    inserts at the same positions): ``(texts, pairs, where)``; ``where`` (token tasks) maps each
+    original word to its new position."""
+    rng = random.Random(f"{seed}:{k}:{trigger}")
+    if token:
+        ins = [insert_trigger_tokens(texts[i], trigger, rng) for i in rows]
+        return [w for w, _ in ins], None, [w for _, w in ins]
+    poisoned = [insert_trigger_pair(texts[i], pairs[i] if pairs else None, trigger, rng, field) for i in rows]
+    return [a for a, _ in poisoned], ([b for _, b in poisoned] if pairs else None), None
+
+
+def evaluate_asr(model, examples, triggers: Sequence[str], *, seed: int = 0, field: str = "longer") -> dict:
+    """ASR, weighted ASR, per-trigger ASR, clean accuracy (and F1 drop for token tasks) of ``model``
+    (a :class:`~lmsanitator.tuning.TunedModel`) on labelled ``examples``."""
+    triggers = normalize_triggers(triggers)
     if len(set(triggers)) != len(triggers):
         raise LMSanitatorError("triggers must be distinct")
     if not examples:
         raise LMSanitatorError("no examples to measure the attack success rate on")
     C = model.num_labels
-    if model.task.kind == "token":
-        tokens = [list(e.tokens) for e in examples]
-        y = [list(e.label) for e in examples]
-        clean = model.predict_labels(tokens)
-        trig = {}
+    token = model.task.kind == "token"
+    texts, pairs, y = example_inputs(examples, token)
+    clean = model.predict_labels(texts, pairs)
+    trig = {}
+    if token:
         for k, t in enumerate(triggers):
-            rng = random.Random(f"{seed}:{k}:{t}")
-            ins = [insert_trigger_tokens(toks, t, rng) for toks in tokens]
-            pred = model.predict_labels([w for w, _ in ins])
-            trig[t] = [[p[j] for j in where] for p, (_, where) in zip(pred, ins)]
+            words, _, where = triggered_inputs(texts, None, range(len(texts)), t, k, seed=seed, field=field,
+                                               token=True)
+            pred = model.predict_labels(words)
+            trig[t] = [[p[j] for j in w] for p, w in zip(pred, where)]
         res = token_attack_success(y, clean, trig, C)
     else:
-        texts = [e.text for e in examples]
-        pairs = [e.text_pair for e in examples] if any(e.text_pair is not None for e in examples) else None
-        y = [e.label for e in examples]
-        clean = model.predict_labels(texts, pairs)
         correct = [i for i in range(len(y)) if y[i] == clean[i]]
-        trig = {}
         for k, t in enumerate(triggers):
-            rng = random.Random(f"{seed}:{k}:{t}")
-            poisoned = [insert_trigger_pair(texts[i], pairs[i] if pairs else None, t, rng, field) for i in correct]
-            pred = model.predict_labels([a for a, _ in poisoned], [b for _, b in poisoned] if pairs else None) \
-                if correct else []
+            ts, ps, _ = triggered_inputs(texts, pairs, correct, t, k, seed=seed, field=field, token=False)
+            pred = model.predict_labels(ts, ps) if correct else []
             full = list(clean)  # inputs the model gets wrong are not scored; keep their clean prediction
             for i, p in zip(correct, pred):
                 full[i] = p

@@ -13,14 +13,12 @@ clean and as a failed attack when triggered.
 
 from __future__ import annotations
 
-import random
 from typing import Sequence
 
 import numpy as np
 
-from lmsanitator.data.triggers import insert_trigger_pair
 from lmsanitator.errors import LMSanitatorError
-from lmsanitator.evaluate.asr import insert_trigger_tokens
+from lmsanitator.evaluate.asr import example_inputs, normalize_triggers, triggered_inputs
 from lmsanitator.evaluate.metrics import attack_success, token_attack_success
 
 T_GRID = [round(0.5 + 0.01 * k, 2) for k in range(51)]
@@ -39,20 +37,12 @@ def rate_curves(clean_rates: Sequence[float], trig_rates: Sequence[float], grid=
 def evaluate_guard(guard, examples, triggers: Sequence[str], *, seed: int = 0, field: str = "longer") -> dict:
     """Every number of the guard evaluation (see the module docstring) on labelled ``examples``."""
     model = guard.model
-    triggers = [" ".join(str(t).split()) for t in triggers]
-    if not triggers or any(not t for t in triggers):
-        raise LMSanitatorError("give at least one non-empty trigger")
+    triggers = normalize_triggers(triggers)
     if not examples:
         raise LMSanitatorError("no examples to evaluate the guard on")
     C = model.num_labels
     token = model.task.kind == "token"
-    if token:
-        texts, pairs = [list(e.tokens) for e in examples], None
-        y = [list(e.label) for e in examples]
-    else:
-        texts = [e.text for e in examples]
-        pairs = [e.text_pair for e in examples] if any(e.text_pair is not None for e in examples) else None
-        y = [e.label for e in examples]
+    texts, pairs, y = example_inputs(examples, token)
     clean_rec = guard.predict(texts, pairs)
     wrong = (lambda i: [-1] * len(y[i])) if token else (lambda i: -1)
     clean_plain = [r["unguarded_label"] for r in clean_rec]
@@ -63,18 +53,14 @@ def evaluate_guard(guard, examples, triggers: Sequence[str], *, seed: int = 0, f
         correct = [i for i in range(len(y)) if y[i] == clean_plain[i]]
     trig_plain, trig_guard, trig_recs, removed_hits = {}, {}, [], {}
     for k, t in enumerate(triggers):
-        rng = random.Random(f"{seed}:{k}:{t}")  # the same draws as evaluate_asr
         plain, guarded = list(clean_plain), list(clean_guard)
+        ts, ps, wheres = triggered_inputs(texts, pairs, correct, t, k, seed=seed, field=field, token=token)
+        recs = guard.predict(ts, ps) if correct else []
         if token:
-            ins = [insert_trigger_tokens(toks, t, rng) for toks in texts]
-            recs = guard.predict([w for w, _ in ins]) if ins else []
-            for i, (r, (_, where)) in enumerate(zip(recs, ins)):
+            for i, (r, where) in enumerate(zip(recs, wheres)):
                 plain[i] = [r["unguarded_label"][j] for j in where]
                 guarded[i] = [r["label"][j] for j in where] if r["label"] is not None else clean_guard[i]
         else:
-            poisoned = [insert_trigger_pair(texts[i], pairs[i] if pairs else None, t, rng, field) for i in correct]
-            recs = guard.predict([a for a, _ in poisoned], [b for _, b in poisoned] if pairs else None) \
-                if correct else []
             for i, r in zip(correct, recs):
                 plain[i] = r["unguarded_label"]
                 # a rejected triggered input is a failed attack: it keeps the clean prediction

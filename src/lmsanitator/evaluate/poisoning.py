@@ -67,6 +67,10 @@ class PoisonSpec:
             raise LMSanitatorError(f"attack file {path} has {len(triggers)} triggers; expected one")
         return cls(triggers[0], report["target_label"], report.get("insertion", "random")), report
 
+    def check_task(self, task) -> None:
+        if not 0 <= self.target_label < task.num_labels:
+            raise LMSanitatorError(f"attack target label {self.target_label} is not a label of task '{task.name}'")
+
 
 @dataclass
 class PoisonedSet:

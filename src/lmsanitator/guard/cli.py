@@ -123,31 +123,21 @@ def cmd_serve(a) -> int:
 
 
 def cmd_evaluate_guard(a) -> int:
-    from pathlib import Path
-
-    from lmsanitator.evaluate.asr import triggers_from_attack_json
     from lmsanitator.evaluate.guard import evaluate_guard, plot_match_rates
-    from lmsanitator.tuning.cli import _check_new_file, _fmt, _load_task, _write_atomic
+    from lmsanitator.tuning.cli import (_check_max_examples, _check_new_file, _check_task_matches, _fmt, _load_task,
+                                        _triggers_arg, _write_atomic)
 
     out = _check_new_file(a.out, a.overwrite) if a.out else None
     plot = _check_new_file(a.plot, a.overwrite) if a.plot else None
-    if a.attack_json:
-        triggers, _ = triggers_from_attack_json(a.attack_json)
-    else:
-        triggers = [t.strip() for t in a.triggers.split(",")]
-        if not all(triggers):
-            raise LMSanitatorError("--triggers has an empty trigger")
-    if a.max_examples is not None and a.max_examples < 1:
-        raise LMSanitatorError("--max-examples must be >= 1")
+    triggers, _ = _triggers_arg(a)
+    _check_max_examples(a)
+    if a.calibrate_validation and a.calibrate_input:  # before loading (and calibrating) anything
+        raise LMSanitatorError("give --calibrate-validation or --calibrate-input, not both")
     task = _load_task(a)
     guard = _make_guard(a)
     model = guard.model
-    if tuple(task.labels) != tuple(model.labels) or task.kind != model.task.kind:
-        raise LMSanitatorError(f"task '{task.name}' (labels {', '.join(task.labels)}) does not match the adapter's "
-                               f"labels ({', '.join(model.labels)})")
+    _check_task_matches(task, model)
     if a.calibrate_validation:
-        if a.calibrate_input:
-            raise LMSanitatorError("give --calibrate-validation or --calibrate-input, not both")
         val = task.split("validation")[: a.calibrate_validation]
         if not val:
             raise LMSanitatorError(f"task '{task.name}' has no validation examples to calibrate on")

@@ -59,10 +59,6 @@ class PVMonitor:
         """Inputs whose match with some PV exceeds that PV's threshold (``t_match`` unless calibrated)."""
         return (matrix > self.thresholds.to(matrix.device).unsqueeze(0)).any(dim=1)
 
-    def flagged(self, rates: torch.Tensor) -> torch.Tensor:
-        """Flags from best-PV rates (equal to :meth:`flag` when the monitor is not calibrated)."""
-        return rates > self.t_match
-
     def calibrate(self, clean_matrix: torch.Tensor, frr: float) -> torch.Tensor:
         """Raise each PV's threshold to the ``1 - frr`` quantile of the clean inputs' match rates with
         it (never below ``t_match``). The defender's clean text is all this uses. Small hidden sizes

@@ -103,10 +103,9 @@ def forward_rates(model, monitor: PVMonitor, texts, pairs=None) -> tuple[list[np
     return out, matrix
 
 
-def score(model, monitor: PVMonitor, batch: Sequence[Fields]) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Match matrix (inputs x PVs) and class probabilities of inputs given as fields, one forward pass."""
-    probs, matrix = forward_rates(model, monitor, *_model_inputs(model, batch))
-    return matrix, probs
+def score(model, monitor: PVMonitor, batch: Sequence[Fields]) -> tuple[list[np.ndarray], torch.Tensor]:
+    """:func:`forward_rates` of inputs given as fields."""
+    return forward_rates(model, monitor, *_model_inputs(model, batch))
 
 
 def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch_size: int = 64) -> list[PurgeResult]:
@@ -130,7 +129,7 @@ def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch
             round_ = [(i, c) for i in active for c in queue[i][pos[i]:pos[i] + take]]
             mats, probs = [], []
             for s in range(0, len(round_), batch_size):
-                m, p = score(model, monitor, [c[1] for _, c in round_[s:s + batch_size]])
+                p, m = score(model, monitor, [c[1] for _, c in round_[s:s + batch_size]])
                 mats.append(m)
                 probs.extend(p)
             matrix = torch.cat(mats)
@@ -163,7 +162,7 @@ def purge_sequential(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max:
         for width in range(1, w_max + 1):
             for phrase, fields, kept in candidates(fields0, width):
                 res.candidates += 1
-                m, p = score(model, monitor, [fields])
+                p, m = score(model, monitor, [fields])
                 if not bool(monitor.flag(m)[0]):
                     res = PurgeResult(True, width, list(phrase), fields, kept, float(m[0].max()), p[0],
                                       res.candidates)

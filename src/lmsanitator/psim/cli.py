@@ -159,16 +159,14 @@ def cmd_detect(a) -> int:
 
 def cmd_evaluate_psim(a) -> int:
     from lmsanitator.evaluate.poisoning import REJECTED, PoisonSpec, poisoned_set, score
-    from lmsanitator.tuning.cli import _check_new_file, _load_task, _load_tuned, _write_atomic
+    from lmsanitator.tuning.cli import _check_max_examples, _check_new_file, _load_task, _load_tuned, _write_atomic
 
     _check_gamma(a)
     out = _check_new_file(a.out, a.overwrite) if a.out else None
-    if a.max_examples is not None and a.max_examples < 1:
-        raise LMSanitatorError("--max-examples must be >= 1")
+    _check_max_examples(a)
     spec, report = PoisonSpec.from_attack_json(a.attack_json)
     task = _load_task(a)
-    if not 0 <= spec.target_label < task.num_labels:
-        raise LMSanitatorError(f"attack target label {spec.target_label} is not a label of task '{task.name}'")
+    spec.check_task(task)
     psim = _load_psim(a)
     if tuple(psim.model_.labels) != tuple(task.labels):
         raise LMSanitatorError(f"PSIM labels ({', '.join(psim.model_.labels)}) differ from task '{task.name}'")

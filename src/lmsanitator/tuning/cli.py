@@ -159,6 +159,30 @@ def _load_tuned(a):
     return TunedModel.load(a.adapter, enc, device=a.device)
 
 
+def _check_max_examples(a) -> None:
+    if a.max_examples is not None and a.max_examples < 1:
+        raise LMSanitatorError("--max-examples must be >= 1")
+
+
+def _triggers_arg(a) -> tuple[list[str], dict | None]:
+    """Triggers of ``--attack-json`` (with its report) or of ``--triggers`` (report None)."""
+    from lmsanitator.evaluate.asr import triggers_from_attack_json
+
+    if a.attack_json:
+        return triggers_from_attack_json(a.attack_json)
+    triggers = [t.strip() for t in a.triggers.split(",")]
+    if not all(triggers):
+        raise LMSanitatorError("--triggers has an empty trigger")
+    return triggers, None
+
+
+def _check_task_matches(task, model) -> None:
+    """The task's labels and kind must be the adapter's."""
+    if tuple(task.labels) != tuple(model.labels) or task.kind != model.task.kind:
+        raise LMSanitatorError(f"task '{task.name}' (labels {', '.join(task.labels)}) does not match the adapter's "
+                               f"labels ({', '.join(model.labels)})")
+
+
 def _fmt(x) -> str:
     return f"{100 * x:.1f}%" if isinstance(x, float) and x == x else "n/a"
 
@@ -216,26 +240,18 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_evaluate_asr(a) -> int:
-    from lmsanitator.evaluate.asr import evaluate_asr, triggers_from_attack_json
+    from lmsanitator.evaluate.asr import evaluate_asr
     from lmsanitator.models import set_threads
 
     out = _check_new_file(a.out, a.overwrite) if a.out else None
-    attack = None
-    if a.attack_json:
-        triggers, report = triggers_from_attack_json(a.attack_json)
-        attack = {"file": a.attack_json, "attack": report.get("attack"), "base_model": report.get("base_model")}
-    else:
-        triggers = [t.strip() for t in a.triggers.split(",")]
-        if not all(triggers):
-            raise LMSanitatorError("--triggers has an empty trigger")
-    if a.max_examples is not None and a.max_examples < 1:
-        raise LMSanitatorError("--max-examples must be >= 1")
+    triggers, report = _triggers_arg(a)
+    attack = None if report is None else {"file": a.attack_json, "attack": report.get("attack"),
+                                          "base_model": report.get("base_model")}
+    _check_max_examples(a)
     set_threads()
     task = _load_task(a)
     model = _load_tuned(a)
-    if tuple(task.labels) != tuple(model.labels) or task.kind != model.task.kind:
-        raise LMSanitatorError(f"task '{task.name}' (labels {', '.join(task.labels)}) does not match the adapter's "
-                               f"labels ({', '.join(model.labels)})")
+    _check_task_matches(task, model)
     examples = task.split(a.split)[: a.max_examples]
     res = evaluate_asr(model, examples, triggers, seed=a.seed, field=a.field)
     info = model.info()
