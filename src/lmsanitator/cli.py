@@ -211,7 +211,7 @@ def cmd_models(a) -> int:
 
 COMMANDS.update({"attack": cmd_attack, "models": cmd_models})
 # feature modules adding sub-commands (tune, predict, evaluate, scan, search, guard, serve, psim...)
-PLUGINS = ("lmsanitator.tuning.cli", "lmsanitator.scan.cli", "lmsanitator.guard.cli", "lmsanitator.psim.cli",
+PLUGINS = ("lmsanitator.tuning.cli", "lmsanitator.evaluate.experiments.cli", "lmsanitator.scan.cli", "lmsanitator.guard.cli", "lmsanitator.psim.cli",
            "lmsanitator.baselines.cli")
 
 

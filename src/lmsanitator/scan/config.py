@@ -21,6 +21,8 @@ moved by one clean standard deviation per dimension on average) and the base lea
 1e-3 (the initial gradients of these models already exceed T_grad, so the boost rarely engages;
 2e-5 did not move the soft prompt within our CPU budget). ``standardize=False`` restores the
 paper's raw losses and Table 9/10 defaults.
+
+``epochs`` defaults to 6, not the paper's 4: our epochs are 320 sentences, not 2000 (see below).
 """
 
 from __future__ import annotations
@@ -58,7 +60,11 @@ class ScanConfig:
     max_length: int = 128
     prompt_length: int = 7  # l_sp
     max_prompt_position: int = 32  # prompt inserted at a word position in [1, min(32, n_words)]
-    epochs: int = 4
+    # The paper trains 4 epochs of 2000 sentences (~250 steps per fuzz loop); with 320 sentences an
+    # epoch is 10 steps, and a backdoor with one PV collapses the batch only in epoch 5 (POR splade-tiny,
+    # one random trigger: diversity -3.430 after epoch 4, -3.450 after epoch 6). Clean models' loops
+    # stall well above T_div (-3.40) however long they run.
+    epochs: int = 6
     abort_epoch: int = 1  # 0-based: a seed with no PV by the end of this epoch is abandoned
     early_accept: bool = True  # stop a fuzz loop at the first epoch that passes T_L and T_div (see miner)
     loops: int = 30
