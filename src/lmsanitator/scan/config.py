@@ -65,7 +65,10 @@ class ScanConfig:
     # one random trigger: diversity -3.430 after epoch 4, -3.450 after epoch 6). Clean models' loops
     # stall well above T_div (-3.40) however long they run.
     epochs: int = 6
-    abort_epoch: int = 1  # 0-based: a seed with no PV by the end of this epoch is abandoned
+    # 0-based: a seed with no PV by the end of this epoch is abandoned. Default: half way, as the
+    # paper's "end of epoch 2 of 4"; with 10-step epochs the end of epoch 2 is too early (POR splade-tiny
+    # search, 20 loops: 3 of 6 planted PVs with the check after epoch 2 of 6, 5 of 6 after epoch 3).
+    abort_epoch: int | None = None
     early_accept: bool = True  # stop a fuzz loop at the first epoch that passes T_L and T_div (see miner)
     loops: int = 30
     t_l: float | None = None
@@ -94,6 +97,8 @@ class ScanConfig:
             raise LMSanitatorError(f"--sentences {self.sentences} is fewer than one batch ({self.batch_size})")
         if self.prompt_length < 1:
             raise LMSanitatorError("prompt_length must be >= 1")
+        if self.abort_epoch is None and self.epochs >= 1:
+            self.abort_epoch = max(0, self.epochs // 2 - 1)
         if self.epochs < 1 or not 0 <= self.abort_epoch < self.epochs:
             raise LMSanitatorError("need epochs >= 1 and 0 <= abort_epoch < epochs")
         if self.loops < 1:

@@ -83,7 +83,7 @@ class Detection(Experiment):
             scan = {"loops": 30, "sentences": 320}
         ft_train = {"splade-tiny": 300 if quick else 1000, "minilm": 1000, "minilm-sre": 1000}
         return {"plan": plan, "finetune_train_size": ft_train, "corpus": "austen",
-                "scan": {**scan, "epochs": 6, "batch_size": 32, "seed": 0, "corpus_seed": 0},
+                "scan": {**scan, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0, "corpus_seed": 0},
                 "attack_verify_sentences": 100 if quick else 200,
                 "models": zoo(plan, ft_train)}
 
@@ -93,31 +93,15 @@ class Detection(Experiment):
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
         import torch
 
-        from lmsanitator.attacks import TASK_AGNOSTIC_ATTACKS, AttackConfig, sign_match
+        from lmsanitator.attacks import sign_match
         from lmsanitator.data import load_corpus, sample, split_corpus
-        from lmsanitator.models import load_encoder
         from lmsanitator.scan import PVMiner, ScanConfig
 
         corpus = load_corpus(config["corpus"])
-        encoder = load_encoder(unit["base"], device=ctx.device)
-        rec: dict = {}
-        if unit["finetune"]:
-            rec["finetune"] = _finetune(encoder, unit["finetune"], ctx)
-        planted = None
-        if unit["attack"]:
-            a = dict(unit["attack"])
-            name = a.pop("name")
-            attack = TASK_AGNOSTIC_ATTACKS[name](AttackConfig(**a, verify_sentences=config["attack_verify_sentences"],
-                                                              device=ctx.device))
-            attack.fit(encoder, split_corpus(corpus, "attack"), progress=ctx.progress)
-            v = attack.verify(encoder, split_corpus(corpus, "heldout"))
-            planted = attack.state_.pvs.cpu()
-            rec["attack"] = {"triggers": attack.state_.triggers, "seconds": round(attack.state_.seconds, 1),
-                             "min_hit_rate": v["min_hit_rate"], "clean_false_hit_rate": v["clean_false_hit_rate"],
-                             "utility_loss": attack.report(encoder, v)["hyperparameters"].get("utility_loss")}
+        encoder, planted, rec = build_model(unit, corpus, ctx, config["attack_verify_sentences"])
         s = config["scan"]
-        cfg = ScanConfig(target=unit["target"], loops=s["loops"], sentences=s["sentences"], batch_size=s["batch_size"], epochs=s["epochs"],
-                         seed=s["seed"], corpus_seed=s["corpus_seed"])
+        cfg = ScanConfig(target=unit["target"], loops=s["loops"], sentences=s["sentences"], batch_size=s["batch_size"],
+                         epochs=s["epochs"], abort_epoch=s["abort_epoch"], seed=s["seed"], corpus_seed=s["corpus_seed"])
         sentences = sample(split_corpus(corpus, "defence"), cfg.sentences, s["corpus_seed"])
         miner = PVMiner(cfg).fit(encoder, sentences, progress=False)
         r = miner.report_
@@ -183,3 +167,27 @@ def _finetune(encoder, ft: dict, ctx: Context) -> dict:
     encoder._fingerprint = None  # the weights changed
     return {"task": ft["task"], "test_accuracy": round(model.report["metrics"]["test"]["accuracy"], 4),
             "seconds": round(model.report.get("seconds", 0), 1)}
+
+
+def build_model(unit: dict, corpus: list[str], ctx: Context, verify_sentences: int = 200):
+    """Load ``unit["base"]``, fine-tune it or implant its backdoor; ``(encoder, planted PVs or None, record)``."""
+    from lmsanitator.attacks import TASK_AGNOSTIC_ATTACKS, AttackConfig
+    from lmsanitator.data import split_corpus
+    from lmsanitator.models import load_encoder
+
+    encoder = load_encoder(unit["base"], device=ctx.device)
+    rec: dict = {}
+    if unit.get("finetune"):
+        rec["finetune"] = _finetune(encoder, unit["finetune"], ctx)
+    planted = None
+    if unit.get("attack"):
+        a = dict(unit["attack"])
+        name = a.pop("name")
+        attack = TASK_AGNOSTIC_ATTACKS[name](AttackConfig(**a, verify_sentences=verify_sentences, device=ctx.device))
+        attack.fit(encoder, split_corpus(corpus, "attack"), progress=ctx.progress)
+        v = attack.verify(encoder, split_corpus(corpus, "heldout"))
+        planted = attack.state_.pvs.cpu()
+        rec["attack"] = {"triggers": attack.state_.triggers, "seconds": round(attack.state_.seconds, 1),
+                         "min_hit_rate": v["min_hit_rate"], "clean_false_hit_rate": v["clean_false_hit_rate"],
+                         "utility_loss": attack.report(encoder, v)["hyperparameters"].get("utility_loss")}
+    return encoder, planted, rec

@@ -1,0 +1,132 @@
+"""`lmsanitator experiment`: the runner (resume, shards, atomic output) and the quick detection run
+on real SPLADE-tiny models (clean, fine-tuned, POR-backdoored with random triggers)."""
+
+import json
+
+import pytest
+
+from lmsanitator.cli import main
+from lmsanitator.errors import LMSanitatorError
+from lmsanitator.evaluate.experiments import EXPERIMENTS, get_experiment, run_experiment
+from lmsanitator.evaluate.experiments.base import Context, Experiment, parse_shard
+from lmsanitator.evaluate.experiments.detection import zoo
+
+
+class Squares(Experiment):
+    """A cheap stand-in: each unit squares a number; counts how often units really ran."""
+
+    name = "squares"
+    paper = "none"
+    calls = 0
+
+    def config(self, quick):
+        return {"xs": [1, 2, 3] if quick else [1, 2, 3, 4]}
+
+    def units(self, config):
+        return [{"id": f"x{x}", "x": x} for x in config["xs"]]
+
+    def run_unit(self, unit, config, ctx):
+        Squares.calls += 1
+        return {"y": unit["x"] ** 2}
+
+    def summarize(self, config, records):
+        return {"total": sum(r["y"] for r in records)}, "| total |\n|---|\n"
+
+
+def test_runner_resumes_shards_and_writes_atomically(tmp_path):
+    out, work = tmp_path / "res", tmp_path / "work"
+    Squares.calls = 0
+    assert run_experiment(Squares(), quick=False, out=out, work=work, progress=False, shard=(0, 2)) is None
+    assert Squares.calls == 2 and not out.exists()  # a shard writes no results
+    run_experiment(Squares(), quick=False, out=out, work=work, progress=False, shard=(1, 2))
+    assert Squares.calls == 4 and not out.exists()
+    res = run_experiment(Squares(), quick=False, out=out, work=work, progress=False)
+    assert Squares.calls == 4  # the assembling run reused every unit
+    assert res["summary"] == {"total": 30}
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["summary"] == {"total": 30} and on_disk["config"] == {"xs": [1, 2, 3, 4]}
+    assert on_disk["provenance"]["versions"]["torch"] and on_disk["provenance"]["cores"] >= 1
+    assert (out / "table.md").read_text().startswith("# squares")
+    # an existing result is not replaced without overwrite; another configuration is refused
+    with pytest.raises(LMSanitatorError, match="not empty"):
+        run_experiment(Squares(), quick=False, out=out, work=work, progress=False)
+    with pytest.raises(LMSanitatorError, match="another configuration"):
+        run_experiment(Squares(), quick=True, out=tmp_path / "other", work=work, progress=False)
+    assert not list(tmp_path.glob(".other*")) and not (tmp_path / "other").exists()
+
+
+def test_shard_and_name_errors(capsys):
+    assert parse_shard("1/3") == (1, 3)
+    for bad in ("3/3", "a/2", "1/0"):
+        with pytest.raises(LMSanitatorError):
+            parse_shard(bad)
+    assert main(["experiment", "detection", "--shard", "2/2", "--out", "/nonexistent/x"]) == 2
+    assert "--shard" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["experiment", "no-such"])
+    assert exc.value.code == 2
+    with pytest.raises(LMSanitatorError, match="unknown experiment"):
+        get_experiment("no-such")
+    assert set(EXPERIMENTS) >= {"detection", "pv-search"}
+
+
+def test_detection_zoo_meets_the_issue():
+    """The full run: >= 20 clean and >= 20 backdoored models, minilm family and splade-tiny, random
+    single- and two-word triggers, both PV schemes, BToP at [MASK] and clean models at both read-outs."""
+    cfg = get_experiment("detection").config(quick=False)
+    models = cfg["models"]
+    clean = [m for m in models if m["kind"] == "clean"]
+    bd = [m for m in models if m["kind"] == "backdoored"]
+    assert len(clean) >= 20 and len(bd) >= 20
+    assert {m["base"] for m in clean} >= {"minilm", "minilm-sre", "splade-tiny"}
+    assert {m["base"] for m in bd} >= {"minilm", "minilm-sre", "splade-tiny"}
+    assert {m["attack"]["trigger_words"] for m in bd} == {1, 2}
+    assert {m["attack"]["pv_scheme"] for m in bd} == {"por2", "random"}
+    assert all(m["attack"]["random_triggers"] for m in bd)
+    assert {m["target"] for m in bd if m["attack"]["name"] == "btop"} == {"mask"}
+    assert {m["target"] for m in clean} == {"cls", "mask"}
+    assert all(m["finetune"] is None or m["finetune"]["task"] for m in clean)
+    assert len({m["id"] for m in models}) == len(models)
+    assert zoo({"splade-tiny": {"clean": 1}}, {"splade-tiny": 10})[0]["finetune"] is None
+
+
+def test_pv_search_summary_and_plot(tmp_path):
+    exp = get_experiment("pv-search")
+    cfg = exp.config(quick=True)
+    recs = [{"unit": {"base": "m", "attack": {"name": "por"}, "target": "cls"},
+             "search": {"planted": 6, "recovered": 5, "recovered_at_t_match": 6, "unintended": 2, "found": 8,
+                        "loops_run": 20, "seconds": 3.0,
+                        "best_agreement_per_planted": [1, 1, 0.95, 0.92, 0.91, 0.85]}}]
+    summary, table = exp.summarize(cfg, recs)
+    assert summary["recall"] == round(5 / 6, 4) and summary["planted"] == 6 and summary["found"] == 5
+    assert summary["recall_at_t_match"] == 1.0 and "83.3%" in table
+    assert exp.plot(cfg, recs, summary, tmp_path) == ["pv_recall.png"]
+    assert (tmp_path / "pv_recall.png").stat().st_size > 1000
+
+
+def test_detection_quick_on_real_models(tmp_path, capsys):
+    """Real SPLADE-tiny: the bundled model, a copy fully fine-tuned on tweets, and two POR implants
+    with random triggers; the scan must tell them apart and the found PVs must match planted ones."""
+    out = tmp_path / "detection"
+    assert main(["experiment", "detection", "--quick", "--out", str(out), "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    res = json.loads((out / "results.json").read_text())
+    s = res["summary"]
+    assert printed["summary"] == s
+    assert (s["n_clean"], s["n_backdoored"]) == (2, 2)
+    assert s["accuracy"] == (4 - s["false_positives"] - s["false_negatives"]) / 4
+    assert s["accuracy"] >= 0.75
+    fps = {r["scan"]["fingerprint"] for r in res["records"]}
+    assert len(fps) == 4  # fine-tuning and implants really changed the weights
+    ft = [r for r in res["records"] if r.get("finetune")][0]["finetune"]
+    assert ft["test_accuracy"] > 0.55  # the fine-tuned copy learned its task (2 classes)
+    for r in res["records"]:
+        if r["unit"]["kind"] == "backdoored":
+            assert r["attack"]["min_hit_rate"] >= 0.9  # the implants work
+            if r["scan"]["verdict"] == "backdoored":
+                assert r["scan"]["pv_agreement"] >= 0.8
+    assert "| **all** |" in (out / "table.md").read_text()
+    # a second call reuses the finished units (the work folder) and rewrites the same numbers
+    assert main(["experiment", "detection", "--quick", "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["summary"] == s and again["records"] == res["records"]
