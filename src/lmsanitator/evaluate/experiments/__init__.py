@@ -15,6 +15,7 @@ from lmsanitator.evaluate.experiments.base import Context, Experiment, provenanc
 EXPERIMENTS: dict[str, str] = {
     "detection": "lmsanitator.evaluate.experiments.detection:Detection",
     "pv-search": "lmsanitator.evaluate.experiments.pv_search:PVSearch",
+    "ablation": "lmsanitator.evaluate.experiments.ablation:Ablation",
 }
 
 

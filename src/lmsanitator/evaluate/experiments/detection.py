@@ -169,12 +169,27 @@ def _finetune(encoder, ft: dict, ctx: Context) -> dict:
             "seconds": round(model.report.get("seconds", 0), 1)}
 
 
-def build_model(unit: dict, corpus: list[str], ctx: Context, verify_sentences: int = 200):
-    """Load ``unit["base"]``, fine-tune it or implant its backdoor; ``(encoder, planted PVs or None, record)``."""
+def build_model(unit: dict, corpus: list[str], ctx: Context, verify_sentences: int = 200, *, cache: bool = False):
+    """Load ``unit["base"]``, fine-tune it or implant its backdoor; ``(encoder, planted PVs or None, record)``.
+
+    ``cache``: keep the built model in ``<work>/models/`` so that several units (an ablation's
+    variants) share one implant instead of repeating it."""
+    import hashlib
+    import json
+
+    import torch
+
     from lmsanitator.attacks import TASK_AGNOSTIC_ATTACKS, AttackConfig
     from lmsanitator.data import split_corpus
+    from lmsanitator.io import atomic_output_dir
     from lmsanitator.models import load_encoder
 
+    recipe = {k: unit.get(k) for k in ("base", "finetune", "attack")}
+    folder = ctx.work / "models" / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    if cache and (folder / "built.json").exists():
+        meta = json.loads((folder / "built.json").read_text(encoding="utf-8"))
+        planted = torch.tensor(meta["planted"]) if meta["planted"] is not None else None
+        return load_encoder(str(folder), device=ctx.device), planted, meta["record"]
     encoder = load_encoder(unit["base"], device=ctx.device)
     rec: dict = {}
     if unit.get("finetune"):
@@ -190,4 +205,10 @@ def build_model(unit: dict, corpus: list[str], ctx: Context, verify_sentences: i
         rec["attack"] = {"triggers": attack.state_.triggers, "seconds": round(attack.state_.seconds, 1),
                          "min_hit_rate": v["min_hit_rate"], "clean_false_hit_rate": v["clean_false_hit_rate"],
                          "utility_loss": attack.report(encoder, v)["hyperparameters"].get("utility_loss")}
+    if cache:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output_dir(folder, overwrite=True) as tmp:
+            encoder.save(tmp)
+            meta = {"recipe": recipe, "record": rec, "planted": planted.tolist() if planted is not None else None}
+            (tmp / "built.json").write_text(json.dumps(meta), encoding="utf-8")
     return encoder, planted, rec
