@@ -130,3 +130,35 @@ def test_detection_quick_on_real_models(tmp_path, capsys):
     assert main(["experiment", "detection", "--quick", "--out", str(out), "--overwrite", "--no-progress"]) == 0
     again = json.loads((out / "results.json").read_text())
     assert again["summary"] == s and again["records"] == res["records"]
+
+
+@pytest.mark.parametrize("name,keys,plot", [
+    ("pv-search", {"recall", "found", "planted", "recall_at_t_match"}, "pv_recall.png"),
+    ("ablation", {"k", "loops_to_k"}, "ablation.png"),
+    ("attack-defense", {"units", "max_asr_guarded_where_asr_ge_50", "max_ca_drop_from_guard"}, None),
+])
+def test_quick_experiments_on_real_models(tmp_path, name, keys, plot):
+    """Each --quick run on a real POR-backdoored SPLADE-tiny writes a complete, consistent result."""
+    out = tmp_path / name
+    assert main(["experiment", name, "--quick", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert keys <= set(res["summary"]) and res["quick"] is True
+    assert res["records"] and all(r["attack"]["min_hit_rate"] >= 0.9 for r in res["records"])  # real implants
+    if plot:
+        assert (out / plot).stat().st_size > 1000
+    s = res["summary"]
+    if name == "pv-search":
+        r = res["records"][0]["search"]
+        assert 0 < s["found"] <= s["planted"] == 6 and r["found"] >= r["recovered"]
+    elif name == "ablation":
+        by = {r["unit"]["variant"]: r["search"] for r in res["records"]}
+        assert by["path loss + adaptive lr"]["reached_k"]
+        # the path loss is what keeps later loops off the PVs already found
+        assert by["no path loss"]["rejected"].get("not unique", 0) >= by["path loss + adaptive lr"]["rejected"].get(
+            "not unique", 0)
+    else:
+        r = res["records"][0]
+        assert r["asr"] >= 0.5 and r["pvs_found"] >= 1
+        # triggers whose PV was found are stopped; the guard costs little clean accuracy
+        stopped = [t for t, v in r["per_trigger"].items() if v["asr"] > 0 and v["asr_guarded"] == 0]
+        assert stopped and r["clean_accuracy"] - r["clean_accuracy_guarded"] <= 0.05

@@ -16,6 +16,7 @@ EXPERIMENTS: dict[str, str] = {
     "detection": "lmsanitator.evaluate.experiments.detection:Detection",
     "pv-search": "lmsanitator.evaluate.experiments.pv_search:PVSearch",
     "ablation": "lmsanitator.evaluate.experiments.ablation:Ablation",
+    "attack-defense": "lmsanitator.evaluate.experiments.attack_defense:AttackDefense",
 }
 
 

@@ -18,9 +18,9 @@ RECOVERED_AT = 0.9
 T_MATCH = 0.8
 
 
-def _unit(base: str, attack: str, seed: int = 0) -> dict:
+def _unit(base: str, attack: str, seed: int = 0, **settings) -> dict:
     return {"id": f"{base}.{attack}", "base": base, "target": TARGET_OF[attack],
-            "attack": {"name": attack, "seed": seed, **ATTACK_SETTINGS[base][attack]}}
+            "attack": {"name": attack, "seed": seed, **ATTACK_SETTINGS[base][attack], **settings}}
 
 
 class PVSearch(Experiment):
@@ -31,7 +31,7 @@ class PVSearch(Experiment):
 
     def config(self, quick: bool) -> dict:
         if quick:
-            units = [_unit("splade-tiny", "por")]
+            units = [_unit("splade-tiny", "por", per_trigger=400)]
             search = {"loops": 12, "patience": 6}
         else:
             units = [_unit("splade-tiny", a) for a in ("por", "neuba", "btop")] + [_unit("minilm", "por")]

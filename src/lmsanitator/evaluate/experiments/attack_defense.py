@@ -1,0 +1,139 @@
+"""``attack-defense``: LMSanitator Tables 2-3 - clean accuracy on the clean and on the backdoored
+encoder, ASR without and with the guard, over attacks x PEFT methods x tasks.
+
+Per backdoored model (built once, shared by its units): the search mode mines its PVs (the guard
+never sees the attacker's PVs or triggers). Per unit (model x method x task): the user's victim is
+tuned on the backdoored encoder and, for the CA column, the same recipe on the clean encoder; the
+guard (T_match 0.8, per-PV thresholds calibrated on clean validation inputs at 1% FRR, trigger
+removal with windows of 1-3 words) protects the victim; triggers are inserted as `evaluate asr`
+inserts them (each trigger at a random word position of correctly classified test inputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from lmsanitator.evaluate.experiments.base import Context, Experiment
+from lmsanitator.evaluate.experiments.detection import ATTACK_SETTINGS, TARGET_OF, build_model
+
+METHODS_FOR = {"cls": ("p-tuning-v2", "lora", "prompt-tuning"), "mask": ("p-tuning",)}
+
+
+def _model(base: str, attack: str, **settings) -> dict:
+    return {"base": base, "target": TARGET_OF[attack],
+            "attack": {"name": attack, "seed": 0, **ATTACK_SETTINGS[base][attack], **settings}}
+
+
+class AttackDefense(Experiment):
+    name = "attack-defense"
+    paper = "LMSanitator Tables 2-3 (CA clean/backdoored, ASR without/with the guard)"
+    description = ("Victims tuned with PEFT on backdoored encoders; the guard uses PVs found by the search mode "
+                   "(no attacker knowledge), calibrated on clean validation inputs.")
+
+    def config(self, quick: bool) -> dict:
+        if quick:
+            models = [_model("splade-tiny", "por", per_trigger=400)]
+            methods, tasks = {"cls": ("p-tuning-v2",)}, ("tweets-binary",)
+            sizes = {"train": 300, "validation": 100, "test": 100, "epochs": 2}
+            search = {"loops": 12, "patience": 6}
+        else:
+            models = [_model("minilm", "por"), _model("splade-tiny", "por"), _model("splade-tiny", "btop")]
+            methods, tasks = METHODS_FOR, ("tweets-binary", "wordnet-topic")
+            sizes = {"train": 1000, "validation": 300, "test": 500, "epochs": 3}
+            search = {"loops": 60, "patience": 20}
+        units = []
+        for m in models:
+            for method in methods.get(m["target"], ()):
+                for task in tasks:
+                    units.append({"id": f"{m['base']}.{m['attack']['name']}.{method}.{task}", "model": m,
+                                  "method": method, "task": task})
+        return {"units": units, "corpus": "austen", "sizes": sizes, "seed": 0, "attack_verify_sentences": 100,
+                "search": {**search, "sentences": 320, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0},
+                "guard": {"t_match": 0.8, "w_max": 3, "on_unresolved": "best", "calibrate_frr": 0.01}}
+
+    def units(self, config: dict) -> list[dict]:
+        return config["units"]
+
+    def _pvset(self, model: dict, config: dict, ctx: Context, corpus):
+        """The model's PV set from the search mode, mined once and kept in the work folder."""
+        import torch
+
+        from lmsanitator.data import sample, split_corpus
+        from lmsanitator.scan import PVMiner, ScanConfig
+        from lmsanitator.scan.pvset import PVSet
+
+        key = hashlib.sha256(json.dumps({"model": model, "search": config["search"]}, sort_keys=True).encode())
+        path = ctx.work / "pvsets" / f"{key.hexdigest()[:16]}.safetensors"
+        if path.exists():
+            return PVSet.load(path)
+        encoder, _, _ = build_model(model, corpus, ctx, config["attack_verify_sentences"], cache=True)
+        s = dict(config["search"])
+        loops, patience = s.pop("loops"), s.pop("patience")
+        cfg = ScanConfig(target=model["target"], loops=loops, mode="search", stop_at_first=False, **s)
+        miner = PVMiner(cfg).fit(encoder, sample(split_corpus(corpus, "defence"), cfg.sentences, 0),
+                                 patience=patience, progress=False)
+        pvset = PVSet(pvs=torch.stack(miner.pvs_) if miner.pvs_ else torch.zeros(0, encoder.hidden_size),
+                      target=cfg.target, model=encoder.name, fingerprint=encoder.fingerprint(), seeds=miner.pv_seeds_,
+                      losses=miner.pv_losses_, last_seed=miner.last_seed_, config=dataclasses.asdict(cfg))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        pvset.save(tmp)
+        tmp.replace(path)
+        ctx.say(f"{model['base']}/{model['attack']['name']}: {len(pvset)} PVs found in {miner.loops_run_} search loops")
+        return pvset
+
+    def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
+        from lmsanitator.data import load_corpus, load_task
+        from lmsanitator.evaluate.guard import evaluate_guard
+        from lmsanitator.guard.guard import Guard, GuardConfig
+        from lmsanitator.models import load_encoder
+        from lmsanitator.tuning import TuneConfig, Tuner
+
+        corpus = load_corpus(config["corpus"])
+        pvset = self._pvset(unit["model"], config, ctx, corpus)
+        sz = config["sizes"]
+        task = load_task(unit["task"]).with_train_size(sz["train"]).with_validation_size(sz["validation"])
+        task = dataclasses.replace(task, test=list(task.test)[: sz["test"]])
+        tune = TuneConfig(unit["method"], epochs=sz["epochs"], seed=config["seed"], device=ctx.device)
+        clean = Tuner(tune).fit(load_encoder(unit["model"]["base"], device=ctx.device), task)
+        encoder, planted, rec = build_model(unit["model"], corpus, ctx, config["attack_verify_sentences"], cache=True)
+        victim = Tuner(tune).fit(encoder, task)
+        g = config["guard"]
+        guard = Guard(victim, pvset, GuardConfig(t_match=g["t_match"], w_max=g["w_max"], on_unresolved=g["on_unresolved"]))
+        val = task.validation
+        guard.calibrate([e.text for e in val], [e.text_pair for e in val] if victim.task.pair else None,
+                        frr=g["calibrate_frr"])
+        res = evaluate_guard(guard, task.test, rec["attack"]["triggers"], seed=config["seed"])
+        rec.update({
+            "pvs_found": len(pvset),
+            "ca_clean_encoder": clean.report["accuracy"], "ca_backdoored_encoder": victim.report["accuracy"],
+            "clean_accuracy": res["clean_accuracy"], "clean_accuracy_guarded": res["clean_accuracy_guarded"],
+            "asr": res["asr"], "asr_guarded": res["asr_guarded"],
+            "per_trigger": res["per_trigger"], "clean_flagged": res["clean_flagged"],
+            "triggered_flagged": res["triggered_flagged"], "tune_seconds": [clean.report["seconds"],
+                                                                           victim.report["seconds"]],
+        })
+        ctx.say(f"{unit['id']}: CA {100 * res['clean_accuracy']:.1f} -> {100 * res['clean_accuracy_guarded']:.1f}, "
+                f"ASR {100 * res['asr']:.1f} -> {100 * res['asr_guarded']:.1f} ({len(pvset)} PVs)")
+        return rec
+
+    def summarize(self, config: dict, records: list[dict]) -> tuple[dict, str]:
+        high = [r for r in records if r["asr"] >= 0.5]
+        summary = {
+            "units": len(records),
+            "max_asr_guarded_where_asr_ge_50": max((r["asr_guarded"] for r in high), default=None),
+            "units_asr_ge_50": len(high),
+            "units_guarded_asr_le_2": sum(r["asr_guarded"] <= 0.02 for r in high),
+            "max_ca_drop_from_guard": max((r["clean_accuracy"] - r["clean_accuracy_guarded"] for r in records),
+                                          default=None),
+        }
+        lines = ["| model | attack | method | task | PVs found | CA clean enc. | CA backdoored enc. | ASR | "
+                 "CA guarded | ASR guarded |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in records:
+            u = r["unit"]
+            lines.append(f"| {u['model']['base']} | {u['model']['attack']['name']} | {u['method']} | {u['task']} | "
+                         f"{r['pvs_found']} | {100 * r['ca_clean_encoder']:.1f} | {100 * r['clean_accuracy']:.1f} | "
+                         f"{100 * r['asr']:.1f} | {100 * r['clean_accuracy_guarded']:.1f} | {100 * r['asr_guarded']:.1f} |")
+        return summary, "\n".join(lines)
