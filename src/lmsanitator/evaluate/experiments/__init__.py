@@ -17,6 +17,7 @@ EXPERIMENTS: dict[str, str] = {
     "pv-search": "lmsanitator.evaluate.experiments.pv_search:PVSearch",
     "ablation": "lmsanitator.evaluate.experiments.ablation:Ablation",
     "attack-defense": "lmsanitator.evaluate.experiments.attack_defense:AttackDefense",
+    "adaptive": "lmsanitator.evaluate.experiments.adaptive:Adaptive",
 }
 
 
