@@ -17,7 +17,6 @@ import json
 import platform
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -29,33 +28,9 @@ import torch
 from lmsanitator.data.tasks import load_task
 from lmsanitator.data.triggers import insert_trigger
 from lmsanitator.guard import Guard, purge, purge_sequential
+from lmsanitator.guard.speed import ab_overhead
 from lmsanitator.guard.purge import to_fields
 from lmsanitator.models import set_threads
-
-
-def ab_overhead(guard: Guard, texts: list[str], batch: int, rounds: int) -> dict:
-    model = guard.model
-    chunks = [texts[i:i + batch] for i in range(0, len(texts), batch)]
-    plain, guarded = [], []
-    guard.predict(chunks[0])  # warm-up
-    model.predict(chunks[0], batch_size=batch)
-    full = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for c in chunks:
-            model.predict(c, batch_size=batch)
-        plain.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for c in chunks:  # the monitor path every clean input takes: same pass + sign match + flag
-            _, m = guard.monitor_batch(c)
-            guard.monitor.flag(m)
-        guarded.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    flagged = sum(r["flagged"] for c in chunks for r in guard.predict(c))  # incl. purging flagged clean inputs
-    full.append(time.perf_counter() - t0)
-    p, g = statistics.median(plain), statistics.median(guarded)
-    return {"batch": batch, "inputs": len(texts), "unguarded_s": round(p, 4), "guarded_s": round(g, 4),
-            "overhead": round(g / p - 1, 4), "guard_predict_s": round(full[0], 4), "clean_flagged": flagged}
 
 
 def purge_speed(guard: Guard, texts: list[str], trigger: str, w_max: int) -> dict:

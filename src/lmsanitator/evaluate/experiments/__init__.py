@@ -18,6 +18,7 @@ EXPERIMENTS: dict[str, str] = {
     "ablation": "lmsanitator.evaluate.experiments.ablation:Ablation",
     "attack-defense": "lmsanitator.evaluate.experiments.attack_defense:AttackDefense",
     "adaptive": "lmsanitator.evaluate.experiments.adaptive:Adaptive",
+    "monitor-overhead": "lmsanitator.evaluate.experiments.monitor_overhead:MonitorOverhead",
 }
 
 
