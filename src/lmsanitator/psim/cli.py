@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 
-import numpy as np
 
 from lmsanitator.errors import LMSanitatorError
 
@@ -158,7 +157,8 @@ def cmd_detect(a) -> int:
 
 
 def cmd_evaluate_psim(a) -> int:
-    from lmsanitator.evaluate.poisoning import REJECTED, PoisonSpec, poisoned_set, score
+    from lmsanitator.evaluate.poisoning import PoisonSpec
+    from lmsanitator.psim.evaluate import evaluate_psim
     from lmsanitator.tuning.cli import _check_max_examples, _check_new_file, _load_task, _load_tuned, _write_atomic
 
     _check_gamma(a)
@@ -170,50 +170,22 @@ def cmd_evaluate_psim(a) -> int:
     psim = _load_psim(a)
     if tuple(psim.model_.labels) != tuple(task.labels):
         raise LMSanitatorError(f"PSIM labels ({', '.join(psim.model_.labels)}) differ from task '{task.name}'")
-    ps = poisoned_set(task.test[: a.max_examples], spec, seed=a.seed)
-    folder_gamma = psim.gamma_
-    gamma = folder_gamma if a.gamma is None else a.gamma
-    if a.calibrate_frr is not None:
-        val = task.with_validation_size(a.val_size).validation
-        gamma = psim.calibrate([e.text for e in val], [e.text_pair for e in val] if task.is_pair else None,
-                               frr=a.calibrate_frr)
-    conf_clean = psim.confidence(ps.texts, ps.pairs)
-    conf_poison = psim.confidence(ps.poisoned_texts, ps.poisoned_pairs)
-    results = []
+    victims = []
     for adapter in a.adapter:
         model = _load_tuned(argparse.Namespace(adapter=adapter, device=a.device, model=None))
         if tuple(model.labels) != tuple(task.labels):
             raise LMSanitatorError(f"adapter '{adapter}' labels differ from task '{task.name}'")
-        clean = model.predict_labels(ps.texts, ps.pairs)
-        poisoned = model.predict_labels(ps.poisoned_texts, ps.poisoned_pairs) if ps.source else []
-
-        def behind_psim(g):
-            return score(ps, [REJECTED if c > g else y for c, y in zip(conf_clean, clean)],
-                         [REJECTED if c > g else y for c, y in zip(conf_poison, poisoned)])
-
-        before, after = score(ps, clean, poisoned), behind_psim(gamma)
-        info = model.info()
-        results.append({"adapter": adapter, "method": info["method"], "model": info["model"],
-                        "before": before, "after": after})
-        if gamma != folder_gamma:  # also the folder's own gamma (no second pass over the inputs)
-            results[-1]["after_folder_gamma"] = behind_psim(folder_gamma)
-        print(f"{info['method']:>13} {adapter}: CA {100 * before['clean_accuracy']:.1f}% -> "
-              f"{100 * after['clean_accuracy']:.1f}%, ASR {100 * before['asr']:.1f}% -> {100 * after['asr']:.1f}%")
-    res = {"psim": a.psim, "gamma": gamma, "folder_gamma": folder_gamma,
-           "gamma_rule": psim.info_.get("gamma_rule") if a.gamma is None else "given", "task": task.name,
-           "split": "test", "n": len(ps.texts),
-           "attack": {"file": a.attack_json, "attack": report.get("attack"), "trigger": spec.trigger,
-                      "target_label": spec.target_label, "insertion": spec.insertion},
-           "flagged_clean": float((conf_clean > gamma).mean()),
-           "flagged_poisoned": float((conf_poison > gamma).mean()) if ps.source else None,
-           "flagged_clean_folder_gamma": float((conf_clean > folder_gamma).mean()),
-           "flagged_poisoned_folder_gamma": float((conf_poison > folder_gamma).mean()) if ps.source else None,
-           "confidence_clean_quantiles": [round(float(x), 4) for x in np.quantile(conf_clean, [0.5, 0.9, 0.99])],
-           "confidence_poisoned_quantiles": [round(float(x), 4) for x in np.quantile(conf_poison, [0.01, 0.1, 0.5])]
-           if ps.source else None,
-           "results": results}
+        victims.append((adapter, model))
+    res = evaluate_psim(psim, victims, task, spec, max_examples=a.max_examples, gamma=a.gamma,
+                        calibrate_frr=a.calibrate_frr, val_size=a.val_size, seed=a.seed)
+    for r in res["results"]:
+        print(f"{r['method']:>13} {r['adapter']}: CA {100 * r['before']['clean_accuracy']:.1f}% -> "
+              f"{100 * r['after']['clean_accuracy']:.1f}%, ASR {100 * r['before']['asr']:.1f}% -> "
+              f"{100 * r['after']['asr']:.1f}%")
+    res = {"psim": a.psim, **res, "attack": {"file": a.attack_json, "attack": report.get("attack"), **res["attack"]}}
+    gamma = res["gamma"]
     print(f"psim gamma {gamma:.4f}: flagged {100 * res['flagged_clean']:.1f}% of clean, "
-          f"{100 * (res['flagged_poisoned'] or 0):.1f}% of poisoned inputs (n={len(ps.texts)}/{len(ps.source)})"
+          f"{100 * (res['flagged_poisoned'] or 0):.1f}% of poisoned inputs (n={res['n']}/{res['n_poisoned']})"
           + (f" -> {a.out}" if out else ""), file=sys.stderr)
     if out is not None:
         _write_atomic(out, json.dumps(res, indent=2) + "\n")
