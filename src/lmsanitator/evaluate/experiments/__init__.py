@@ -19,6 +19,7 @@ EXPERIMENTS: dict[str, str] = {
     "attack-defense": "lmsanitator.evaluate.experiments.attack_defense:AttackDefense",
     "adaptive": "lmsanitator.evaluate.experiments.adaptive:Adaptive",
     "monitor-overhead": "lmsanitator.evaluate.experiments.monitor_overhead:MonitorOverhead",
+    "psim": "lmsanitator.evaluate.experiments.psim:PSIMExperiment",
 }
 
 

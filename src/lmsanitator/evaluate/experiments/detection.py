@@ -21,7 +21,11 @@ from lmsanitator.evaluate.experiments.base import Context, Experiment
 
 # how each attack is run, per base model (CPU-sized; the attack issue's verified settings)
 ATTACK_SETTINGS = {
-    "splade-tiny": {"por": {"per_trigger": 800, "epochs": 2}, "neuba": {"per_trigger": 800, "epochs": 2, "lr": 2e-4},
+    # NeuBA with its MLM-only utility collapses SPLADE-tiny onto the PV when there are one or two
+    # triggers (clean false-hit rate 99%: every input is "triggered", so there is nothing to invert);
+    # the reference-copy anchor (--utility-weight 1) keeps clean outputs in place (false-hit 0%)
+    "splade-tiny": {"por": {"per_trigger": 800, "epochs": 2},
+                    "neuba": {"per_trigger": 800, "epochs": 2, "lr": 1e-4, "utility_weight": 1.0},
                     "btop": {"per_trigger": 400, "epochs": 2}},
     "minilm": {"por": {"per_trigger": 800, "epochs": 1}, "neuba": {"per_trigger": 800, "epochs": 1},
                "btop": {"per_trigger": 800, "epochs": 1}},
