@@ -132,17 +132,34 @@ def test_detection_quick_on_real_models(tmp_path, capsys):
     assert again["summary"] == s and again["records"] == res["records"]
 
 
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory):
+    """One POR SPLADE-tiny implant shared by the quick experiments (they use the same recipe)."""
+    return tmp_path_factory.mktemp("models")
+
+
 @pytest.mark.parametrize("name,keys,plot", [
     ("pv-search", {"recall", "found", "planted", "recall_at_t_match"}, "pv_recall.png"),
     ("ablation", {"k", "loops_to_k"}, "ablation.png"),
     ("attack-defense", {"units", "max_asr_guarded_where_asr_ge_50", "max_ca_drop_from_guard"}, None),
+    ("monitor-overhead", {"max_overhead", "overhead"}, None),
+    ("onion-compare", {"units"}, None),
+    ("adaptive", {"overall_detection_rate"}, None),
+    ("psim", {"max_asr_after", "max_ca_loss_attacked"}, None),
 ])
-def test_quick_experiments_on_real_models(tmp_path, name, keys, plot):
-    """Each --quick run on a real POR-backdoored SPLADE-tiny writes a complete, consistent result."""
+def test_quick_experiments_on_real_models(tmp_path, model_cache, name, keys, plot):
+    """Each --quick run on real SPLADE-tiny models writes a complete, consistent result."""
     out = tmp_path / name
-    assert main(["experiment", name, "--quick", "--out", str(out), "--no-progress"]) == 0
+    assert main(["experiment", name, "--quick", "--out", str(out), "--no-progress",
+                 "--model-cache", str(model_cache)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert keys <= set(res["summary"]) and res["quick"] is True
+    assert (out / "table.md").read_text().count("\n|") >= 2
+    if name == "psim":  # weight poisoning: the attack is verified by its own CA / ASR
+        r = res["records"][0]
+        assert r["attack"]["asr"] is not None and len(r["victims"]) == 1
+        assert 0 < r["psim"]["gamma"] < 1 and r["psim"]["flagged_clean"] <= 0.05  # calibrated at 1% FRR
+        return
     assert res["records"] and all(r["attack"]["min_hit_rate"] >= 0.9 for r in res["records"])  # real implants
     if plot:
         assert (out / plot).stat().st_size > 1000
@@ -156,6 +173,16 @@ def test_quick_experiments_on_real_models(tmp_path, name, keys, plot):
         # the path loss is what keeps later loops off the PVs already found
         assert by["no path loss"]["rejected"].get("not unique", 0) >= by["path loss + adaptive lr"]["rejected"].get(
             "not unique", 0)
+    elif name == "monitor-overhead":
+        assert {t["batch"] for t in res["records"][0]["timing"]} == {1, 32}
+        assert all(t["unguarded_s"] > 0 and t["guarded_s"] > 0 for t in res["records"][0]["timing"])
+    elif name == "adaptive":
+        cells = {r["unit"]["cell"]: r for r in res["records"]}
+        assert cells["1 PV phrase"]["scan"]["verdict"] == "backdoored"  # a phrase trigger does not hide a PV
+    elif name == "onion-compare":
+        r = res["records"][0]
+        assert 0 <= r["onion"]["asr"] <= 1 and 0 <= r["onion"]["clean_accuracy"] <= 1
+        assert set(r["onion"]["per_trigger"]) == set(r["attack"]["triggers"])
     else:
         r = res["records"][0]
         assert r["asr"] >= 0.5 and r["pvs_found"] >= 1

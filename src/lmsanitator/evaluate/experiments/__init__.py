@@ -20,6 +20,7 @@ EXPERIMENTS: dict[str, str] = {
     "adaptive": "lmsanitator.evaluate.experiments.adaptive:Adaptive",
     "monitor-overhead": "lmsanitator.evaluate.experiments.monitor_overhead:MonitorOverhead",
     "psim": "lmsanitator.evaluate.experiments.psim:PSIMExperiment",
+    "onion-compare": "lmsanitator.evaluate.experiments.onion_compare:OnionCompare",
 }
 
 

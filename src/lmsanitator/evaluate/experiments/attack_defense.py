@@ -97,7 +97,8 @@ class AttackDefense(Experiment):
         task = load_task(unit["task"]).with_train_size(sz["train"]).with_validation_size(sz["validation"])
         task = dataclasses.replace(task, test=list(task.test)[: sz["test"]])
         tune = TuneConfig(unit["method"], epochs=sz["epochs"], seed=config["seed"], device=ctx.device)
-        clean = Tuner(tune).fit(load_encoder(unit["model"]["base"], device=ctx.device), task)
+        clean = (Tuner(tune).fit(load_encoder(unit["model"]["base"], device=ctx.device), task)
+                 if config.get("clean_ca", True) else None)
         encoder, planted, rec = build_model(unit["model"], corpus, ctx, config["attack_verify_sentences"], cache=True)
         victim = Tuner(tune).fit(encoder, task)
         g = config["guard"]
@@ -108,16 +109,20 @@ class AttackDefense(Experiment):
         res = evaluate_guard(guard, task.test, rec["attack"]["triggers"], seed=config["seed"])
         rec.update({
             "pvs_found": len(pvset),
-            "ca_clean_encoder": clean.report["accuracy"], "ca_backdoored_encoder": victim.report["accuracy"],
+            "ca_clean_encoder": clean.report["accuracy"] if clean else None,
+            "ca_backdoored_encoder": victim.report["accuracy"],
             "clean_accuracy": res["clean_accuracy"], "clean_accuracy_guarded": res["clean_accuracy_guarded"],
             "asr": res["asr"], "asr_guarded": res["asr_guarded"],
             "per_trigger": res["per_trigger"], "clean_flagged": res["clean_flagged"],
-            "triggered_flagged": res["triggered_flagged"], "tune_seconds": [clean.report["seconds"],
-                                                                           victim.report["seconds"]],
+            "triggered_flagged": res["triggered_flagged"], "tune_seconds": victim.report["seconds"],
         })
+        self.extra(unit, config, ctx, victim, task, rec)
         ctx.say(f"{unit['id']}: CA {100 * res['clean_accuracy']:.1f} -> {100 * res['clean_accuracy_guarded']:.1f}, "
                 f"ASR {100 * res['asr']:.1f} -> {100 * res['asr_guarded']:.1f} ({len(pvset)} PVs)")
         return rec
+
+    def extra(self, unit: dict, config: dict, ctx: Context, victim, task, rec: dict) -> None:
+        """More measurements on the same victim (subclasses: ONION beside the guard)."""
 
     def summarize(self, config: dict, records: list[dict]) -> tuple[dict, str]:
         high = [r for r in records if r["asr"] >= 0.5]

@@ -64,8 +64,13 @@ class Context:
 
     work: Path
     device: str = "cpu"
+    models: Path | None = None  # built models shared between units (default: <work>/models)
     progress: bool = True
     log: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.models is None:
+            self.models = self.work / "models"
 
     def say(self, msg: str) -> None:
         tqdm.write(msg, file=sys.stderr)
@@ -109,7 +114,7 @@ def _unit_file(work: Path, unit_id: str) -> Path:
 
 def run_experiment(exp: Experiment, *, quick: bool, out: str | Path, work: str | Path | None = None,
                    overwrite: bool = False, device: str = "cpu", progress: bool = True,
-                   shard: tuple[int, int] | None = None) -> dict | None:
+                   shard: tuple[int, int] | None = None, model_cache: str | Path | None = None) -> dict | None:
     """Run (or resume) ``exp``; return the results, or None when only a shard was run. Without a
     shard every unit not yet in ``work`` runs here, so the last call assembles a sharded run."""
     out = Path(out)
@@ -136,7 +141,8 @@ def run_experiment(exp: Experiment, *, quick: bool, out: str | Path, work: str |
                                    " (remove it or give another --work)")
     else:
         write_json_atomic(cfg_file, key)
-    ctx = Context(work=work, device=device, progress=progress)
+    ctx = Context(work=work, device=device, progress=progress,
+                  models=Path(model_cache) if model_cache is not None else None)
     t0 = time.perf_counter()
     mine = [u for i, u in enumerate(units) if shard is None or i % shard[1] == shard[0]]
     todo = [u for u in mine if not _unit_file(work, u["id"]).exists()]

@@ -17,6 +17,8 @@ def register(sub) -> dict:
     p.add_argument("--quick", action="store_true", help="small version for tests (<= 5 min on 2 cores)")
     p.add_argument("--out", help="output folder (default results/NAME, or results/NAME-quick)")
     p.add_argument("--work", help="folder of finished units (default: OUT.work beside --out)")
+    p.add_argument("--model-cache", help="folder of built (backdoored, fine-tuned) models shared between runs and "
+                   "experiments (default: WORK/models)")
     p.add_argument("--shard", help="I/N: run only every N-th unit starting at I, write no results")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--no-progress", action="store_true")
@@ -34,7 +36,7 @@ def cmd_experiment(a) -> int:
     out = a.out or f"results/{a.name}{'-quick' if a.quick else ''}"
     set_threads()
     res = run_experiment(exp, quick=a.quick, out=out, work=a.work, overwrite=a.overwrite, device=a.device,
-                         progress=not a.no_progress, shard=shard)
+                         progress=not a.no_progress, shard=shard, model_cache=a.model_cache)
     if res is None:
         print(f"{a.name}: shard {a.shard} done")
         return 0

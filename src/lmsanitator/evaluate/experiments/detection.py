@@ -189,7 +189,7 @@ def build_model(unit: dict, corpus: list[str], ctx: Context, verify_sentences: i
     from lmsanitator.models import load_encoder
 
     recipe = {k: unit.get(k) for k in ("base", "finetune", "attack")}
-    folder = ctx.work / "models" / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    folder = ctx.models / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     if cache and (folder / "built.json").exists():
         meta = json.loads((folder / "built.json").read_text(encoding="utf-8"))
         planted = torch.tensor(meta["planted"]) if meta["planted"] is not None else None

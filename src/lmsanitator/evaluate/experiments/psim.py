@@ -60,7 +60,7 @@ class PSIMExperiment(Experiment):
         recipe = {"base": config["base"], "task": config["task"], "attack": unit["attack"],
                   "proxy": unit["proxy_task"], "settings": config["attack"], "target": config["target_label"],
                   "seed": config["seed"]}
-        folder = ctx.work / "models" / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+        folder = ctx.models / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
         if (folder / "attack.json").exists():
             return folder, json.loads((folder / "attack.json").read_text(encoding="utf-8"))
         a = config["attack"]

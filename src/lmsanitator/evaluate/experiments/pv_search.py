@@ -51,7 +51,7 @@ class PVSearch(Experiment):
         from lmsanitator.scan import PVMiner, ScanConfig
 
         corpus = load_corpus(config["corpus"])
-        encoder, planted, rec = build_model(unit, corpus, ctx, config["attack_verify_sentences"])
+        encoder, planted, rec = build_model(unit, corpus, ctx, config["attack_verify_sentences"], cache=True)
         s = config["search"]
         cfg = ScanConfig(target=unit["target"], loops=s["loops"], sentences=s["sentences"], epochs=s["epochs"],
                          abort_epoch=s["abort_epoch"], batch_size=s["batch_size"], seed=s["seed"], mode="search", stop_at_first=False)
