@@ -67,7 +67,8 @@ class ScanConfig:
     epochs: int = 6
     # 0-based: a seed with no PV by the end of this epoch is abandoned. Default: half way, as the
     # paper's "end of epoch 2 of 4"; with 10-step epochs the end of epoch 2 is too early (POR splade-tiny
-    # search, 20 loops: 3 of 6 planted PVs with the check after epoch 2 of 6, 5 of 6 after epoch 3).
+    # search: after epoch 3 of 6, 5 of 6 planted PVs in 20 loops; after epoch 2, loops are abandoned
+    # at distance -0.4 > -T_L and the search stopped at 1 PV after 10 such loops in a row).
     abort_epoch: int | None = None
     early_accept: bool = True  # stop a fuzz loop at the first epoch that passes T_L and T_div (see miner)
     loops: int = 30
