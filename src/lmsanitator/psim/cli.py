@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 
-
 from lmsanitator.errors import LMSanitatorError
 
 
