@@ -160,7 +160,9 @@ def test_quick_experiments_on_real_models(tmp_path, model_cache, name, keys, plo
         assert r["attack"]["asr"] is not None and len(r["victims"]) == 1
         assert 0 < r["psim"]["gamma"] < 1 and r["psim"]["flagged_clean"] <= 0.05  # calibrated at 1% FRR
         return
-    assert res["records"] and all(r["attack"]["min_hit_rate"] >= 0.9 for r in res["records"])  # real implants
+    assert res["records"]
+    if name != "adaptive":  # adaptive options weaken the implant on purpose (checked below)
+        assert all(r["attack"]["min_hit_rate"] >= 0.9 for r in res["records"])  # real implants
     if plot:
         assert (out / plot).stat().st_size > 1000
     s = res["summary"]
@@ -178,7 +180,10 @@ def test_quick_experiments_on_real_models(tmp_path, model_cache, name, keys, plo
         assert all(t["unguarded_s"] > 0 and t["guarded_s"] > 0 for t in res["records"][0]["timing"])
     elif name == "adaptive":
         cells = {r["unit"]["cell"]: r for r in res["records"]}
+        assert cells["1 PV phrase"]["attack"]["min_hit_rate"] >= 0.9
         assert cells["1 PV phrase"]["scan"]["verdict"] == "backdoored"  # a phrase trigger does not hide a PV
+        # a scattering loss trades the backdoor's targetability for stealth (the paper's Table 8)
+        assert cells["scatter 5"]["attack"]["min_hit_rate"] < cells["1 PV phrase"]["attack"]["min_hit_rate"]
     elif name == "onion-compare":
         r = res["records"][0]
         assert 0 <= r["onion"]["asr"] <= 1 and 0 <= r["onion"]["clean_accuracy"] <= 1
