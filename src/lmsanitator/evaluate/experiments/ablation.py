@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from lmsanitator.evaluate.experiments.base import Context, Experiment
-from lmsanitator.evaluate.experiments.detection import ATTACK_SETTINGS, build_model
+from lmsanitator.evaluate.experiments.detection import build_model, mine, model_recipe
 
 VARIANTS = {
     "path loss + adaptive lr": {"path_loss": True, "adaptive_lr": True},
@@ -38,11 +38,8 @@ class Ablation(Experiment):
     description = "Search mode on one POR-backdoored model until it holds K PVs, in four variants."
 
     def config(self, quick: bool) -> dict:
-        base = "splade-tiny"
-        attack = {"name": "por", "seed": 0, **ATTACK_SETTINGS[base]["por"]}
-        if quick:
-            attack.update(per_trigger=400)
-        return {"model": {"base": base, "attack": attack, "target": "cls"}, "corpus": "austen",
+        model = model_recipe("splade-tiny", "por", **({"per_trigger": 400} if quick else {}))
+        return {"model": model, "corpus": "austen",
                 "k": 2 if quick else 3, "loops": 12 if quick else 60,
                 "search": {"sentences": 320, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0},
                 "variants": VARIANTS, "attack_verify_sentences": 100}
@@ -51,16 +48,12 @@ class Ablation(Experiment):
         return [{"id": name.replace(" ", "_").replace("+", "and"), "variant": name} for name in config["variants"]]
 
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
-        from lmsanitator.data import load_corpus, sample, split_corpus
-        from lmsanitator.scan import PVMiner, ScanConfig
+        from lmsanitator.data import load_corpus
 
         corpus = load_corpus(config["corpus"])
         encoder, _, rec = build_model(config["model"], corpus, ctx, config["attack_verify_sentences"], cache=True)
-        s = config["search"]
-        cfg = ScanConfig(target=config["model"]["target"], loops=config["loops"], mode="search", stop_at_first=False,
-                         **s, **config["variants"][unit["variant"]])
-        sentences = sample(split_corpus(corpus, "defence"), cfg.sentences, 0)
-        miner = PVMiner(cfg).fit(encoder, sentences, max_pvs=config["k"], progress=False)
+        miner = mine(encoder, corpus, config["model"]["target"], config["search"], max_pvs=config["k"],
+                     loops=config["loops"], mode="search", stop_at_first=False, **config["variants"][unit["variant"]])
         rejected = Counter(_reason(c.reason) for c in miner.candidates_ if not c.accepted)
         reached = len(miner.pvs_) >= config["k"]
         rec["search"] = {"pvs": len(miner.pvs_), "reached_k": reached, "loops_run": miner.loops_run_,

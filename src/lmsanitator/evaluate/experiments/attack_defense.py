@@ -15,15 +15,10 @@ import dataclasses
 import hashlib
 import json
 
-from lmsanitator.evaluate.experiments.base import Context, Experiment
-from lmsanitator.evaluate.experiments.detection import ATTACK_SETTINGS, TARGET_OF, build_model
+from lmsanitator.evaluate.experiments.base import Context, Experiment, sized_task
+from lmsanitator.evaluate.experiments.detection import build_model, mine, model_recipe
 
 METHODS_FOR = {"cls": ("p-tuning-v2", "lora", "prompt-tuning"), "mask": ("p-tuning",)}
-
-
-def _model(base: str, attack: str, **settings) -> dict:
-    return {"base": base, "target": TARGET_OF[attack],
-            "attack": {"name": attack, "seed": 0, **ATTACK_SETTINGS[base][attack], **settings}}
 
 
 class AttackDefense(Experiment):
@@ -34,12 +29,13 @@ class AttackDefense(Experiment):
 
     def config(self, quick: bool) -> dict:
         if quick:
-            models = [_model("splade-tiny", "por", per_trigger=400)]
+            models = [model_recipe("splade-tiny", "por", per_trigger=400)]
             methods, tasks = {"cls": ("p-tuning-v2",)}, ("tweets-binary",)
             sizes = {"train": 300, "validation": 100, "test": 100, "epochs": 2}
             search = {"loops": 12, "patience": 6}
         else:
-            models = [_model("minilm", "por"), _model("splade-tiny", "por"), _model("splade-tiny", "btop")]
+            models = [model_recipe("minilm", "por"), model_recipe("splade-tiny", "por"),
+                      model_recipe("splade-tiny", "btop")]
             methods, tasks = METHODS_FOR, ("tweets-binary", "wordnet-topic")
             sizes = {"train": 1000, "validation": 300, "test": 500, "epochs": 3}
             search = {"loops": 60, "patience": 20}
@@ -60,8 +56,6 @@ class AttackDefense(Experiment):
         """The model's PV set from the search mode, mined once and kept in the work folder."""
         import torch
 
-        from lmsanitator.data import sample, split_corpus
-        from lmsanitator.scan import PVMiner, ScanConfig
         from lmsanitator.scan.pvset import PVSet
 
         key = hashlib.sha256(json.dumps({"model": model, "search": config["search"]}, sort_keys=True).encode())
@@ -69,11 +63,8 @@ class AttackDefense(Experiment):
         if path.exists():
             return PVSet.load(path)
         encoder, _, _ = build_model(model, corpus, ctx, config["attack_verify_sentences"], cache=True)
-        s = dict(config["search"])
-        loops, patience = s.pop("loops"), s.pop("patience")
-        cfg = ScanConfig(target=model["target"], loops=loops, mode="search", stop_at_first=False, **s)
-        miner = PVMiner(cfg).fit(encoder, sample(split_corpus(corpus, "defence"), cfg.sentences, 0),
-                                 patience=patience, progress=False)
+        miner = mine(encoder, corpus, model["target"], config["search"], mode="search", stop_at_first=False)
+        cfg = miner.config
         pvset = PVSet(pvs=torch.stack(miner.pvs_) if miner.pvs_ else torch.zeros(0, encoder.hidden_size),
                       target=cfg.target, model=encoder.name, fingerprint=encoder.fingerprint(), seeds=miner.pv_seeds_,
                       losses=miner.pv_losses_, last_seed=miner.last_seed_, config=dataclasses.asdict(cfg))
@@ -85,7 +76,7 @@ class AttackDefense(Experiment):
         return pvset
 
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
-        from lmsanitator.data import load_corpus, load_task
+        from lmsanitator.data import load_corpus
         from lmsanitator.evaluate.guard import evaluate_guard
         from lmsanitator.guard.guard import Guard, GuardConfig
         from lmsanitator.models import load_encoder
@@ -94,8 +85,7 @@ class AttackDefense(Experiment):
         corpus = load_corpus(config["corpus"])
         pvset = self._pvset(unit["model"], config, ctx, corpus)
         sz = config["sizes"]
-        task = load_task(unit["task"]).with_train_size(sz["train"]).with_validation_size(sz["validation"])
-        task = dataclasses.replace(task, test=list(task.test)[: sz["test"]])
+        task = sized_task(unit["task"], sz["train"], sz["validation"], sz["test"])
         tune = TuneConfig(unit["method"], epochs=sz["epochs"], seed=config["seed"], device=ctx.device)
         clean = (Tuner(tune).fit(load_encoder(unit["model"]["base"], device=ctx.device), task)
                  if config.get("clean_ca", True) else None)

@@ -20,7 +20,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -66,7 +66,6 @@ class Context:
     device: str = "cpu"
     models: Path | None = None  # built models shared between units (default: <work>/models)
     progress: bool = True
-    log: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.models is None:
@@ -96,6 +95,17 @@ class Experiment:
 
     def plot(self, config: dict, records: list[dict], summary: dict, folder: Path) -> list[str]:
         return []
+
+
+def sized_task(task, train: int, validation: int, test: int):
+    """``task`` (a Task or a task name) with only its first train / validation / test examples."""
+    import dataclasses
+
+    from lmsanitator.data import load_task
+
+    task = load_task(task) if isinstance(task, str) else task
+    task = task.with_train_size(train).with_validation_size(validation)
+    return dataclasses.replace(task, test=list(task.test)[:test])
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -15,9 +15,7 @@ measure how well a found PV matches a planted one (sign agreement).
 
 from __future__ import annotations
 
-import dataclasses
-
-from lmsanitator.evaluate.experiments.base import Context, Experiment
+from lmsanitator.evaluate.experiments.base import Context, Experiment, sized_task
 
 # how each attack is run, per base model (CPU-sized; the attack issue's verified settings)
 ATTACK_SETTINGS = {
@@ -35,6 +33,25 @@ TARGET_OF = {"por": "cls", "neuba": "cls", "btop": "mask"}
 FT_TASKS = ("tweets-binary", "wordnet-topic", "austen-author")
 # (random triggers, words per trigger, PV scheme), cycled over the backdoored models of one base
 TRIGGER_PLANS = ((1, 1, "por2"), (2, 1, "random"), (1, 2, "random"), (2, 2, "por2"), (1, 1, "random"), (2, 1, "por2"))
+
+
+def model_recipe(base: str, attack: str, **settings) -> dict:
+    """A backdoored model as units describe it: base, the read-out its user watches, the attack."""
+    return {"base": base, "target": TARGET_OF[attack],
+            "attack": {"name": attack, "seed": 0, **ATTACK_SETTINGS[base][attack], **settings}}
+
+
+def mine(encoder, corpus: list[str], target: str, scan: dict, *, max_pvs: int | None = None, **overrides):
+    """PV mining with an experiment's scan settings (:class:`ScanConfig` fields, plus ``patience``
+    for the search mode) on the corpus's defence split; returns the fitted :class:`PVMiner`."""
+    from lmsanitator.data import sample, split_corpus
+    from lmsanitator.scan import PVMiner, ScanConfig
+
+    s = {**scan, **overrides}
+    patience = s.pop("patience", None)
+    cfg = ScanConfig(target=target, **s)
+    sentences = sample(split_corpus(corpus, "defence"), cfg.sentences, cfg.corpus_seed)
+    return PVMiner(cfg).fit(encoder, sentences, patience=patience, max_pvs=max_pvs, progress=False)
 
 
 def _clean(base: str, i: int, target: str, ft_train: int) -> dict:
@@ -98,16 +115,11 @@ class Detection(Experiment):
         import torch
 
         from lmsanitator.attacks import sign_match
-        from lmsanitator.data import load_corpus, sample, split_corpus
-        from lmsanitator.scan import PVMiner, ScanConfig
+        from lmsanitator.data import load_corpus
 
         corpus = load_corpus(config["corpus"])
         encoder, planted, rec = build_model(unit, corpus, ctx, config["attack_verify_sentences"])
-        s = config["scan"]
-        cfg = ScanConfig(target=unit["target"], loops=s["loops"], sentences=s["sentences"], batch_size=s["batch_size"],
-                         epochs=s["epochs"], abort_epoch=s["abort_epoch"], seed=s["seed"], corpus_seed=s["corpus_seed"])
-        sentences = sample(split_corpus(corpus, "defence"), cfg.sentences, s["corpus_seed"])
-        miner = PVMiner(cfg).fit(encoder, sentences, progress=False)
+        miner = mine(encoder, corpus, unit["target"], config["scan"])
         r = miner.report_
         rec["scan"] = {"verdict": r["verdict"], "loops_run": r["loops_run"], "seconds": r["seconds"],
                        "fingerprint": r["fingerprint"],
@@ -161,11 +173,9 @@ class Detection(Experiment):
 
 def _finetune(encoder, ft: dict, ctx: Context) -> dict:
     """Fully fine-tune ``encoder`` (+ a linear head) on a real task and keep the new encoder weights."""
-    from lmsanitator.data import load_task
     from lmsanitator.tuning import TuneConfig, Tuner
 
-    task = load_task(ft["task"]).with_train_size(ft["train_size"]).with_validation_size(200)
-    task = dataclasses.replace(task, test=list(task.test)[:300])
+    task = sized_task(ft["task"], ft["train_size"], 200, 300)
     model = Tuner(TuneConfig("full", epochs=ft["epochs"], seed=ft["seed"], device=ctx.device)).fit(encoder, task)
     encoder.backbone.load_state_dict(model.backbone.state_dict())
     encoder._fingerprint = None  # the weights changed

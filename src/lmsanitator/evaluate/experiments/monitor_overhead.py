@@ -8,10 +8,9 @@ rounds, at batch 1 and batch 32. The paper's post-monitor costs 11%; the goal he
 
 from __future__ import annotations
 
-import dataclasses
-
-from lmsanitator.evaluate.experiments.attack_defense import AttackDefense, _model
-from lmsanitator.evaluate.experiments.base import Context
+from lmsanitator.evaluate.experiments.attack_defense import AttackDefense
+from lmsanitator.evaluate.experiments.base import Context, sized_task
+from lmsanitator.evaluate.experiments.detection import build_model, model_recipe
 
 
 class MonitorOverhead(AttackDefense):
@@ -22,12 +21,12 @@ class MonitorOverhead(AttackDefense):
 
     def config(self, quick: bool) -> dict:
         if quick:
-            models = [_model("splade-tiny", "por", per_trigger=400)]
+            models = [model_recipe("splade-tiny", "por", per_trigger=400)]
             sizes = {"train": 200, "validation": 100, "test": 64, "epochs": 1}
             timing = {"inputs": 64, "rounds": {"1": 3, "32": 5}}
             search = {"loops": 8, "patience": 4}
         else:
-            models = [_model("splade-tiny", "por"), _model("minilm", "por")]
+            models = [model_recipe("splade-tiny", "por"), model_recipe("minilm", "por")]
             sizes = {"train": 1000, "validation": 300, "test": 256, "epochs": 2}
             timing = {"inputs": 256, "rounds": {"1": 5, "32": 9}}
             search = {"loops": 30, "patience": 10}
@@ -39,17 +38,15 @@ class MonitorOverhead(AttackDefense):
                 "guard": {"t_match": 0.8}}
 
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
-        from lmsanitator.data import load_corpus, load_task
+        from lmsanitator.data import load_corpus
         from lmsanitator.guard.guard import Guard, GuardConfig
         from lmsanitator.guard.speed import ab_overhead
         from lmsanitator.tuning import TuneConfig, Tuner
-        from lmsanitator.evaluate.experiments.detection import build_model
 
         corpus = load_corpus(config["corpus"])
         pvset = self._pvset(unit["model"], config, ctx, corpus)
         sz = config["sizes"]
-        task = load_task(unit["task"]).with_train_size(sz["train"]).with_validation_size(sz["validation"])
-        task = dataclasses.replace(task, test=list(task.test)[: sz["test"]])
+        task = sized_task(unit["task"], sz["train"], sz["validation"], sz["test"])
         encoder, _, rec = build_model(unit["model"], corpus, ctx, config["attack_verify_sentences"], cache=True)
         victim = Tuner(TuneConfig(unit["method"], epochs=sz["epochs"], seed=config["seed"], device=ctx.device)).fit(
             encoder, task)

@@ -9,8 +9,9 @@ ASR a larger drop.
 
 from __future__ import annotations
 
-from lmsanitator.evaluate.experiments.attack_defense import AttackDefense, _model
+from lmsanitator.evaluate.experiments.attack_defense import AttackDefense
 from lmsanitator.evaluate.experiments.base import Context
+from lmsanitator.evaluate.experiments.detection import model_recipe
 
 
 class OnionCompare(AttackDefense):
@@ -24,9 +25,9 @@ class OnionCompare(AttackDefense):
         if quick:
             cfg["sizes"] = {**cfg["sizes"], "test": 20}  # ONION scores every word of every input: ~1.6 s per text
         else:
-            units = [{"id": "minilm.por.p-tuning-v2.tweets-binary", "model": _model("minilm", "por"),
+            units = [{"id": "minilm.por.p-tuning-v2.tweets-binary", "model": model_recipe("minilm", "por"),
                       "method": "p-tuning-v2", "task": "tweets-binary"},
-                     {"id": "splade-tiny.btop.p-tuning.tweets-binary", "model": _model("splade-tiny", "btop"),
+                     {"id": "splade-tiny.btop.p-tuning.tweets-binary", "model": model_recipe("splade-tiny", "btop"),
                       "method": "p-tuning", "task": "tweets-binary"}]
             cfg["units"] = units
             cfg["sizes"] = {**cfg["sizes"], "test": 200}

@@ -12,11 +12,10 @@ non-target test inputs with the trigger (a rejected input is a failed attack).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 
-from lmsanitator.evaluate.experiments.base import Context, Experiment
+from lmsanitator.evaluate.experiments.base import Context, Experiment, sized_task
 
 METHODS = ("lora", "p-tuning", "p-tuning-v2", "prompt-tuning")
 
@@ -89,8 +88,7 @@ class PSIMExperiment(Experiment):
 
         sz = config["sizes"]
         full = load_task(config["task"])
-        task = full.with_train_size(sz["train"]).with_validation_size(sz["validation"])
-        task = dataclasses.replace(task, test=list(task.test)[: sz["test"]])
+        task = sized_task(full, sz["train"], sz["validation"], sz["test"])
         rec: dict = {}
         if unit["attack"]:
             folder, report = self._poisoned(unit, config, full, ctx)

@@ -12,15 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmsanitator.evaluate.experiments.base import Context, Experiment
-from lmsanitator.evaluate.experiments.detection import ATTACK_SETTINGS, TARGET_OF, build_model
+from lmsanitator.evaluate.experiments.detection import build_model, mine, model_recipe
 
 RECOVERED_AT = 0.9
 T_MATCH = 0.8
 
 
-def _unit(base: str, attack: str, seed: int = 0, **settings) -> dict:
-    return {"id": f"{base}.{attack}", "base": base, "target": TARGET_OF[attack],
-            "attack": {"name": attack, "seed": seed, **ATTACK_SETTINGS[base][attack], **settings}}
+def _unit(base: str, attack: str, **settings) -> dict:
+    return {"id": f"{base}.{attack}", **model_recipe(base, attack, **settings)}
 
 
 class PVSearch(Experiment):
@@ -47,16 +46,11 @@ class PVSearch(Experiment):
         import torch
 
         from lmsanitator.attacks import sign_match
-        from lmsanitator.data import load_corpus, sample, split_corpus
-        from lmsanitator.scan import PVMiner, ScanConfig
+        from lmsanitator.data import load_corpus
 
         corpus = load_corpus(config["corpus"])
         encoder, planted, rec = build_model(unit, corpus, ctx, config["attack_verify_sentences"], cache=True)
-        s = config["search"]
-        cfg = ScanConfig(target=unit["target"], loops=s["loops"], sentences=s["sentences"], epochs=s["epochs"],
-                         abort_epoch=s["abort_epoch"], batch_size=s["batch_size"], seed=s["seed"], mode="search", stop_at_first=False)
-        sentences = sample(split_corpus(corpus, "defence"), cfg.sentences, 0)
-        miner = PVMiner(cfg).fit(encoder, sentences, patience=s["patience"], progress=False)
+        miner = mine(encoder, corpus, unit["target"], config["search"], mode="search", stop_at_first=False)
         found = torch.stack(miner.pvs_).float().cpu() if miner.pvs_ else torch.zeros(0, planted.shape[1])
         agree = sign_match(found, planted.float()) if len(found) else torch.zeros(0, len(planted))
         best_per_planted = agree.max(dim=0).values.tolist() if len(found) else [0.0] * len(planted)
