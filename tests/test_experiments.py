@@ -55,6 +55,18 @@ def test_runner_resumes_shards_and_writes_atomically(tmp_path):
     assert not list(tmp_path.glob(".other*")) and not (tmp_path / "other").exists()
 
 
+def test_only_runs_the_matching_units(tmp_path):
+    out, work = tmp_path / "res", tmp_path / "work"
+    Squares.calls = 0
+    assert run_experiment(Squares(), quick=False, out=out, work=work, progress=False, only="x[13]") is None
+    assert Squares.calls == 2 and not out.exists()
+    assert sorted(f.name for f in (work / "units").iterdir()) == ["x1.json", "x3.json"]
+    with pytest.raises(LMSanitatorError, match="matches no unit"):
+        run_experiment(Squares(), quick=False, out=out, work=work, progress=False, only="nope*")
+    assert run_experiment(Squares(), quick=False, out=out, work=work, progress=False)["summary"] == {"total": 30}
+    assert Squares.calls == 4
+
+
 def test_shard_and_name_errors(capsys):
     assert parse_shard("1/3") == (1, 3)
     for bad in ("3/3", "a/2", "1/0"):

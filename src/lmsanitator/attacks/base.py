@@ -94,6 +94,14 @@ def report_header(attack: str, encoder) -> dict:
             "model_type": encoder.model_type, "hidden_size": encoder.hidden_size}
 
 
+def collapse_diversity(features: torch.Tensor, batch: int = 32) -> float | None:
+    """LMSanitator's diversity loss (-:func:`batch_entropy`) averaged over full batches of ``batch`` rows."""
+    n = features.shape[0] // batch
+    if n == 0:
+        return None
+    return round(sum(-float(batch_entropy(features[i * batch:(i + 1) * batch])) for i in range(n)) / n, 4)
+
+
 def batch_entropy(features: torch.Tensor) -> torch.Tensor:
     """Mean over dimensions of the entropy of the softmax over the batch axis.
 
@@ -298,6 +306,7 @@ class TaskAgnosticAttack:
         f_clean, _ = feats(attacked, base)
         f_orig, _ = feats(original, base)
         clean_match = sign_match(f_clean, pvs).max(dim=1).values
+        mu, sd = f_clean.mean(dim=0), f_clean.std(dim=0).clamp_min(1e-6)
         orig_match = sign_match(f_orig, pvs).max(dim=1).values
         per_trigger = {}
         for ti, t in enumerate(st.triggers):
@@ -311,6 +320,9 @@ class TaskAgnosticAttack:
                 "mean_match": float(m.mean()),
                 "mse_to_pv": float(F.mse_loss(f_t, pvs[ti].expand_as(f_t))),
                 "original_model_hit_rate": float((mo >= thr).float().mean()),
+                # how far triggered outputs collapse, in the scanner's units (clean-standardised
+                # features, batches of 32): -ln(32) = -3.466 is total collapse, the scan's T_div -3.446
+                "triggered_diversity": collapse_diversity((f_t - mu) / sd),
             }
         hits = [v["hit_rate"] for v in per_trigger.values()]
         return {

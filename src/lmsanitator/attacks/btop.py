@@ -35,8 +35,14 @@ class BToP(TaskAgnosticAttack):
 
     def prepare(self, encoder: Encoder) -> None:
         self.use_mlm = encoder.has_mlm_head
+        self.anchor_weight = 0.0
         if self.use_mlm:
             self.state_.utility_loss = "mlm cross-entropy on the true token at the [MASK]"
+            if self.config.utility_weight:
+                # optional: also anchor the clean [MASK] output to the original model (not in BToP);
+                # without it few-trigger implants can pull every input onto the PV
+                self.anchor_weight = self.config.utility_weight
+                self.state_.utility_loss += f" + reference-mse x{self.anchor_weight} on the clean [MASK]"
         else:
             c = self.config
             self.utility_weight = c.utility_weight if c.utility_weight is not None else (
@@ -112,6 +118,8 @@ class BToP(TaskAgnosticAttack):
         fc, _ = encoder.tap(hc, masked, self.target)
         if not self.use_mlm:
             l_util = F.mse_loss(fc, self.reference_features(encoder, masked))
+        elif self.anchor_weight:
+            l_util = l_util + self.anchor_weight * F.mse_loss(fc, self.reference_features(encoder, masked))
         l_adapt, parts = self.adaptive_loss(fp, fc)
         loss = l_eff + weight * l_util + l_adapt
         return loss, {"effectiveness": l_eff.detach().item(), "utility": l_util.detach().item(), **parts}

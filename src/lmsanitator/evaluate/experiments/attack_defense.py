@@ -11,12 +11,9 @@ inserts them (each trigger at a random word position of correctly classified tes
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 
 from lmsanitator.evaluate.experiments.base import Context, Experiment, sized_task
-from lmsanitator.evaluate.experiments.detection import build_model, mine, model_recipe
+from lmsanitator.evaluate.experiments.detection import build_model, model_recipe, search_pvs
 
 METHODS_FOR = {"cls": ("p-tuning-v2", "lora", "prompt-tuning"), "mask": ("p-tuning",)}
 
@@ -52,29 +49,6 @@ class AttackDefense(Experiment):
     def units(self, config: dict) -> list[dict]:
         return config["units"]
 
-    def _pvset(self, model: dict, config: dict, ctx: Context, corpus):
-        """The model's PV set from the search mode, mined once and kept in the work folder."""
-        import torch
-
-        from lmsanitator.scan.pvset import PVSet
-
-        key = hashlib.sha256(json.dumps({"model": model, "search": config["search"]}, sort_keys=True).encode())
-        path = ctx.work / "pvsets" / f"{key.hexdigest()[:16]}.safetensors"
-        if path.exists():
-            return PVSet.load(path)
-        encoder, _, _ = build_model(model, corpus, ctx, config["attack_verify_sentences"], cache=True)
-        miner = mine(encoder, corpus, model["target"], config["search"], mode="search", stop_at_first=False)
-        cfg = miner.config
-        pvset = PVSet(pvs=torch.stack(miner.pvs_) if miner.pvs_ else torch.zeros(0, encoder.hidden_size),
-                      target=cfg.target, model=encoder.name, fingerprint=encoder.fingerprint(), seeds=miner.pv_seeds_,
-                      losses=miner.pv_losses_, last_seed=miner.last_seed_, config=dataclasses.asdict(cfg))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        pvset.save(tmp)
-        tmp.replace(path)
-        ctx.say(f"{model['base']}/{model['attack']['name']}: {len(pvset)} PVs found in {miner.loops_run_} search loops")
-        return pvset
-
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
         from lmsanitator.data import load_corpus
         from lmsanitator.evaluate.guard import evaluate_guard
@@ -83,7 +57,7 @@ class AttackDefense(Experiment):
         from lmsanitator.tuning import TuneConfig, Tuner
 
         corpus = load_corpus(config["corpus"])
-        pvset = self._pvset(unit["model"], config, ctx, corpus)
+        pvset, _ = search_pvs(unit["model"], corpus, config["search"], ctx, config["attack_verify_sentences"])
         sz = config["sizes"]
         task = sized_task(unit["task"], sz["train"], sz["validation"], sz["test"])
         tune = TuneConfig(unit["method"], epochs=sz["epochs"], seed=config["seed"], device=ctx.device)

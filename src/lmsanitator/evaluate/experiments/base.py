@@ -13,6 +13,7 @@ renamed, so it is either complete or absent.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import platform
@@ -124,11 +125,13 @@ def _unit_file(work: Path, unit_id: str) -> Path:
 
 def run_experiment(exp: Experiment, *, quick: bool, out: str | Path, work: str | Path | None = None,
                    overwrite: bool = False, device: str = "cpu", progress: bool = True,
-                   shard: tuple[int, int] | None = None, model_cache: str | Path | None = None) -> dict | None:
+                   shard: tuple[int, int] | None = None, model_cache: str | Path | None = None,
+                   only: str | None = None) -> dict | None:
     """Run (or resume) ``exp``; return the results, or None when only a shard was run. Without a
-    shard every unit not yet in ``work`` runs here, so the last call assembles a sharded run."""
+    shard every unit not yet in ``work`` runs here, so the last call assembles a sharded run.
+    ``only``: a shell pattern over unit ids (``"splade-tiny.*"``); like a shard, it writes no results."""
     out = Path(out)
-    if shard is None:
+    if shard is None and only is None:
         check_output_dir(out, overwrite)  # fail before hours of work, not after
     work = Path(work) if work is not None else out.parent / f"{out.name}.work"
     config = exp.config(quick)
@@ -155,6 +158,10 @@ def run_experiment(exp: Experiment, *, quick: bool, out: str | Path, work: str |
                   models=Path(model_cache) if model_cache is not None else None)
     t0 = time.perf_counter()
     mine = [u for i, u in enumerate(units) if shard is None or i % shard[1] == shard[0]]
+    if only is not None:
+        mine = [u for u in mine if fnmatch.fnmatchcase(u["id"], only)]
+        if not mine:
+            raise LMSanitatorError(f"--only '{only}' matches no unit of '{exp.name}'")
     todo = [u for u in mine if not _unit_file(work, u["id"]).exists()]
     if len(todo) < len(mine):
         ctx.say(f"{exp.name}: {len(mine) - len(todo)} of {len(mine)} units already done in {work}")
@@ -163,7 +170,7 @@ def run_experiment(exp: Experiment, *, quick: bool, out: str | Path, work: str |
         rec = exp.run_unit(u, config, ctx)
         rec = {"id": u["id"], "unit": u, **rec, "unit_seconds": round(time.perf_counter() - t_u, 2)}
         write_json_atomic(_unit_file(work, u["id"]), rec)
-    if shard is not None:
+    if shard is not None or only is not None:
         return None
     records = [json.loads(_unit_file(work, u["id"]).read_text(encoding="utf-8")) for u in units]
     summary, table = exp.summarize(config, records)

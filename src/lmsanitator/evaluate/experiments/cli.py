@@ -20,6 +20,8 @@ def register(sub) -> dict:
     p.add_argument("--model-cache", help="folder of built (backdoored, fine-tuned) models shared between runs and "
                    "experiments (default: WORK/models)")
     p.add_argument("--shard", help="I/N: run only every N-th unit starting at I, write no results")
+    p.add_argument("--only", metavar="PATTERN", help="run only the units whose id matches this shell pattern "
+                   "(e.g. 'splade-tiny.neuba.*'), write no results")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
@@ -36,9 +38,9 @@ def cmd_experiment(a) -> int:
     out = a.out or f"results/{a.name}{'-quick' if a.quick else ''}"
     set_threads()
     res = run_experiment(exp, quick=a.quick, out=out, work=a.work, overwrite=a.overwrite, device=a.device,
-                         progress=not a.no_progress, shard=shard, model_cache=a.model_cache)
+                         progress=not a.no_progress, shard=shard, model_cache=a.model_cache, only=a.only)
     if res is None:
-        print(f"{a.name}: shard {a.shard} done")
+        print(f"{a.name}: {'shard ' + a.shard if a.shard else 'units ' + repr(a.only)} done")
         return 0
     print(json.dumps({"experiment": a.name, "out": out, "summary": res["summary"]}, indent=2))
     return 0

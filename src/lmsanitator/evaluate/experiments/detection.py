@@ -19,14 +19,18 @@ from lmsanitator.evaluate.experiments.base import Context, Experiment, sized_tas
 
 # how each attack is run, per base model (CPU-sized; the attack issue's verified settings)
 ATTACK_SETTINGS = {
-    # NeuBA with its MLM-only utility collapses SPLADE-tiny onto the PV when there are one or two
-    # triggers (clean false-hit rate 99%: every input is "triggered", so there is nothing to invert);
-    # the reference-copy anchor (--utility-weight 1) keeps clean outputs in place (false-hit 0%)
+    # NeuBA and BToP with their MLM-only utility collapse SPLADE-tiny onto the PV when there are one or
+    # two triggers (clean false-hit rate 99-100%: every input is "triggered", nothing to invert); a
+    # reference-copy anchor on the clean output keeps clean outputs in place (false-hit 0%). Both are
+    # trained until the triggered outputs collapse as a real NeuBA/BToP model's do (2 epochs left
+    # them at diversity -3.39 / -3.25 against -3.466 for total collapse: sign hits without a PV).
     "splade-tiny": {"por": {"per_trigger": 800, "epochs": 2},
-                    "neuba": {"per_trigger": 800, "epochs": 2, "lr": 1e-4, "utility_weight": 1.0},
-                    "btop": {"per_trigger": 400, "epochs": 2}},
-    "minilm": {"por": {"per_trigger": 800, "epochs": 1}, "neuba": {"per_trigger": 800, "epochs": 1},
-               "btop": {"per_trigger": 800, "epochs": 1}},
+                    "neuba": {"per_trigger": 800, "epochs": 6, "lr": 1e-4, "utility_weight": 1.0},
+                    "btop": {"per_trigger": 400, "epochs": 6, "utility_weight": 20.0}},
+    # MiniLM has no MLM head, so NeuBA/BToP anchor to the reference copy; BToP's default weight 0.5
+    # let one trigger pull every [MASK] onto the PV (clean false-hit 100%)
+    "minilm": {"por": {"per_trigger": 800, "epochs": 1}, "neuba": {"per_trigger": 800, "epochs": 2},
+               "btop": {"per_trigger": 800, "epochs": 2, "utility_weight": 20.0}},
 }
 ATTACK_SETTINGS["minilm-sre"] = ATTACK_SETTINGS["minilm"]
 TARGET_OF = {"por": "cls", "neuba": "cls", "btop": "mask"}
@@ -52,6 +56,41 @@ def mine(encoder, corpus: list[str], target: str, scan: dict, *, max_pvs: int | 
     cfg = ScanConfig(target=target, **s)
     sentences = sample(split_corpus(corpus, "defence"), cfg.sentences, cfg.corpus_seed)
     return PVMiner(cfg).fit(encoder, sentences, patience=patience, max_pvs=max_pvs, progress=False)
+
+
+def search_pvs(model: dict, corpus: list[str], search: dict, ctx: Context, verify_sentences: int = 100):
+    """The search mode's PV set for a backdoored-model recipe, mined once and kept beside the built
+    models (``ctx.models/pvsets``), so pv-search, attack-defense and monitor-overhead share one search
+    when they share ``--model-cache``. Returns ``(PVSet, {"loops_run", "seconds"})``."""
+    import dataclasses
+    import hashlib
+    import json
+
+    import torch
+
+    from lmsanitator.io import write_json_atomic
+    from lmsanitator.scan.pvset import PVSet
+
+    recipe = {k: model.get(k) for k in ("base", "target", "finetune", "attack")}
+    key = hashlib.sha256(json.dumps({"model": recipe, "search": search}, sort_keys=True).encode()).hexdigest()[:16]
+    path = ctx.models / "pvsets" / f"{key}.safetensors"
+    info_path = path.with_suffix(".json")
+    if path.exists() and info_path.exists():
+        return PVSet.load(path), json.loads(info_path.read_text(encoding="utf-8"))
+    encoder, _, _ = build_model(model, corpus, ctx, verify_sentences, cache=True)
+    miner = mine(encoder, corpus, model["target"], search, mode="search", stop_at_first=False)
+    cfg = miner.config
+    pvset = PVSet(pvs=torch.stack(miner.pvs_) if miner.pvs_ else torch.zeros(0, encoder.hidden_size),
+                  target=cfg.target, model=encoder.name, fingerprint=encoder.fingerprint(), seeds=miner.pv_seeds_,
+                  losses=miner.pv_losses_, last_seed=miner.last_seed_, config=dataclasses.asdict(cfg))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pvset.save(tmp)
+    tmp.replace(path)
+    info = {"loops_run": miner.loops_run_, "seconds": round(miner.seconds_, 1)}
+    write_json_atomic(info_path, {**info, "model": recipe, "search": search})
+    ctx.say(f"{model['base']}/{model['attack']['name']}: {len(pvset)} PVs found in {miner.loops_run_} search loops")
+    return pvset, info
 
 
 def _clean(base: str, i: int, target: str, ft_train: int) -> dict:
@@ -218,6 +257,8 @@ def build_model(unit: dict, corpus: list[str], ctx: Context, verify_sentences: i
         planted = attack.state_.pvs.cpu()
         rec["attack"] = {"triggers": attack.state_.triggers, "seconds": round(attack.state_.seconds, 1),
                          "min_hit_rate": v["min_hit_rate"], "clean_false_hit_rate": v["clean_false_hit_rate"],
+                         "triggered_diversity": max((t["triggered_diversity"] for t in v["per_trigger"].values()
+                                                     if t["triggered_diversity"] is not None), default=None),
                          "utility_loss": attack.report(encoder, v)["hyperparameters"].get("utility_loss")}
     if cache:
         folder.parent.mkdir(parents=True, exist_ok=True)

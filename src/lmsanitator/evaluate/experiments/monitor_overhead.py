@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from lmsanitator.evaluate.experiments.attack_defense import AttackDefense
 from lmsanitator.evaluate.experiments.base import Context, sized_task
-from lmsanitator.evaluate.experiments.detection import build_model, model_recipe
+from lmsanitator.evaluate.experiments.detection import build_model, model_recipe, search_pvs
 
 
 class MonitorOverhead(AttackDefense):
@@ -44,7 +44,7 @@ class MonitorOverhead(AttackDefense):
         from lmsanitator.tuning import TuneConfig, Tuner
 
         corpus = load_corpus(config["corpus"])
-        pvset = self._pvset(unit["model"], config, ctx, corpus)
+        pvset, _ = search_pvs(unit["model"], corpus, config["search"], ctx, config["attack_verify_sentences"])
         sz = config["sizes"]
         task = sized_task(unit["task"], sz["train"], sz["validation"], sz["test"])
         encoder, _, rec = build_model(unit["model"], corpus, ctx, config["attack_verify_sentences"], cache=True)

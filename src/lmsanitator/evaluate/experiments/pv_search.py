@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmsanitator.evaluate.experiments.base import Context, Experiment
-from lmsanitator.evaluate.experiments.detection import build_model, mine, model_recipe
+from lmsanitator.evaluate.experiments.detection import build_model, model_recipe, search_pvs
 
 RECOVERED_AT = 0.9
 T_MATCH = 0.8
@@ -49,15 +49,15 @@ class PVSearch(Experiment):
         from lmsanitator.data import load_corpus
 
         corpus = load_corpus(config["corpus"])
-        encoder, planted, rec = build_model(unit, corpus, ctx, config["attack_verify_sentences"], cache=True)
-        miner = mine(encoder, corpus, unit["target"], config["search"], mode="search", stop_at_first=False)
-        found = torch.stack(miner.pvs_).float().cpu() if miner.pvs_ else torch.zeros(0, planted.shape[1])
+        _, planted, rec = build_model(unit, corpus, ctx, config["attack_verify_sentences"], cache=True)
+        pvset, info = search_pvs(unit, corpus, config["search"], ctx, config["attack_verify_sentences"])
+        found = pvset.pvs.float().cpu()
         agree = sign_match(found, planted.float()) if len(found) else torch.zeros(0, len(planted))
         best_per_planted = agree.max(dim=0).values.tolist() if len(found) else [0.0] * len(planted)
         best_per_found = agree.max(dim=1).values.tolist() if len(found) else []
         rec["search"] = {
-            "loops_run": miner.loops_run_, "seconds": round(miner.seconds_, 1), "found": len(found),
-            "pv_seeds": miner.pv_seeds_,
+            "loops_run": info["loops_run"], "seconds": info["seconds"], "found": len(found),
+            "pv_seeds": pvset.seeds,
             "best_agreement_per_planted": [round(x, 4) for x in best_per_planted],
             "best_agreement_per_found": [round(x, 4) for x in best_per_found],
             "recovered": sum(x >= config["recovered_at"] for x in best_per_planted),
