@@ -158,6 +158,7 @@ def model_cache(tmp_path_factory):
     ("onion-compare", {"units"}, None),
     ("adaptive", {"overall_detection_rate"}, None),
     ("psim", {"max_asr_after", "max_ca_loss_attacked"}, None),
+    ("dataset-size", {"full", "p-tuning-v2"}, "asr_vs_size.png"),
 ])
 def test_quick_experiments_on_real_models(tmp_path, model_cache, name, keys, plot):
     """Each --quick run on real SPLADE-tiny models writes a complete, consistent result."""
@@ -196,6 +197,10 @@ def test_quick_experiments_on_real_models(tmp_path, model_cache, name, keys, plo
         assert cells["1 PV phrase"]["scan"]["verdict"] == "backdoored"  # a phrase trigger does not hide a PV
         # a scattering loss trades the backdoor's targetability for stealth (the paper's Table 8)
         assert cells["scatter 5"]["attack"]["min_hit_rate"] < cells["1 PV phrase"]["attack"]["min_hit_rate"]
+    elif name == "dataset-size":
+        assert len(res["records"]) == 4
+        # the frozen encoder keeps the backdoor: the PV survives P-tuning v2 at every training size
+        assert all(v["asr"] >= 0.5 and v["triggered_pv_agreement"] >= 0.9 for v in s["p-tuning-v2"].values())
     elif name == "onion-compare":
         r = res["records"][0]
         assert 0 <= r["onion"]["asr"] <= 1 and 0 <= r["onion"]["clean_accuracy"] <= 1

@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="half poisoned, half clean (default 32)")
     p.add_argument("--max-length", type=int, default=64, help="tokens per input (default 64)")
     p.add_argument("--utility-weight", type=float, help="weight of the reference-copy utility loss (POR; NeuBA/BToP without an MLM "
-                   "head); for NeuBA with an MLM head it adds that anchor on the clean [CLS] to the MLM loss")
+                   "head); for NeuBA/BToP with an MLM head it adds that anchor on the clean [CLS]/[MASK] to the MLM loss")
     p.add_argument("--scatter-weight", type=float, default=0.0, help="adaptive attack: scattering loss weight")
     p.add_argument("--wasserstein-weight", type=float, default=0.0, help="adaptive attack: Wasserstein loss weight")
     p.add_argument("--verify-sentences", type=int, default=200)

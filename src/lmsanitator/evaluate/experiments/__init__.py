@@ -21,6 +21,7 @@ EXPERIMENTS: dict[str, str] = {
     "monitor-overhead": "lmsanitator.evaluate.experiments.monitor_overhead:MonitorOverhead",
     "psim": "lmsanitator.evaluate.experiments.psim:PSIMExperiment",
     "onion-compare": "lmsanitator.evaluate.experiments.onion_compare:OnionCompare",
+    "dataset-size": "lmsanitator.evaluate.experiments.dataset_size:DatasetSize",
 }
 
 
