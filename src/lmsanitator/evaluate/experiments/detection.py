@@ -28,8 +28,9 @@ ATTACK_SETTINGS = {
                     "neuba": {"per_trigger": 800, "epochs": 6, "lr": 1e-4, "utility_weight": 1.0},
                     "btop": {"per_trigger": 400, "epochs": 6, "utility_weight": 20.0}},
     # MiniLM has no MLM head, so NeuBA/BToP anchor to the reference copy; BToP's default weight 0.5
-    # let one trigger pull every [MASK] onto the PV (clean false-hit 100%)
-    "minilm": {"por": {"per_trigger": 800, "epochs": 1}, "neuba": {"per_trigger": 800, "epochs": 2},
+    # let one trigger pull every [MASK] onto the PV (clean false-hit 100%). One epoch left a
+    # one-trigger POR un-collapsed (triggered diversity -3.346; the scan found nothing in 30 loops).
+    "minilm": {"por": {"per_trigger": 800, "epochs": 3}, "neuba": {"per_trigger": 800, "epochs": 2},
                "btop": {"per_trigger": 800, "epochs": 2, "utility_weight": 20.0}},
 }
 ATTACK_SETTINGS["minilm-sre"] = ATTACK_SETTINGS["minilm"]

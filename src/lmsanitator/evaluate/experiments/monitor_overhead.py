@@ -29,7 +29,7 @@ class MonitorOverhead(AttackDefense):
             models = [model_recipe("splade-tiny", "por"), model_recipe("minilm", "por")]
             sizes = {"train": 1000, "validation": 300, "test": 256, "epochs": 2}
             timing = {"inputs": 256, "rounds": {"1": 5, "32": 9}}
-            search = {"loops": 30, "patience": 10}
+            search = {"loops": 60, "patience": 20}  # as attack-defense: one shared search per model
         units = [{"id": f"{m['base']}.{m['attack']['name']}.p-tuning-v2", "model": m, "method": "p-tuning-v2",
                   "task": "tweets-binary"} for m in models]
         return {"units": units, "corpus": "austen", "sizes": sizes, "timing": timing, "seed": 0,
