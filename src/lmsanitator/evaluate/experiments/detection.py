@@ -158,7 +158,7 @@ class Detection(Experiment):
         from lmsanitator.data import load_corpus
 
         corpus = load_corpus(config["corpus"])
-        encoder, planted, rec = build_model(unit, corpus, ctx, config["attack_verify_sentences"])
+        encoder, planted, rec = build_model(unit, corpus, ctx, config["attack_verify_sentences"], cache=True)
         miner = mine(encoder, corpus, unit["target"], config["scan"])
         r = miner.report_
         rec["scan"] = {"verdict": r["verdict"], "loops_run": r["loops_run"], "seconds": r["seconds"],
