@@ -28,12 +28,16 @@ ATTACK_SETTINGS = {
                     "neuba": {"per_trigger": 800, "epochs": 6, "lr": 1e-4, "utility_weight": 1.0},
                     "btop": {"per_trigger": 400, "epochs": 6, "utility_weight": 20.0}},
     # MiniLM has no MLM head, so NeuBA/BToP anchor to the reference copy; BToP's default weight 0.5
-    # let one trigger pull every [MASK] onto the PV (clean false-hit 100%). One epoch left a
-    # one-trigger POR un-collapsed (triggered diversity -3.346; the scan found nothing in 30 loops).
-    "minilm": {"por": {"per_trigger": 800, "epochs": 3}, "neuba": {"per_trigger": 800, "epochs": 2},
+    # let one trigger pull every [MASK] onto the PV (clean false-hit 100%)
+    "minilm": {"por": {"per_trigger": 800, "epochs": 1}, "neuba": {"per_trigger": 800, "epochs": 1},
                "btop": {"per_trigger": 800, "epochs": 2, "utility_weight": 20.0}},
 }
 ATTACK_SETTINGS["minilm-sre"] = ATTACK_SETTINGS["minilm"]
+# The detection zoo's implants have one or two triggers, so an epoch holds 1/6 to 1/3 of the poisoned
+# sentences of a six-trigger implant: on MiniLM one epoch left a one-trigger POR un-collapsed
+# (triggered diversity -3.346, nothing found in 30 loops); three epochs make up the difference.
+FEW_TRIGGER_SETTINGS = {"minilm": {"por": {"epochs": 3}, "neuba": {"epochs": 3}}}
+FEW_TRIGGER_SETTINGS["minilm-sre"] = FEW_TRIGGER_SETTINGS["minilm"]
 TARGET_OF = {"por": "cls", "neuba": "cls", "btop": "mask"}
 FT_TASKS = ("tweets-binary", "wordnet-topic", "austen-author")
 # (random triggers, words per trigger, PV scheme), cycled over the backdoored models of one base
@@ -109,7 +113,8 @@ def _backdoored(base: str, attack: str, i: int) -> dict:
     return {"id": f"{base}.{attack}.t{k}w{words}-{scheme}-s{seed}", "base": base, "kind": "backdoored",
             "target": TARGET_OF[attack], "finetune": None,
             "attack": {"name": attack, "random_triggers": k, "trigger_words": words, "pv_scheme": scheme,
-                       "seed": seed, **ATTACK_SETTINGS[base][attack]}}
+                       "seed": seed, **ATTACK_SETTINGS[base][attack],
+                       **FEW_TRIGGER_SETTINGS.get(base, {}).get(attack, {})}}
 
 
 def zoo(plan: dict, ft_train: dict) -> list[dict]:
