@@ -26,18 +26,19 @@ class AttackDefense(Experiment):
 
     def config(self, quick: bool) -> dict:
         if quick:
-            models = [model_recipe("splade-tiny", "por", per_trigger=400)]
-            methods, tasks = {"cls": ("p-tuning-v2",)}, ("tweets-binary",)
+            models = [(model_recipe("splade-tiny", "por", per_trigger=400), {"cls": ("p-tuning-v2",)})]
+            tasks = ("tweets-binary",)
             sizes = {"train": 300, "validation": 100, "test": 100, "epochs": 2}
             search = {"loops": 12, "patience": 6}
         else:
-            models = [model_recipe("minilm", "por"), model_recipe("splade-tiny", "por"),
-                      model_recipe("splade-tiny", "btop")]
-            methods, tasks = METHODS_FOR, ("tweets-binary", "wordnet-topic")
+            # MiniLM: P-tuning v2 only (a MiniLM unit costs about 5 SPLADE-tiny units on 2 cores)
+            models = [(model_recipe("minilm", "por"), {"cls": ("p-tuning-v2",)}),
+                      (model_recipe("splade-tiny", "por"), METHODS_FOR), (model_recipe("splade-tiny", "btop"), METHODS_FOR)]
+            tasks = ("tweets-binary", "wordnet-topic")
             sizes = {"train": 1000, "validation": 300, "test": 500, "epochs": 3}
             search = {"loops": 60, "patience": 20}
         units = []
-        for m in models:
+        for m, methods in models:
             for method in methods.get(m["target"], ()):
                 for task in tasks:
                     units.append({"id": f"{m['base']}.{m['attack']['name']}.{method}.{task}", "model": m,
