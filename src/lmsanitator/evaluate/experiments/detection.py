@@ -144,8 +144,10 @@ class Detection(Experiment):
             scan = {"loops": 6, "sentences": 320}
         else:
             plan = {"splade-tiny": {"clean": 18, "clean_mask": 5, "por": 6, "neuba": 5, "btop": 5},
-                    "minilm": {"clean": 1, "por": 2, "neuba": 1, "btop": 1},
-                    "minilm-sre": {"clean": 1, "por": 1, "neuba": 1}}
+                    # NeuBA runs on splade-tiny only: a MiniLM NeuBA unit (3-epoch implant + up to 30
+                    # loops) costs about an hour of one core here
+                    "minilm": {"clean": 1, "por": 2, "btop": 1},
+                    "minilm-sre": {"clean": 1, "por": 1}}
             scan = {"loops": 30, "sentences": 320}
         ft_train = {"splade-tiny": 300 if quick else 1000, "minilm": 1000, "minilm-sre": 1000}
         return {"plan": plan, "finetune_train_size": ft_train, "corpus": "austen",
