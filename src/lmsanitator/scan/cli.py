@@ -96,8 +96,6 @@ def cmd_scan(a) -> int:
 
 
 def cmd_search(a) -> int:
-    import torch
-
     from lmsanitator.scan.miner import PVMiner
     from lmsanitator.scan.pvset import PVSet
 
@@ -127,14 +125,7 @@ def cmd_search(a) -> int:
         start = (previous.last_seed + 1) if previous.last_seed is not None else cfg.seed
 
     def snapshot(m, last_seed):
-        width = encoder.hidden_size
-        PVSet(
-            pvs=torch.stack(m.pvs_) if m.pvs_ else torch.zeros(0, width),
-            soft_prompts=torch.stack(m.soft_prompts_) if m.soft_prompts_ else None,
-            target=cfg.target, model=encoder.name, fingerprint=encoder.fingerprint(), seeds=m.pv_seeds_,
-            losses=m.pv_losses_, last_seed=last_seed,
-            config={k: v for k, v in vars(cfg).items()},
-        ).save(out)
+        PVSet.from_miner(m, encoder, last_seed).save(out)
 
     # every new PV is saved at once, so an interrupted search keeps what it found
     def on_pv(m):

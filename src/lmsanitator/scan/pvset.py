@@ -7,6 +7,7 @@ weights), seeds, losses, the last fuzz seed run (for ``--resume``) and the scan 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -33,6 +34,16 @@ class PVSet:
     losses: list[dict] = field(default_factory=list)
     last_seed: int | None = None
     config: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_miner(cls, miner, encoder, last_seed: int | None = None) -> "PVSet":
+        """The PVs a :class:`~lmsanitator.scan.PVMiner` holds, tagged with the model they came from."""
+        return cls(
+            pvs=torch.stack(miner.pvs_) if miner.pvs_ else torch.zeros(0, encoder.hidden_size),
+            soft_prompts=torch.stack(miner.soft_prompts_) if miner.soft_prompts_ else None,
+            target=miner.config.target, model=encoder.name, fingerprint=encoder.fingerprint(), seeds=miner.pv_seeds_,
+            losses=miner.pv_losses_, last_seed=miner.last_seed_ if last_seed is None else last_seed,
+            config=dataclasses.asdict(miner.config))
 
     @property
     def hidden_size(self) -> int:

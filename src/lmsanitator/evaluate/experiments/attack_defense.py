@@ -11,7 +11,6 @@ inserts them (each trigger at a random word position of correctly classified tes
 
 from __future__ import annotations
 
-
 from lmsanitator.evaluate.experiments.base import Context, Experiment, sized_task
 from lmsanitator.evaluate.experiments.detection import build_model, model_recipe, search_pvs
 

@@ -67,11 +67,8 @@ def search_pvs(model: dict, corpus: list[str], search: dict, ctx: Context, verif
     """The search mode's PV set for a backdoored-model recipe, mined once and kept beside the built
     models (``ctx.models/pvsets``), so pv-search, attack-defense and monitor-overhead share one search
     when they share ``--model-cache``. Returns ``(PVSet, {"loops_run", "seconds"})``."""
-    import dataclasses
     import hashlib
     import json
-
-    import torch
 
     from lmsanitator.io import write_json_atomic
     from lmsanitator.scan.pvset import PVSet
@@ -84,14 +81,9 @@ def search_pvs(model: dict, corpus: list[str], search: dict, ctx: Context, verif
         return PVSet.load(path), json.loads(info_path.read_text(encoding="utf-8"))
     encoder, _, _ = build_model(model, corpus, ctx, verify_sentences, cache=True)
     miner = mine(encoder, corpus, model["target"], search, mode="search", stop_at_first=False)
-    cfg = miner.config
-    pvset = PVSet(pvs=torch.stack(miner.pvs_) if miner.pvs_ else torch.zeros(0, encoder.hidden_size),
-                  target=cfg.target, model=encoder.name, fingerprint=encoder.fingerprint(), seeds=miner.pv_seeds_,
-                  losses=miner.pv_losses_, last_seed=miner.last_seed_, config=dataclasses.asdict(cfg))
+    pvset = PVSet.from_miner(miner, encoder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pvset.save(tmp)
-    tmp.replace(path)
+    pvset.save(path)  # atomic
     info = {"loops_run": miner.loops_run_, "seconds": round(miner.seconds_, 1)}
     write_json_atomic(info_path, {**info, "model": recipe, "search": search})
     ctx.say(f"{model['base']}/{model['attack']['name']}: {len(pvset)} PVs found in {miner.loops_run_} search loops")
