@@ -147,6 +147,24 @@ def test_cli_search_saves_and_resumes(tiny_bert_dir, small_corpus_file, tmp_path
     assert "does not match" in capsys.readouterr().err
 
 
+def test_cli_search_patience_spans_resumes(tiny_bert_dir, small_corpus_file, tmp_path, capsys):
+    out = tmp_path / "none.safetensors"
+    strict = ["--t-div", "-100"]  # nothing can be accepted: every loop counts against the patience
+    assert main(["search", str(tiny_bert_dir), "--out", str(out), "--loops", "2", "--patience", "5",
+                 *_scan_args(tiny_bert_dir, small_corpus_file, *strict)]) == 0
+    assert PVSet.load(out).last_seed == 1 and len(PVSet.load(out)) == 0
+    before = out.read_bytes()
+    # 2 loops without a PV already: a resume with --patience 2 has nothing left to do
+    assert main(["search", str(tiny_bert_dir), "--out", str(out), "--resume", "--patience", "2",
+                 *_scan_args(tiny_bert_dir, small_corpus_file, *strict)]) == 0
+    assert "already ran 2 loops without a new PV" in capsys.readouterr().out
+    assert out.read_bytes() == before
+    # --patience 3 owes one more loop
+    assert main(["search", str(tiny_bert_dir), "--out", str(out), "--resume", "--patience", "3",
+                 *_scan_args(tiny_bert_dir, small_corpus_file, *strict)]) == 0
+    assert PVSet.load(out).last_seed == 2
+
+
 @pytest.mark.parametrize("extra,needle", [
     (["--sentences", "8"], "fewer than one batch"),
     (["--target", "pooler"], "invalid choice"),

@@ -123,17 +123,27 @@ def cmd_search(a) -> int:
         miner.pv_seeds_ = list(previous.seeds)
         miner.pv_losses_ = list(previous.losses)
         start = (previous.last_seed + 1) if previous.last_seed is not None else cfg.seed
+    patience = a.patience
+    if previous is not None and previous.last_seed is not None:
+        # the patience counts loops without a new PV across runs: a resumed search owes only the rest
+        since = previous.last_seed - (max(previous.seeds) if previous.seeds else cfg.seed - 1)
+        patience = a.patience - since
+        if patience < 1:
+            print(f"{a.model}: {len(previous)} PV(s); the search already ran {since} loops without a new PV "
+                  f"(>= --patience {a.patience}); raise --patience to continue")
+            return 1 if len(previous) else 0
 
     def snapshot(m, last_seed):
         PVSet.from_miner(m, encoder, last_seed).save(out)
 
-    # every new PV is saved at once, so an interrupted search keeps what it found
-    def on_pv(m):
+    # saved after every fuzz loop (a few KB), so a killed search keeps its PVs and --resume
+    # continues after the last loop that finished, not after the last PV
+    def on_loop(m):
         snapshot(m, m.candidates_[-1].seed)
 
     n_before = len(miner.pvs_)
     try:
-        miner.fit(encoder, sentences, start_seed=start, patience=a.patience, on_pv=on_pv,
+        miner.fit(encoder, sentences, start_seed=start, patience=patience, on_loop=on_loop,
                   progress=not a.no_progress, max_pvs=a.max_pvs)
     except KeyboardInterrupt:
         if miner.candidates_:

@@ -302,24 +302,26 @@ class PVMiner:
         if cand.reason:
             cand.seconds = time.perf_counter() - t0
             return cand
-        pv = self.pv_of(prompt.detach())
-        cand.seconds = time.perf_counter() - t0
         p = prompt.detach()
         excess = torch.maximum(p - self.hi, self.lo - p).max()
         cand.prompt_excess = float(excess)
         cand.prompt_in_range = bool(excess <= 0)
-        zpv = self.z(pv.to(self.mu.device))
-        cand.min_mse_to_pvs = min((float(F.mse_loss(zpv, self.z(q.to(self.mu.device)))) for q in self.pvs_),
-                                  default=None)
         reasons = []
         if not cand.distance[-1] < -th["t_l"]:
             reasons.append(f"distance {cand.distance[-1]:.4f} >= -T_L {-th['t_l']}")
         if not cand.diversity[-1] < th["t_div"]:
             reasons.append(f"diversity {cand.diversity[-1]:.4f} >= T_div {th['t_div']:.4f}")
-        if cand.min_mse_to_pvs is not None and cand.min_mse_to_pvs < th["t_l"]:
-            reasons.append(f"not unique (MSE {cand.min_mse_to_pvs:.4f} to a known PV < T_L)")
+        pv = None
+        if not reasons:  # the PV pass is only needed for the uniqueness check of a passing candidate
+            pv = self.pv_of(p)
+            zpv = self.z(pv.to(self.mu.device))
+            cand.min_mse_to_pvs = min((float(F.mse_loss(zpv, self.z(q.to(self.mu.device)))) for q in self.pvs_),
+                                      default=None)
+            if cand.min_mse_to_pvs is not None and cand.min_mse_to_pvs < th["t_l"]:
+                reasons.append(f"not unique (MSE {cand.min_mse_to_pvs:.4f} to a known PV < T_L)")
         if not cand.prompt_in_range:
             reasons.append(f"soft prompt outside {cfg.range_factor}x the embedding range (by {float(excess):.4f})")
+        cand.seconds = time.perf_counter() - t0
         if reasons:
             cand.reason = "; ".join(reasons)
             return cand
@@ -334,10 +336,11 @@ class PVMiner:
 
     # ---- the estimator API ----------------------------------------------------------------------------
     def fit(self, encoder: Encoder, sentences: list[str], *, start_seed: int | None = None,
-            patience: int | None = None, on_pv=None, progress: bool = True,
+            patience: int | None = None, on_pv=None, on_loop=None, progress: bool = True,
             max_pvs: int | None = None) -> "PVMiner":
         """Run fuzz loops. Detection (``stop_at_first``) stops at the first legit PV; search stops
-        after ``patience`` loops without a new PV. ``on_pv(miner)`` runs after each new PV."""
+        after ``patience`` loops without a new PV. ``on_pv(miner)`` runs after each new PV,
+        ``on_loop(miner)`` after every fuzz loop (``miner.candidates_[-1]`` is the loop just run)."""
         cfg = self.config
         t0 = time.perf_counter()
         self.prepare(encoder, sentences)
@@ -351,6 +354,8 @@ class PVMiner:
             self.loops_run_ += 1
             bar.update(1)
             bar.set_postfix(pvs=len(self.pvs_))
+            if on_loop is not None:
+                on_loop(self)
             if cand.accepted:
                 since_new = 0
                 if on_pv is not None:
