@@ -17,7 +17,9 @@ def _mining_args(p) -> None:
     p.add_argument("--target", default="cls", choices=["cls", "mask", "tokens"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs per fuzz loop (default 6, abort check after epoch 3; the paper: 4 epochs of 2000 "
+                   "sentences, check after epoch 2)")
     p.add_argument("--t-l", type=float, help="distance threshold T_L (default 1.0 clean-std units; paper 0.1/0.2 raw)")
     p.add_argument("--t-div", type=float, help="diversity threshold T_div (default -(ln batch - 0.0197))")
     p.add_argument("--lr", type=float, help="soft-prompt learning rate after the adaptive boost")
@@ -37,12 +39,14 @@ def _mining_args(p) -> None:
 def _config(a, mode: str):
     from lmsanitator.scan.config import ScanConfig
 
-    kw = dict(target=a.target, batch_size=a.batch_size, max_length=a.max_length, epochs=a.epochs,
+    kw = dict(target=a.target, batch_size=a.batch_size, max_length=a.max_length,
               loops=a.loops, t_l=a.t_l, t_div=a.t_div, lr=a.lr, path_loss=not a.no_path_loss,
               adaptive_lr=not a.no_adaptive_lr, early_accept=not a.no_early_accept, standardize=not a.raw_features, seed=a.seed, mode=mode,
               stop_at_first=mode == "detect")
     if a.sentences is not None:
         kw["sentences"] = a.sentences
+    if a.epochs is not None:
+        kw["epochs"] = a.epochs
     return ScanConfig(**kw)
 
 
@@ -117,16 +121,11 @@ def cmd_search(a) -> int:
     start = cfg.seed
     if previous is not None:
         previous.check_model(encoder.hidden_size, encoder.fingerprint(), cfg.target)
-        miner.pvs_ = [v.clone() for v in previous.pvs]
-        if previous.soft_prompts is not None:
-            miner.soft_prompts_ = [p.clone() for p in previous.soft_prompts]
-        miner.pv_seeds_ = list(previous.seeds)
-        miner.pv_losses_ = list(previous.losses)
-        start = (previous.last_seed + 1) if previous.last_seed is not None else cfg.seed
+        start = miner.warm_start(previous)
     patience = a.patience
     if previous is not None and previous.last_seed is not None:
         # the patience counts loops without a new PV across runs: a resumed search owes only the rest
-        since = previous.last_seed - (max(previous.seeds) if previous.seeds else cfg.seed - 1)
+        since = PVMiner.loops_since_new_pv(previous, cfg.seed)
         patience = a.patience - since
         if patience < 1:
             print(f"{a.model}: {len(previous)} PV(s); the search already ran {since} loops without a new PV "

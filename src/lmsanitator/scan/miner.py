@@ -334,6 +334,22 @@ class PVMiner:
         self.pv_losses_.append({"distance": cand.distance[-1], "diversity": cand.diversity[-1]})
         return cand
 
+    def warm_start(self, pvset) -> int:
+        """Continue a saved search: take over its PVs (the path loss and the uniqueness check see
+        them) and return the first fuzz seed not yet run."""
+        self.pvs_ = [v.clone() for v in pvset.pvs]
+        self.soft_prompts_ = [p.clone() for p in pvset.soft_prompts] if pvset.soft_prompts is not None else []
+        self.pv_seeds_ = list(pvset.seeds)
+        self.pv_losses_ = list(pvset.losses)
+        return (pvset.last_seed + 1) if pvset.last_seed is not None else self.config.seed
+
+    @staticmethod
+    def loops_since_new_pv(pvset, first_seed: int = 0) -> int:
+        """Fuzz loops a saved search ran after its last new PV (what its patience has used up)."""
+        if pvset.last_seed is None:
+            return 0
+        return pvset.last_seed - (max(pvset.seeds) if pvset.seeds else first_seed - 1)
+
     # ---- the estimator API ----------------------------------------------------------------------------
     def fit(self, encoder: Encoder, sentences: list[str], *, start_seed: int | None = None,
             patience: int | None = None, on_pv=None, on_loop=None, progress: bool = True,

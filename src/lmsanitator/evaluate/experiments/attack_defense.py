@@ -12,7 +12,7 @@ inserts them (each trigger at a random word position of correctly classified tes
 from __future__ import annotations
 
 from lmsanitator.evaluate.experiments.base import Context, Experiment, sized_task
-from lmsanitator.evaluate.experiments.detection import build_model, model_recipe, search_pvs
+from lmsanitator.evaluate.experiments.detection import build_model, model_recipe, search_config, search_pvs
 
 METHODS_FOR = {"cls": ("p-tuning-v2", "lora", "prompt-tuning"), "mask": ("p-tuning",)}
 
@@ -28,14 +28,14 @@ class AttackDefense(Experiment):
             models = [(model_recipe("splade-tiny", "por", per_trigger=400), {"cls": ("p-tuning-v2",)})]
             tasks = ("tweets-binary",)
             sizes = {"train": 300, "validation": 100, "test": 100, "epochs": 2}
-            search = {"loops": 12, "patience": 6}
+            search = search_config({"loops": 12, "patience": 6})
         else:
             # MiniLM: P-tuning v2 only (a MiniLM unit costs about 5 SPLADE-tiny units on 2 cores)
             models = [(model_recipe("minilm", "por"), {"cls": ("p-tuning-v2",)}),
                       (model_recipe("splade-tiny", "por"), METHODS_FOR), (model_recipe("splade-tiny", "btop"), METHODS_FOR)]
             tasks = ("tweets-binary", "wordnet-topic")
             sizes = {"train": 1000, "validation": 300, "test": 500, "epochs": 3}
-            search = {"loops": 60, "patience": 20}
+            search = search_config()  # shared with the other search experiments
         units = []
         for m, methods in models:
             for method in methods.get(m["target"], ()):
@@ -43,7 +43,7 @@ class AttackDefense(Experiment):
                     units.append({"id": f"{m['base']}.{m['attack']['name']}.{method}.{task}", "model": m,
                                   "method": method, "task": task})
         return {"units": units, "corpus": "austen", "sizes": sizes, "seed": 0, "attack_verify_sentences": 100,
-                "search": {**search, "sentences": 320, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0},
+                "search": search,
                 "guard": {"t_match": 0.8, "w_max": 3, "on_unresolved": "best", "calibrate_frr": 0.01}}
 
     def units(self, config: dict) -> list[dict]:

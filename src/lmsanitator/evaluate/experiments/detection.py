@@ -44,15 +44,30 @@ FT_TASKS = ("tweets-binary", "wordnet-topic", "austen-author")
 TRIGGER_PLANS = ((1, 1, "por2"), (2, 1, "random"), (1, 2, "random"), (2, 2, "por2"), (1, 1, "random"), (2, 1, "por2"))
 
 
+# The search mode as pv-search, attack-defense and monitor-overhead run it: one shared search per
+# backdoored model (see search_pvs). Full runs: at most 200 fuzz loops, stop after 60 without a new
+# PV (the paper: 1000 / 200; a MiniLM loop costs ~40 s on one core). The settings are the detection
+# scan's (320 sentences, 6 epochs, abort check after epoch 3).
+SEARCH_SETTINGS = {"sentences": 320, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0}
+SEARCH_BUDGET = {"loops": 200, "patience": 60}
+
+
+def search_config(quick_budget: dict | None = None) -> dict:
+    """The shared search configuration; ``quick_budget`` for ``--quick`` runs."""
+    return {**(quick_budget or SEARCH_BUDGET), **SEARCH_SETTINGS}
+
+
 def model_recipe(base: str, attack: str, **settings) -> dict:
     """A backdoored model as units describe it: base, the read-out its user watches, the attack."""
     return {"base": base, "target": TARGET_OF[attack],
             "attack": {"name": attack, "seed": 0, **ATTACK_SETTINGS[base][attack], **settings}}
 
 
-def mine(encoder, corpus: list[str], target: str, scan: dict, *, max_pvs: int | None = None, **overrides):
+def mine(encoder, corpus: list[str], target: str, scan: dict, *, max_pvs: int | None = None, resume=None,
+         on_loop=None, **overrides):
     """PV mining with an experiment's scan settings (:class:`ScanConfig` fields, plus ``patience``
-    for the search mode) on the corpus's defence split; returns the fitted :class:`PVMiner`."""
+    for the search mode) on the corpus's defence split; returns the fitted :class:`PVMiner`.
+    ``resume``: a saved :class:`PVSet` whose search this one continues."""
     from lmsanitator.data import sample, split_corpus
     from lmsanitator.scan import PVMiner, ScanConfig
 
@@ -60,33 +75,66 @@ def mine(encoder, corpus: list[str], target: str, scan: dict, *, max_pvs: int | 
     patience = s.pop("patience", None)
     cfg = ScanConfig(target=target, **s)
     sentences = sample(split_corpus(corpus, "defence"), cfg.sentences, cfg.corpus_seed)
-    return PVMiner(cfg).fit(encoder, sentences, patience=patience, max_pvs=max_pvs, progress=False)
+    miner = PVMiner(cfg)
+    start = miner.warm_start(resume) if resume is not None else None
+    return miner.fit(encoder, sentences, start_seed=start, patience=patience, max_pvs=max_pvs, on_loop=on_loop,
+                     progress=False)
 
 
 def search_pvs(model: dict, corpus: list[str], search: dict, ctx: Context, verify_sentences: int = 100):
     """The search mode's PV set for a backdoored-model recipe, mined once and kept beside the built
     models (``ctx.models/pvsets``), so pv-search, attack-defense and monitor-overhead share one search
-    when they share ``--model-cache``. Returns ``(PVSet, {"loops_run", "seconds"})``."""
+    when they share ``--model-cache``. Returns ``(PVSet, info)``, info with ``loops_run``, ``seconds``
+    and the budget the kept search has used (``loops``, ``patience``).
+
+    The cache key leaves the budget (``loops``, ``patience``) out: a request with a larger budget
+    continues the kept search from its last fuzz seed (its PVs, path loss and patience carry over),
+    exactly as one longer search would have run; a request within the kept budget reuses it."""
     import hashlib
     import json
+    import time
 
     from lmsanitator.io import write_json_atomic
+    from lmsanitator.scan import PVMiner
     from lmsanitator.scan.pvset import PVSet
 
+    budget = {"loops": search["loops"], "patience": search["patience"]}
+    settings = {k: v for k, v in search.items() if k not in budget}
     recipe = {k: model.get(k) for k in ("base", "target", "finetune", "attack")}
-    key = hashlib.sha256(json.dumps({"model": recipe, "search": search}, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps({"model": recipe, "search": settings}, sort_keys=True).encode()).hexdigest()[:16]
     path = ctx.models / "pvsets" / f"{key}.safetensors"
     info_path = path.with_suffix(".json")
+    previous, info = None, {"loops_run": 0, "seconds": 0.0}
     if path.exists() and info_path.exists():
-        return PVSet.load(path), json.loads(info_path.read_text(encoding="utf-8"))
+        previous, info = PVSet.load(path), json.loads(info_path.read_text(encoding="utf-8"))
+        since = PVMiner.loops_since_new_pv(previous, settings.get("seed", 0))
+        more_loops = budget["loops"] - info["loops_run"]
+        more_patience = budget["patience"] - since
+        if more_loops < 1 or more_patience < 1:
+            return previous, info
+        budget_now = {"loops": more_loops, "patience": more_patience}
+    else:
+        budget_now = budget
     encoder, _, _ = build_model(model, corpus, ctx, verify_sentences, cache=True)
-    miner = mine(encoder, corpus, model["target"], search, mode="search", stop_at_first=False)
-    pvset = PVSet.from_miner(miner, encoder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pvset.save(path)  # atomic
-    info = {"loops_run": miner.loops_run_, "seconds": round(miner.seconds_, 1)}
-    write_json_atomic(info_path, {**info, "model": recipe, "search": search})
-    ctx.say(f"{model['base']}/{model['attack']['name']}: {len(pvset)} PVs found in {miner.loops_run_} search loops")
+    done = dict(info)
+    t0 = time.perf_counter()
+
+    def save(m, last_seed):  # after every fuzz loop: a killed run keeps its progress and continues it
+        nonlocal info
+        PVSet.from_miner(m, encoder, last_seed).save(path)  # atomic
+        info = {"loops_run": done["loops_run"] + m.loops_run_,
+                "seconds": round(done["seconds"] + time.perf_counter() - t0, 1),
+                "loops": max(budget["loops"], done.get("loops", 0)),
+                "patience": max(budget["patience"], done.get("patience", 0))}
+        write_json_atomic(info_path, {**info, "model": recipe, "search": settings})
+
+    miner = mine(encoder, corpus, model["target"], {**settings, **budget_now}, mode="search", stop_at_first=False,
+                 resume=previous, on_loop=lambda m: save(m, m.candidates_[-1].seed))
+    save(miner, miner.last_seed_)
+    pvset = PVSet.load(path)
+    ctx.say(f"{model['base']}/{model['attack']['name']}: {len(pvset)} PVs found in {info['loops_run']} search loops"
+            + (" (continued)" if previous is not None else ""))
     return pvset, info
 
 

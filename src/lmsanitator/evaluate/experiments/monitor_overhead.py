@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from lmsanitator.evaluate.experiments.attack_defense import AttackDefense
 from lmsanitator.evaluate.experiments.base import Context, sized_task
-from lmsanitator.evaluate.experiments.detection import build_model, model_recipe, search_pvs
+from lmsanitator.evaluate.experiments.detection import build_model, model_recipe, search_config, search_pvs
 
 
 class MonitorOverhead(AttackDefense):
@@ -24,17 +24,17 @@ class MonitorOverhead(AttackDefense):
             models = [model_recipe("splade-tiny", "por", per_trigger=400)]
             sizes = {"train": 200, "validation": 100, "test": 64, "epochs": 1}
             timing = {"inputs": 64, "rounds": {"1": 3, "32": 5}}
-            search = {"loops": 8, "patience": 4}
+            search = search_config({"loops": 8, "patience": 4})
         else:
             models = [model_recipe("splade-tiny", "por"), model_recipe("minilm", "por")]
             sizes = {"train": 1000, "validation": 300, "test": 256, "epochs": 2}
             timing = {"inputs": 256, "rounds": {"1": 5, "32": 9}}
-            search = {"loops": 60, "patience": 20}  # as attack-defense: one shared search per model
+            search = search_config()  # shared with the other search experiments
         units = [{"id": f"{m['base']}.{m['attack']['name']}.p-tuning-v2", "model": m, "method": "p-tuning-v2",
                   "task": "tweets-binary"} for m in models]
         return {"units": units, "corpus": "austen", "sizes": sizes, "timing": timing, "seed": 0,
                 "attack_verify_sentences": 100,
-                "search": {**search, "sentences": 320, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0},
+                "search": search,
                 "guard": {"t_match": 0.8}}
 
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmsanitator.evaluate.experiments.base import Context, Experiment
-from lmsanitator.evaluate.experiments.detection import build_model, model_recipe, search_pvs
+from lmsanitator.evaluate.experiments.detection import build_model, model_recipe, search_config, search_pvs
 
 RECOVERED_AT = 0.9
 T_MATCH = 0.8
@@ -31,12 +31,12 @@ class PVSearch(Experiment):
     def config(self, quick: bool) -> dict:
         if quick:
             units = [_unit("splade-tiny", "por", per_trigger=400)]
-            search = {"loops": 12, "patience": 6}
+            search = search_config({"loops": 12, "patience": 6})
         else:
             units = [_unit("splade-tiny", a) for a in ("por", "neuba", "btop")] + [_unit("minilm", "por")]
-            search = {"loops": 60, "patience": 20}
+            search = search_config()  # shared with the other search experiments
         return {"units": units, "corpus": "austen", "attack_verify_sentences": 100 if quick else 200,
-                "search": {**search, "sentences": 320, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0},
+                "search": search,
                 "recovered_at": RECOVERED_AT, "t_match": T_MATCH}
 
     def units(self, config: dict) -> list[dict]:
