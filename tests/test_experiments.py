@@ -211,3 +211,23 @@ def test_quick_experiments_on_real_models(tmp_path, model_cache, name, keys, plo
         # triggers whose PV was found are stopped; the guard costs little clean accuracy
         stopped = [t for t, v in r["per_trigger"].items() if v["asr"] > 0 and v["asr_guarded"] == 0]
         assert stopped and r["clean_accuracy"] - r["clean_accuracy_guarded"] <= 0.05
+
+
+def test_search_pvs_continues_a_kept_search(tiny_bert_dir, tmp_path):
+    """A larger budget continues the kept search from its last fuzz seed instead of restarting;
+    a request within the kept budget reuses it without mining."""
+    from lmsanitator.data import load_corpus
+    from lmsanitator.evaluate.experiments.detection import search_config, search_pvs
+
+    corpus = load_corpus("austen")[:3000]
+    model = {"base": str(tiny_bert_dir), "target": "cls", "finetune": None, "attack": None}
+    ctx = Context(tmp_path, progress=False)
+    small = {**search_config({"loops": 2, "patience": 50}), "sentences": 32, "batch_size": 16, "epochs": 2,
+             "abort_epoch": 0, "max_length": 40}
+    first, info1 = search_pvs(model, corpus, small, ctx)
+    assert info1["loops_run"] == 2 and first.last_seed == 1
+    again, info_again = search_pvs(model, corpus, {**small, "loops": 1}, ctx)  # within the kept budget
+    assert info_again["loops_run"] == 2 and again.last_seed == 1
+    more, info2 = search_pvs(model, corpus, {**small, "loops": 3}, ctx)
+    assert info2["loops_run"] == 3 and more.last_seed == 2  # one more loop, seed 2, not seeds 0-2 again
+    assert len(list((tmp_path / "models" / "pvsets").glob("*.safetensors"))) == 1

@@ -133,7 +133,8 @@ def search_pvs(model: dict, corpus: list[str], search: dict, ctx: Context, verif
                  resume=previous, on_loop=lambda m: save(m, m.candidates_[-1].seed))
     save(miner, miner.last_seed_)
     pvset = PVSet.load(path)
-    ctx.say(f"{model['base']}/{model['attack']['name']}: {len(pvset)} PVs found in {info['loops_run']} search loops"
+    attack = (model.get("attack") or {}).get("name", "clean")
+    ctx.say(f"{model['base']}/{attack}: {len(pvset)} PVs found in {info['loops_run']} search loops"
             + (" (continued)" if previous is not None else ""))
     return pvset, info
 
