@@ -57,7 +57,6 @@ class AttackDefense(Experiment):
         from lmsanitator.tuning import TuneConfig, Tuner
 
         corpus = load_corpus(config["corpus"])
-        pvset, _ = search_pvs(unit["model"], corpus, config["search"], ctx, config["attack_verify_sentences"])
         sz = config["sizes"]
         task = sized_task(unit["task"], sz["train"], sz["validation"], sz["test"])
         tune = TuneConfig(unit["method"], epochs=sz["epochs"], seed=config["seed"], device=ctx.device)
@@ -65,6 +64,8 @@ class AttackDefense(Experiment):
                  if config.get("clean_ca", True) else None)
         encoder, planted, rec = build_model(unit["model"], corpus, ctx, config["attack_verify_sentences"], cache=True)
         victim = Tuner(tune).fit(encoder, task)
+        # after the tuning, so units that share a model tune while one of them runs its search
+        pvset, _ = search_pvs(unit["model"], corpus, config["search"], ctx, config["attack_verify_sentences"])
         g = config["guard"]
         guard = Guard(victim, pvset, GuardConfig(t_match=g["t_match"], w_max=g["w_max"], on_unresolved=g["on_unresolved"]))
         val = task.validation

@@ -15,6 +15,11 @@ measure how well a found PV matches a planted one (sign agreement).
 
 from __future__ import annotations
 
+try:
+    import fcntl  # POSIX: a lock file serialises searches shared through --model-cache
+except ImportError:  # pragma: no cover
+    fcntl = None
+
 from lmsanitator.evaluate.experiments.base import Context, Experiment, sized_task
 
 # how each attack is run, per base model (CPU-sized; the attack issue's verified settings)
@@ -92,17 +97,27 @@ def search_pvs(model: dict, corpus: list[str], search: dict, ctx: Context, verif
     exactly as one longer search would have run; a request within the kept budget reuses it."""
     import hashlib
     import json
-    import time
-
-    from lmsanitator.io import write_json_atomic
-    from lmsanitator.scan import PVMiner
-    from lmsanitator.scan.pvset import PVSet
 
     budget = {"loops": search["loops"], "patience": search["patience"]}
     settings = {k: v for k, v in search.items() if k not in budget}
     recipe = {k: model.get(k) for k in ("base", "target", "finetune", "attack")}
     key = hashlib.sha256(json.dumps({"model": recipe, "search": settings}, sort_keys=True).encode()).hexdigest()[:16]
     path = ctx.models / "pvsets" / f"{key}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        if fcntl is not None:  # units run in parallel (--only, shards) share one search: the others wait
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _kept_search(model, corpus, settings, budget, recipe, path, ctx, verify_sentences)
+
+
+def _kept_search(model, corpus, settings, budget, recipe, path, ctx, verify_sentences):
+    import json
+    import time
+
+    from lmsanitator.io import write_json_atomic
+    from lmsanitator.scan import PVMiner
+    from lmsanitator.scan.pvset import PVSet
+
     info_path = path.with_suffix(".json")
     previous, info = None, {"loops_run": 0, "seconds": 0.0}
     if path.exists() and info_path.exists():
@@ -116,7 +131,6 @@ def search_pvs(model: dict, corpus: list[str], search: dict, ctx: Context, verif
     else:
         budget_now = budget
     encoder, _, _ = build_model(model, corpus, ctx, verify_sentences, cache=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
     done = dict(info)
     t0 = time.perf_counter()
 
