@@ -50,11 +50,12 @@ TRIGGER_PLANS = ((1, 1, "por2"), (2, 1, "random"), (1, 2, "random"), (2, 2, "por
 
 
 # The search mode as pv-search, attack-defense and monitor-overhead run it: one shared search per
-# backdoored model (see search_pvs). Full runs: at most 200 fuzz loops, stop after 60 without a new
-# PV (the paper: 1000 / 200; a MiniLM loop costs ~40 s on one core). The settings are the detection
-# scan's (320 sentences, 6 epochs, abort check after epoch 3).
+# backdoored model (see search_pvs). Full runs: stop after 60 loops without a new PV, at most 200
+# loops, 120 on MiniLM (the paper: 1000 / 200). The cap follows the CPU cost: a MiniLM loop takes
+# ~45 s on one core, a SPLADE-tiny loop ~3 s. The settings are the detection scan's (320
+# sentences, 6 epochs, abort check after epoch 3).
 SEARCH_SETTINGS = {"sentences": 320, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0}
-SEARCH_BUDGET = {"loops": 200, "patience": 60}
+SEARCH_BUDGET = {"loops": 200, "patience": 60, "loops_by_base": {"minilm": 120, "minilm-sre": 120}}
 
 
 def search_config(quick_budget: dict | None = None) -> dict:
@@ -98,8 +99,9 @@ def search_pvs(model: dict, corpus: list[str], search: dict, ctx: Context, verif
     import hashlib
     import json
 
-    budget = {"loops": search["loops"], "patience": search["patience"]}
-    settings = {k: v for k, v in search.items() if k not in budget}
+    budget = {"loops": search.get("loops_by_base", {}).get(model["base"], search["loops"]),
+              "patience": search["patience"]}
+    settings = {k: v for k, v in search.items() if k not in ("loops", "patience", "loops_by_base")}
     recipe = {k: model.get(k) for k in ("base", "target", "finetune", "attack")}
     key = hashlib.sha256(json.dumps({"model": recipe, "search": settings}, sort_keys=True).encode()).hexdigest()[:16]
     path = ctx.models / "pvsets" / f"{key}.safetensors"
