@@ -204,3 +204,23 @@ def test_real_scan_tells_backdoored_from_clean(real_por_splade):
     assert agreement >= 0.9
     clean = PVMiner(cfg).fit(load_encoder("splade-tiny"), sents, progress=False)
     assert clean.report_["verdict"] == "clean"
+
+
+def test_warm_start_keeps_soft_prompts_row_aligned(tmp_path):
+    """A search continued from a PV set saved without soft prompts: row i of the prompts stays PV i."""
+    from lmsanitator.scan import PVMiner
+    from lmsanitator.scan.pvset import _stack_prompts
+
+    old = PVSet(pvs=torch.randn(2, 8), target="cls", seeds=[0, 3], last_seed=5)
+    m = PVMiner(loops=1)
+    assert m.warm_start(old) == 6
+    m.pvs_.append(torch.randn(8))
+    m.soft_prompts_.append(torch.ones(7, 8))
+    sp = _stack_prompts(m.soft_prompts_)
+    assert sp.shape == (3, 7, 8) and torch.isnan(sp[:2]).all() and torch.equal(sp[2], torch.ones(7, 8))
+    assert PVMiner.loops_since_new_pv(old) == 2
+    # a file whose prompts do not match its PVs is refused on load
+    bad = PVSet(pvs=torch.randn(3, 8), target="cls", soft_prompts=torch.zeros(2, 7, 8))
+    bad.save(tmp_path / "bad.safetensors")
+    with pytest.raises(LMSanitatorError, match="soft prompts for 3 PVs"):
+        PVSet.load(tmp_path / "bad.safetensors")

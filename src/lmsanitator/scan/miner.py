@@ -152,7 +152,7 @@ class PVMiner:
     def __init__(self, config: ScanConfig | None = None, **overrides):
         self.config = config or ScanConfig(**overrides)
         self.pvs_: list[torch.Tensor] = []
-        self.soft_prompts_: list[torch.Tensor] = []
+        self.soft_prompts_: list[torch.Tensor | None] = []
         self.pv_seeds_: list[int] = []
         self.pv_losses_: list[dict] = []
         self.candidates_: list[Candidate] = []
@@ -338,7 +338,8 @@ class PVMiner:
         """Continue a saved search: take over its PVs (the path loss and the uniqueness check see
         them) and return the first fuzz seed not yet run."""
         self.pvs_ = [v.clone() for v in pvset.pvs]
-        self.soft_prompts_ = [p.clone() for p in pvset.soft_prompts] if pvset.soft_prompts is not None else []
+        self.soft_prompts_ = ([p.clone() for p in pvset.soft_prompts] if pvset.soft_prompts is not None
+                              else [None] * len(pvset))  # keeps row i = PV i (see PVSet)
         self.pv_seeds_ = list(pvset.seeds)
         self.pv_losses_ = list(pvset.losses)
         return (pvset.last_seed + 1) if pvset.last_seed is not None else self.config.seed

@@ -23,6 +23,15 @@ from lmsanitator.errors import LMSanitatorError
 FORMAT = "lmsanitator-pvset/1"
 
 
+def _stack_prompts(prompts: list) -> torch.Tensor | None:
+    """Soft prompts row-aligned with the PVs; a PV whose prompt was not kept (a search continued
+    from a PV set saved without prompts) gets a NaN prompt, so row i still belongs to PV i."""
+    known = [p for p in prompts if p is not None]
+    if not known:
+        return None
+    return torch.stack([p if p is not None else torch.full_like(known[0], float("nan")) for p in prompts])
+
+
 @dataclass
 class PVSet:
     pvs: torch.Tensor  # n x hidden
@@ -40,7 +49,7 @@ class PVSet:
         """The PVs a :class:`~lmsanitator.scan.PVMiner` holds, tagged with the model they came from."""
         return cls(
             pvs=torch.stack(miner.pvs_) if miner.pvs_ else torch.zeros(0, encoder.hidden_size),
-            soft_prompts=torch.stack(miner.soft_prompts_) if miner.soft_prompts_ else None,
+            soft_prompts=_stack_prompts(miner.soft_prompts_),
             target=miner.config.target, model=encoder.name, fingerprint=encoder.fingerprint(), seeds=miner.pv_seeds_,
             losses=miner.pv_losses_, last_seed=miner.last_seed_ if last_seed is None else last_seed,
             config=dataclasses.asdict(miner.config))
@@ -91,6 +100,9 @@ class PVSet:
         if pvs.ndim != 2 or pvs.shape[1] != meta["hidden_size"]:
             raise LMSanitatorError(f"PV set '{path}' is inconsistent: pvs {tuple(pvs.shape)} vs hidden size "
                                    f"{meta['hidden_size']}")
+        sp = tensors.get("soft_prompts")
+        if sp is not None and sp.shape[0] != pvs.shape[0]:
+            raise LMSanitatorError(f"PV set '{path}' is inconsistent: {sp.shape[0]} soft prompts for {pvs.shape[0]} PVs")
         return cls(pvs=pvs, target=meta["target"], model=meta.get("model", ""),
                    fingerprint=meta.get("fingerprint", ""), soft_prompts=tensors.get("soft_prompts"),
                    seeds=meta.get("seeds", []), losses=meta.get("losses", []), last_seed=meta.get("last_seed"),
