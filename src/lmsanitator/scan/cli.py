@@ -132,23 +132,14 @@ def cmd_search(a) -> int:
                   f"(>= --patience {a.patience}); raise --patience to continue")
             return 1 if len(previous) else 0
 
-    def snapshot(m, last_seed):
-        PVSet.from_miner(m, encoder, last_seed).save(out)
-
-    # saved after every fuzz loop (a few KB), so a killed search keeps its PVs and --resume
-    # continues after the last loop that finished, not after the last PV
+    # saved after every fuzz loop (a few KB), the last one included, so a killed or interrupted
+    # search keeps its PVs and --resume continues after the last loop that finished
     def on_loop(m):
-        snapshot(m, m.candidates_[-1].seed)
+        PVSet.from_miner(m, encoder, m.candidates_[-1].seed).save(out)
 
     n_before = len(miner.pvs_)
-    try:
-        miner.fit(encoder, sentences, start_seed=start, patience=patience, on_loop=on_loop,
-                  progress=not a.no_progress, max_pvs=a.max_pvs)
-    except KeyboardInterrupt:
-        if miner.candidates_:
-            snapshot(miner, miner.candidates_[-1].seed)
-        raise
-    snapshot(miner, miner.last_seed_)
+    miner.fit(encoder, sentences, start_seed=start, patience=patience, on_loop=on_loop,
+              progress=not a.no_progress, max_pvs=a.max_pvs)
     rep = miner.report_
     rep.update(corpus=a.corpus, pvset=str(out), resumed_from_seed=start if previous else None,
                new_pvs=len(miner.pvs_) - n_before)

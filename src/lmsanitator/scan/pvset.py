@@ -104,7 +104,7 @@ class PVSet:
         if sp is not None and sp.shape[0] != pvs.shape[0]:
             raise LMSanitatorError(f"PV set '{path}' is inconsistent: {sp.shape[0]} soft prompts for {pvs.shape[0]} PVs")
         return cls(pvs=pvs, target=meta["target"], model=meta.get("model", ""),
-                   fingerprint=meta.get("fingerprint", ""), soft_prompts=tensors.get("soft_prompts"),
+                   fingerprint=meta.get("fingerprint", ""), soft_prompts=sp,
                    seeds=meta.get("seeds", []), losses=meta.get("losses", []), last_seed=meta.get("last_seed"),
                    config=meta.get("config", {}))
 

@@ -136,9 +136,9 @@ def _kept_search(model, corpus, settings, budget, recipe, path, ctx, verify_sent
     done = dict(info)
     t0 = time.perf_counter()
 
-    def save(m, last_seed):  # after every fuzz loop: a killed run keeps its progress and continues it
+    def save(m):  # after every fuzz loop: a killed run keeps its progress and continues it
         nonlocal info
-        PVSet.from_miner(m, encoder, last_seed).save(path)  # atomic
+        PVSet.from_miner(m, encoder, m.candidates_[-1].seed).save(path)  # atomic
         info = {"loops_run": done["loops_run"] + m.loops_run_,
                 "seconds": round(done["seconds"] + time.perf_counter() - t0, 1),
                 "loops": max(budget["loops"], done.get("loops", 0)),
@@ -146,9 +146,8 @@ def _kept_search(model, corpus, settings, budget, recipe, path, ctx, verify_sent
         write_json_atomic(info_path, {**info, "model": recipe, "search": settings})
 
     miner = mine(encoder, corpus, model["target"], {**settings, **budget_now}, mode="search", stop_at_first=False,
-                 resume=previous, on_loop=lambda m: save(m, m.candidates_[-1].seed))
-    save(miner, miner.last_seed_)
-    pvset = PVSet.load(path)
+                 resume=previous, on_loop=save)
+    pvset = PVSet.from_miner(miner, encoder)  # what the last loop's save wrote
     attack = (model.get("attack") or {}).get("name", "clean")
     ctx.say(f"{model['base']}/{attack}: {len(pvset)} PVs found in {info['loops_run']} search loops"
             + (" (continued)" if previous is not None else ""))
