@@ -231,3 +231,26 @@ def test_search_pvs_continues_a_kept_search(tiny_bert_dir, tmp_path):
     more, info2 = search_pvs(model, corpus, {**small, "loops": 3}, ctx)
     assert info2["loops_run"] == 3 and more.last_seed == 2  # one more loop, seed 2, not seeds 0-2 again
     assert len(list((tmp_path / "models" / "pvsets").glob("*.safetensors"))) == 1
+
+
+def test_search_pvs_probes_a_kept_search_once(tiny_bert_dir, tmp_path):
+    """Switching antipode probes on keeps the kept search (same key): a spent budget runs only the
+    probes it never ran, once; a second request mines nothing."""
+    from lmsanitator.data import load_corpus
+    from lmsanitator.evaluate.experiments.detection import search_config, search_pvs
+
+    corpus = load_corpus("austen")[:3000]
+    model = {"base": str(tiny_bert_dir), "target": "cls", "finetune": None, "attack": None}
+    ctx = Context(tmp_path, progress=False)
+    # permissive thresholds: every fuzz loop yields a PV
+    easy = {**search_config({"loops": 2, "patience": 50}), "sentences": 32, "batch_size": 16, "epochs": 2,
+            "abort_epoch": 0, "max_length": 40, "t_l": 1e-6, "t_div": -1e-3, "range_factor": 100.0}
+    plain, info1 = search_pvs(model, corpus, {**easy, "antipode_probe": False}, ctx)
+    assert len(plain) >= 1 and info1.get("probes_run", 0) == 0
+    probed, info2 = search_pvs(model, corpus, {**easy, "antipode_probe": True}, ctx)
+    assert info2["loops_run"] == 2 and probed.last_seed == plain.last_seed  # no new fuzz seeds
+    assert 1 <= info2["probes_run"] <= len(plain) and len(probed) >= len(plain)
+    assert all(x.get("probed") or x.get("probe_of") is not None for x in probed.losses)
+    again, info3 = search_pvs(model, corpus, {**easy, "antipode_probe": True}, ctx)
+    assert info3["probes_run"] == info2["probes_run"] and len(again) == len(probed)
+    assert len(list((tmp_path / "models" / "pvsets").glob("*.safetensors"))) == 1

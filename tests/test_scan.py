@@ -224,3 +224,58 @@ def test_warm_start_keeps_soft_prompts_row_aligned(tmp_path):
     bad.save(tmp_path / "bad.safetensors")
     with pytest.raises(LMSanitatorError, match="soft prompts for 3 PVs"):
         PVSet.load(tmp_path / "bad.safetensors")
+
+
+def test_antipode_probe_runs_once_per_fuzz_found_pv(sentences, tmp_path):
+    """Search mode probes -v after each PV v a fuzz loop finds; a probe's own PV is not probed; the
+    saved set remembers what was probed, so a resumed search does not probe it again."""
+    enc = tiny_encoder("bert")
+    kw = dict(sentences=32, batch_size=16, max_length=40, epochs=2, abort_epoch=1, t_l=1e-6, t_div=-1e-3,
+              range_factor=100.0, stop_at_first=False, mode="search")
+    m = PVMiner(ScanConfig(loops=1, **kw)).fit(enc, sentences[:32], progress=False)
+    probes = [c for c in m.candidates_ if c.probe_of is not None]
+    assert m.loops_run_ == 1 and m.probes_run_ == len(probes) <= 1
+    assert m.report_["probes_run"] == m.probes_run_ and m.last_seed_ == 0
+    assert m.unprobed() == 0 and all(x.get("probed") for x in m.pv_losses_)
+    if probes and probes[0].accepted:
+        assert m.pv_losses_[-1]["probe_of"] == 0 and m.pv_seeds_[-1] == m.pv_seeds_[0]  # patience untouched
+    f = tmp_path / "s.safetensors"
+    PVSet.from_miner(m, enc).save(f)
+    again = PVMiner(ScanConfig(loops=1, **kw))
+    start = again.warm_start(PVSet.load(f))
+    again.fit(enc, sentences[:32], start_seed=start, progress=False)
+    assert all(c.probe_of != 0 for c in again.candidates_)  # PV 0 is not probed twice
+    off = PVMiner(ScanConfig(loops=1, antipode_probe=False, **kw)).fit(enc, sentences[:32], progress=False)
+    assert off.probes_run_ == 0 and off.unprobed() == len(off.pvs_)
+    with pytest.raises(LMSanitatorError, match="lambda_probe"):
+        ScanConfig(lambda_probe=-1.0)
+
+
+@pytest.mark.real
+def test_real_antipode_probe_finds_the_opposite_pv_only_where_planted(real_por_splade):
+    """POR plants its PVs in opposite pairs. On the real POR SPLADE-tiny the probe from a found PV v
+    collapses onto the planted PV opposite v's; the same probe on the clean SPLADE-tiny finds nothing."""
+    from lmsanitator.attacks.pvs import sign_match
+    from lmsanitator.data import sample, split_corpus
+    from lmsanitator.models import load_encoder
+
+    enc, atk, _ = real_por_splade
+    planted = atk.state_.pvs.cpu()
+    sents = sample(split_corpus(load_corpus("austen"), "defence"), 320, 0)
+    found = PVMiner(ScanConfig(loops=3, max_length=64)).fit(enc, sents, progress=False)
+    assert found.pvs_
+    v = found.pvs_[0]
+    k = int(sign_match(v[None], planted).argmax())
+    opposite = int(sign_match(-planted[k][None], planted).argmax())
+    assert sign_match(-planted[k][None], planted[opposite][None]).item() >= 0.99  # the pair exists
+    cfg = ScanConfig(max_length=64, mode="search", stop_at_first=False)
+    kept = PVSet(pvs=v[None], target="cls", seeds=[found.pv_seeds_[0]], losses=[{}], last_seed=found.last_seed_)
+    probe = PVMiner(cfg)
+    probe.warm_start(kept)
+    probe.probe_antipodes(enc, sents, progress=False)
+    assert probe.probes_run_ == 1 and len(probe.pvs_) == 2
+    assert sign_match(probe.pvs_[1][None], planted[opposite][None]).item() >= 0.9
+    control = PVMiner(cfg)
+    control.warm_start(kept)
+    control.probe_antipodes(load_encoder("splade-tiny"), sents, progress=False)
+    assert control.probes_run_ == 1 and len(control.pvs_) == 1  # nothing to collapse onto

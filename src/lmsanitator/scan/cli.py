@@ -42,7 +42,7 @@ def _config(a, mode: str):
     kw = dict(target=a.target, batch_size=a.batch_size, max_length=a.max_length,
               loops=a.loops, t_l=a.t_l, t_div=a.t_div, lr=a.lr, path_loss=not a.no_path_loss,
               adaptive_lr=not a.no_adaptive_lr, early_accept=not a.no_early_accept, standardize=not a.raw_features, seed=a.seed, mode=mode,
-              stop_at_first=mode == "detect")
+              stop_at_first=mode == "detect", antipode_probe=not getattr(a, "no_antipode_probe", False))
     if a.sentences is not None:
         kw["sentences"] = a.sentences
     if a.epochs is not None:
@@ -123,19 +123,24 @@ def cmd_search(a) -> int:
         previous.check_model(encoder.hidden_size, encoder.fingerprint(), cfg.target)
         start = miner.warm_start(previous)
     patience = a.patience
+
+    # saved after every fuzz loop and probe (a few KB), the last one included, so a killed or
+    # interrupted search keeps its PVs and --resume continues after the last loop that finished
+    def on_loop(m):
+        PVSet.from_miner(m, encoder, m.last_seed_).save(out)
+
     if previous is not None and previous.last_seed is not None:
         # the patience counts loops without a new PV across runs: a resumed search owes only the rest
         since = PVMiner.loops_since_new_pv(previous, cfg.seed)
         patience = a.patience - since
         if patience < 1:
-            print(f"{a.model}: {len(previous)} PV(s); the search already ran {since} loops without a new PV "
-                  f"(>= --patience {a.patience}); raise --patience to continue")
-            return 1 if len(previous) else 0
-
-    # saved after every fuzz loop (a few KB), the last one included, so a killed or interrupted
-    # search keeps its PVs and --resume continues after the last loop that finished
-    def on_loop(m):
-        PVSet.from_miner(m, encoder, m.candidates_[-1].seed).save(out)
+            n_before = len(miner.pvs_)
+            if cfg.antipode_probe and miner.unprobed():  # a search saved before its probes ran
+                miner.probe_antipodes(encoder, sentences, on_loop=on_loop, progress=not a.no_progress)
+            print(f"{a.model}: {len(miner.pvs_)} PV(s) ({len(miner.pvs_) - n_before} new from antipode probes); "
+                  f"the search already ran {since} loops without a new PV (>= --patience {a.patience}); "
+                  "raise --patience to continue")
+            return 1 if len(miner.pvs_) else 0
 
     n_before = len(miner.pvs_)
     miner.fit(encoder, sentences, start_seed=start, patience=patience, on_loop=on_loop,
@@ -146,7 +151,7 @@ def cmd_search(a) -> int:
     if a.report:
         _write_json(a.report, rep)
     print(f"{a.model}: {len(miner.pvs_)} PV(s) ({len(miner.pvs_) - n_before} new) after fuzz seeds "
-          f"{start}..{miner.last_seed_}, {rep['seconds']:.0f} s -> {out}")
+          f"{start}..{miner.last_seed_} and {miner.probes_run_} antipode probes, {rep['seconds']:.0f} s -> {out}")
     return 1 if miner.pvs_ else 0
 
 
@@ -166,6 +171,8 @@ def register(sub) -> dict:
     p.add_argument("--patience", type=int, default=200)
     p.add_argument("--max-pvs", type=int, help="stop once this many PVs are found (e.g. the Figure 9 ablation: 3)")
     p.add_argument("--resume", action="store_true", help="continue the search stored in --out")
+    p.add_argument("--no-antipode-probe", action="store_true",
+                   help="do not probe -v after each PV v found (the paper's search; see ScanConfig.antipode_probe)")
     p.add_argument("--overwrite", action="store_true")
     return {"scan": cmd_scan, "search": cmd_search}
 

@@ -23,6 +23,17 @@ moved by one clean standard deviation per dimension on average) and the base lea
 paper's raw losses and Table 9/10 defaults.
 
 ``epochs`` defaults to 6, not the paper's 4: our epochs are 320 sentences, not 2000 (see below).
+
+``antipode_probe`` (search mode; our addition, not in the paper): task-agnostic backdoors plant PVs
+in opposite pairs (NeuBA by design, POR's block patterns pair every vector with its negation) so
+that both sides of any downstream linear head are reachable. A plain fuzz loop can miss one of a
+pair for good: on POR MiniLM neither a 120-loop nor a 200-loop search found ``pt``'s PV, the
+negation of ``cf``'s. So after each PV ``v`` a fuzz loop finds, one extra loop adds
+``lambda_probe x MSE(output, -v)`` to its loss and runs all its epochs (no early abort).
+Acceptance is unchanged (distance, diversity, uniqueness, range), so a probe only returns a PV
+the model really collapses to: on the clean MiniLM and SPLADE-tiny the same probe does not
+collapse (MiniLM: diversity -3.378 vs T_div -3.446); on POR MiniLM it finds ``pt`` in one loop
+(0.995 of signs).
 """
 
 from __future__ import annotations
@@ -81,6 +92,9 @@ class ScanConfig:
     lambda_diversity: float = 1.0
     lambda_path: float = 0.5
     path_loss: bool = True
+    # Search mode: after each PV v a fuzz loop found, one more loop pulled towards -v (PVMiner.fit).
+    antipode_probe: bool = True
+    lambda_probe: float = 1.0  # weight of that pull (MSE to -v, clean-std units)
     adaptive_lr: bool = True
     range_factor: float = 1.2
     standardize: bool = True  # measure losses in units of the clean outputs' per-dimension std
@@ -112,6 +126,8 @@ class ScanConfig:
                 raise LMSanitatorError(f"{k} must be > 0, got {v}")
         if self.t_div is not None and self.t_div >= 0:
             raise LMSanitatorError("t_div is a negative entropy threshold, e.g. -3.446")
+        if self.lambda_probe < 0:
+            raise LMSanitatorError("lambda_probe must be >= 0")
         if self.range_factor < 1:
             raise LMSanitatorError("range_factor must be >= 1")
         if self.mode not in ("detect", "search"):

@@ -144,6 +144,7 @@ class Candidate:
     prompt_excess: float | None = None
     pv_index: int | None = None
     seconds: float = 0.0
+    probe_of: int | None = None  # antipode probe: index of the PV v it was pulled towards -v of
 
 
 class PVMiner:
@@ -157,6 +158,8 @@ class PVMiner:
         self.pv_losses_: list[dict] = []
         self.candidates_: list[Candidate] = []
         self.report_: dict = {}
+        self.last_seed_: int | None = None  # the last fuzz seed run (antipode probes reuse older seeds)
+        self.loops_run_ = self.probes_run_ = 0
         self._recompute_clean = False  # benchmark switch: the naive way, clean outputs every step
 
     # ---- preparation -----------------------------------------------------------------------------
@@ -245,7 +248,9 @@ class PVMiner:
         c = torch.bincount(b.rows, minlength=n).clamp_min(1).unsqueeze(1).to(f.dtype)
         return s / c
 
-    def fuzz(self, seed: int, progress: bool = False) -> Candidate:
+    def fuzz(self, seed: int, progress: bool = False, toward: torch.Tensor | None = None) -> Candidate:
+        """One fuzz loop from seed ``seed``. ``toward`` (a raw output vector) adds a pull towards it:
+        the antipode probe (see ``fit``); acceptance is unchanged."""
         cfg, th = self.config, self.th
         t0 = time.perf_counter()
         prompt = torch.nn.Parameter(self.init_prompt(seed))
@@ -253,6 +258,7 @@ class PVMiner:
         lr = th["lr"] * (th["lr_boost"] if boosted else 1.0)
         opt = torch.optim.Adam([prompt], lr=lr)  # a fresh optimiser per seed (no carried-over state)
         pv_stack = self.z(torch.stack(self.pvs_).to(prompt.device)) if (self.pvs_ and cfg.path_loss) else None
+        goal = self.z(toward.to(prompt.device)) if toward is not None else None
         cand = Candidate(seed=seed, epochs_run=0, distance=[], diversity=[], lr_switch_step=None)
         step = 0
         found_any = False
@@ -271,6 +277,8 @@ class PVMiner:
                     with torch.no_grad():
                         k = ((f.detach().unsqueeze(1) - pv_stack.unsqueeze(0)) ** 2).mean(dim=(0, 2)).argmin()
                     loss = loss - th["lambda_path"] * F.mse_loss(f, pv_stack[k].expand_as(f))
+                if goal is not None:
+                    loss = loss + cfg.lambda_probe * F.mse_loss(f, goal.expand_as(f))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if boosted and float(prompt.grad.abs().max()) > th["t_grad"]:
@@ -289,7 +297,9 @@ class PVMiner:
             cand.epochs_run = epoch + 1
             bar.set_postfix(distance=f"{cand.distance[-1]:.3f}", diversity=f"{cand.diversity[-1]:.3f}")
             found_any |= cand.distance[-1] < -th["t_l"]
-            if epoch == cfg.abort_epoch and not found_any and epoch < cfg.epochs - 1:
+            # a probe is not aborted: pulled a long way, it leaves the clean outputs late (POR
+            # SPLADE-tiny: distance -0.84 at the abort check, a PV matching the planted one at epoch 6)
+            if epoch == cfg.abort_epoch and not found_any and epoch < cfg.epochs - 1 and goal is None:
                 cand.reason = f"no PV by the end of epoch {epoch + 1} (distance {cand.distance[-1]:.4f} >= -T_L)"
                 break
             # Early acceptance: once an epoch is both far from clean and collapsed, stop. Training on
@@ -341,34 +351,99 @@ class PVMiner:
         self.soft_prompts_ = ([p.clone() for p in pvset.soft_prompts] if pvset.soft_prompts is not None
                               else [None] * len(pvset))  # keeps row i = PV i (see PVSet)
         self.pv_seeds_ = list(pvset.seeds)
-        self.pv_losses_ = list(pvset.losses)
+        self.pv_losses_ = [dict(x) for x in pvset.losses]
+        self.last_seed_ = pvset.last_seed
         return (pvset.last_seed + 1) if pvset.last_seed is not None else self.config.seed
 
     @staticmethod
     def loops_since_new_pv(pvset, first_seed: int = 0) -> int:
-        """Fuzz loops a saved search ran after its last new PV (what its patience has used up)."""
+        """Fuzz loops a saved search ran after its last new PV (what its patience has used up).
+        A PV found by an antipode probe carries the seed of the PV it was probed from, so probes
+        leave the patience alone."""
         if pvset.last_seed is None:
             return 0
         return pvset.last_seed - (max(pvset.seeds) if pvset.seeds else first_seed - 1)
+
+    def _antipode_target(self, k: int) -> torch.Tensor | None:
+        """-PV k, unless PV k came from a probe, was probed already, or a known PV already agrees
+        with -PV k in >= 90% of signs (then it is marked probed without a loop)."""
+        info = self.pv_losses_[k] if k < len(self.pv_losses_) else {}
+        if info.get("probed") or info.get("probe_of") is not None:
+            return None
+        anti = -self.pvs_[k]
+        if k < len(self.pv_losses_):
+            self.pv_losses_[k]["probed"] = True
+        agree = torch.stack([(q.sign() == anti.sign()).float().mean() for q in self.pvs_])
+        return None if bool((agree >= 0.9).any()) else anti
+
+    def _probe_antipodes(self, on_loop=None, progress: bool = False) -> None:
+        """One antipode probe for every fuzz-found PV not yet probed (see ScanConfig)."""
+        k = 0
+        while k < len(self.pvs_):
+            anti = self._antipode_target(k)
+            if anti is not None:
+                seed = self.pv_seeds_[k] if k < len(self.pv_seeds_) else self.config.seed
+                cand = self.fuzz(seed, progress=progress, toward=anti)  # the init of the loop that found v
+                cand.probe_of = k
+                self.candidates_.append(cand)
+                self.probes_run_ += 1
+                if cand.accepted:
+                    self.pv_losses_[-1].update(probe_of=k, probed=True)
+                if on_loop is not None:
+                    on_loop(self)
+            k += 1
+
+    def _wants_probes(self) -> bool:
+        return self.config.antipode_probe and not self.config.stop_at_first
+
+    def unprobed(self) -> int:
+        """How many fuzz-found PVs still wait for their antipode probe."""
+        return sum(1 for k in range(len(self.pvs_))
+                   if not (self.pv_losses_[k] if k < len(self.pv_losses_) else {}).get("probed")
+                   and (self.pv_losses_[k] if k < len(self.pv_losses_) else {}).get("probe_of") is None)
+
+    def probe_antipodes(self, encoder: Encoder, sentences: list[str], *, on_loop=None,
+                        progress: bool = True) -> "PVMiner":
+        """Only the antipode probes of a warm-started search (no new fuzz seeds): for a kept
+        search whose loop budget is spent but whose PVs were never probed."""
+        t0 = time.perf_counter()
+        self.prepare(encoder, sentences)
+        self.loops_run_, self.probes_run_ = 0, 0
+        self._probe_antipodes(on_loop, progress)
+        self.seconds_ = time.perf_counter() - t0
+        self.report_ = self._report(encoder, len(sentences))
+        return self
 
     # ---- the estimator API ----------------------------------------------------------------------------
     def fit(self, encoder: Encoder, sentences: list[str], *, start_seed: int | None = None,
             patience: int | None = None, on_pv=None, on_loop=None, progress: bool = True,
             max_pvs: int | None = None) -> "PVMiner":
         """Run fuzz loops. Detection (``stop_at_first``) stops at the first legit PV; search stops
-        after ``patience`` loops without a new PV. ``on_pv(miner)`` runs after each new PV,
-        ``on_loop(miner)`` after every fuzz loop (``miner.candidates_[-1]`` is the loop just run)."""
+        after ``patience`` loops without a new PV and, with ``antipode_probe``, probes -v after
+        every PV v a fuzz loop finds (also for PVs a warm start brought in). ``on_pv(miner)`` runs
+        after each new fuzz-found PV, ``on_loop(miner)`` after every fuzz loop and probe
+        (``miner.candidates_[-1]`` is the loop just run, ``miner.last_seed_`` the last fuzz seed)."""
         cfg = self.config
         t0 = time.perf_counter()
         self.prepare(encoder, sentences)
         first = cfg.seed if start_seed is None else start_seed
+        self.last_seed_ = first - 1
         since_new = 0
         bar = tqdm(total=cfg.loops, desc="fuzz loops", unit="loop", disable=not progress)
-        self.loops_run_ = 0
+        self.loops_run_, self.probes_run_ = 0, 0
+
+        def full() -> bool:
+            return max_pvs is not None and len(self.pvs_) >= max_pvs
+
+        if self._wants_probes() and not full():
+            self._probe_antipodes(on_loop, progress)  # PVs of a resumed search that were never probed
         for seed in range(first, first + cfg.loops):
+            if full():
+                break
             cand = self.fuzz(seed, progress=progress)
             self.candidates_.append(cand)
             self.loops_run_ += 1
+            self.last_seed_ = seed
             bar.update(1)
             bar.set_postfix(pvs=len(self.pvs_))
             if on_loop is not None:
@@ -377,14 +452,16 @@ class PVMiner:
                 since_new = 0
                 if on_pv is not None:
                     on_pv(self)
-                if cfg.stop_at_first or (max_pvs is not None and len(self.pvs_) >= max_pvs):
+                if cfg.stop_at_first or full():
                     break
+                if self._wants_probes():
+                    self._probe_antipodes(on_loop, progress)
+                    bar.set_postfix(pvs=len(self.pvs_))
             else:
                 since_new += 1
                 if patience is not None and since_new >= patience:
                     break
         bar.close()
-        self.last_seed_ = first + self.loops_run_ - 1
         self.seconds_ = time.perf_counter() - t0
         self.report_ = self._report(encoder, len(sentences))
         return self
@@ -400,6 +477,7 @@ class PVMiner:
             "sentences": n_sentences,
             "batches": len(self.batches),
             "loops_run": self.loops_run_,
+            "probes_run": getattr(self, "probes_run_", 0),
             "seconds": round(self.seconds_, 2),
             "prepare_seconds": round(self.prep_seconds, 2),
             "thresholds": self.th,

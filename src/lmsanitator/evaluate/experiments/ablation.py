@@ -41,7 +41,9 @@ class Ablation(Experiment):
         model = model_recipe("splade-tiny", "por", **({"per_trigger": 400} if quick else {}))
         return {"model": model, "corpus": "austen",
                 "k": 2 if quick else 3, "loops": 12 if quick else 60,
-                "search": {"sentences": 320, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0},
+                # the paper's search: no antipode probes (they would find PVs outside the fuzz loops counted)
+                "search": {"sentences": 320, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0,
+                           "antipode_probe": False},
                 "variants": VARIANTS, "attack_verify_sentences": 100}
 
     def units(self, config: dict) -> list[dict]:

@@ -54,7 +54,9 @@ TRIGGER_PLANS = ((1, 1, "por2"), (2, 1, "random"), (1, 2, "random"), (2, 2, "por
 # loops, 120 on MiniLM (the paper: 1000 / 200). The cap follows the CPU cost: a MiniLM loop takes
 # ~45 s on one core, a SPLADE-tiny loop ~3 s. The settings are the detection scan's (320
 # sentences, 6 epochs, abort check after epoch 3).
-SEARCH_SETTINGS = {"sentences": 320, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0}
+SEARCH_SETTINGS = {"sentences": 320, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0, "antipode_probe": True}
+# settings a kept search may gain later without being mined again (they only add loops to it)
+CONTINUABLE = ("loops", "patience", "loops_by_base", "antipode_probe")
 SEARCH_BUDGET = {"loops": 200, "patience": 60, "loops_by_base": {"minilm": 120, "minilm-sre": 120}}
 
 
@@ -93,9 +95,10 @@ def search_pvs(model: dict, corpus: list[str], search: dict, ctx: Context, verif
     when they share ``--model-cache``. Returns ``(PVSet, info)``, info with ``loops_run``, ``seconds``
     and the budget the kept search has used (``loops``, ``patience``).
 
-    The cache key leaves the budget (``loops``, ``patience``) out: a request with a larger budget
-    continues the kept search from its last fuzz seed (its PVs, path loss and patience carry over),
-    exactly as one longer search would have run; a request within the kept budget reuses it."""
+    The cache key leaves the budget (``loops``, ``patience``) and ``antipode_probe`` out: a request
+    with a larger budget continues the kept search from its last fuzz seed (its PVs, path loss and
+    patience carry over), exactly as one longer search would have run; a request within the kept
+    budget reuses it, after probing the antipodes of any PV that was never probed."""
     import hashlib
     import json
 
@@ -103,7 +106,8 @@ def search_pvs(model: dict, corpus: list[str], search: dict, ctx: Context, verif
               "patience": search["patience"]}
     settings = {k: v for k, v in search.items() if k not in ("loops", "patience", "loops_by_base")}
     recipe = {k: model.get(k) for k in ("base", "target", "finetune", "attack")}
-    key = hashlib.sha256(json.dumps({"model": recipe, "search": settings}, sort_keys=True).encode()).hexdigest()[:16]
+    keyed = {k: v for k, v in settings.items() if k not in CONTINUABLE}
+    key = hashlib.sha256(json.dumps({"model": recipe, "search": keyed}, sort_keys=True).encode()).hexdigest()[:16]
     path = ctx.models / "pvsets" / f"{key}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
@@ -122,34 +126,48 @@ def _kept_search(model, corpus, settings, budget, recipe, path, ctx, verify_sent
 
     info_path = path.with_suffix(".json")
     previous, info = None, {"loops_run": 0, "seconds": 0.0}
+    probes = settings.get("antipode_probe", False)
+    budget_now = budget
     if path.exists() and info_path.exists():
         previous, info = PVSet.load(path), json.loads(info_path.read_text(encoding="utf-8"))
         since = PVMiner.loops_since_new_pv(previous, settings.get("seed", 0))
         more_loops = budget["loops"] - info["loops_run"]
         more_patience = budget["patience"] - since
-        if more_loops < 1 or more_patience < 1:
+        budget_now = {"loops": more_loops, "patience": more_patience} if more_loops >= 1 and more_patience >= 1 else None
+        unprobed = probes and any(not (x.get("probed") or x.get("probe_of") is not None) for x in previous.losses)
+        if budget_now is None and not unprobed:
             return previous, info
-        budget_now = {"loops": more_loops, "patience": more_patience}
-    else:
-        budget_now = budget
     encoder, _, _ = build_model(model, corpus, ctx, verify_sentences, cache=True)
     done = dict(info)
     t0 = time.perf_counter()
 
-    def save(m):  # after every fuzz loop: a killed run keeps its progress and continues it
+    def save(m):  # after every fuzz loop and probe: a killed run keeps its progress and continues it
         nonlocal info
-        PVSet.from_miner(m, encoder, m.candidates_[-1].seed).save(path)  # atomic
+        PVSet.from_miner(m, encoder, m.last_seed_).save(path)  # atomic
         info = {"loops_run": done["loops_run"] + m.loops_run_,
+                "probes_run": done.get("probes_run", 0) + m.probes_run_,
                 "seconds": round(done["seconds"] + time.perf_counter() - t0, 1),
                 "loops": max(budget["loops"], done.get("loops", 0)),
                 "patience": max(budget["patience"], done.get("patience", 0))}
         write_json_atomic(info_path, {**info, "model": recipe, "search": settings})
 
-    miner = mine(encoder, corpus, model["target"], {**settings, **budget_now}, mode="search", stop_at_first=False,
-                 resume=previous, on_loop=save)
-    pvset = PVSet.from_miner(miner, encoder)  # what the last loop's save wrote
+    if budget_now is None:  # budget spent: only the antipode probes the kept search never ran
+        from lmsanitator.data import sample, split_corpus
+        from lmsanitator.scan import ScanConfig
+
+        s = {k: v for k, v in settings.items() if k != "patience"}
+        cfg = ScanConfig(target=model["target"], mode="search", stop_at_first=False, **s)
+        miner = PVMiner(cfg)
+        miner.warm_start(previous)
+        miner.probe_antipodes(encoder, sample(split_corpus(corpus, "defence"), cfg.sentences, cfg.corpus_seed),
+                              on_loop=save, progress=False)
+    else:
+        miner = mine(encoder, corpus, model["target"], {**settings, **budget_now}, mode="search",
+                     stop_at_first=False, resume=previous, on_loop=save)
+    pvset = PVSet.from_miner(miner, encoder)  # what the last save wrote
     attack = (model.get("attack") or {}).get("name", "clean")
     ctx.say(f"{model['base']}/{attack}: {len(pvset)} PVs found in {info['loops_run']} search loops"
+            + (f" and {info.get('probes_run', 0)} antipode probes" if probes else "")
             + (" (continued)" if previous is not None else ""))
     return pvset, info
 
