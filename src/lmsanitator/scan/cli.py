@@ -137,6 +137,9 @@ def cmd_search(a) -> int:
             n_before = len(miner.pvs_)
             if cfg.antipode_probe and miner.unprobed():  # a search saved before its probes ran
                 miner.probe_antipodes(encoder, sentences, on_loop=on_loop, progress=not a.no_progress)
+                if a.report:
+                    _write_json(a.report, {**miner.report_, "corpus": a.corpus, "pvset": str(out),
+                                           "resumed_from_seed": start, "new_pvs": len(miner.pvs_) - n_before})
             print(f"{a.model}: {len(miner.pvs_)} PV(s) ({len(miner.pvs_) - n_before} new from antipode probes); "
                   f"the search already ran {since} loops without a new PV (>= --patience {a.patience}); "
                   "raise --patience to continue")

@@ -55,8 +55,14 @@ class PVSearch(Experiment):
         agree = sign_match(found, planted.float()) if len(found) else torch.zeros(0, len(planted))
         best_per_planted = agree.max(dim=0).values.tolist() if len(found) else [0.0] * len(planted)
         best_per_found = agree.max(dim=1).values.tolist() if len(found) else []
+        from_probe = [i for i, x in enumerate(pvset.losses) if x.get("probe_of") is not None]
+        # planted PVs only an antipode probe recovered (no fuzz-found PV reaches the bar)
+        fuzz_only = [i for i in range(len(found)) if i not in from_probe]
+        best_fuzz = (agree[fuzz_only].max(dim=0).values.tolist() if fuzz_only else [0.0] * len(planted))
         rec["search"] = {
-            "loops_run": info["loops_run"], "seconds": info["seconds"], "found": len(found),
+            "loops_run": info["loops_run"], "probes_run": info.get("probes_run", 0), "seconds": info["seconds"],
+            "found": len(found), "found_by_probes": len(from_probe),
+            "recovered_only_by_probes": sum(b >= config["recovered_at"] > f for b, f in zip(best_per_planted, best_fuzz)),
             "pv_seeds": pvset.seeds,
             "best_agreement_per_planted": [round(x, 4) for x in best_per_planted],
             "best_agreement_per_found": [round(x, 4) for x in best_per_found],
@@ -77,16 +83,21 @@ class PVSearch(Experiment):
         summary = {"recall": round(found / planted, 4), "found": found, "planted": planted,
                    "recall_at_t_match": round(found8 / planted, 4),
                    "unintended": sum(r["search"]["unintended"] for r in records),
-                   "loops_run": sum(r["search"]["loops_run"] for r in records)}
-        lines = ["| model | attack | target | planted PVs | recovered (>= 0.9) | recovered (>= 0.8) | unintended | "
-                 "loops | seconds | agreement per planted PV |", "|---|---|---|---|---|---|---|---|---|---|"]
+                   "loops_run": sum(r["search"]["loops_run"] for r in records),
+                   "probes_run": sum(r["search"].get("probes_run", 0) for r in records),
+                   "recovered_only_by_probes": sum(r["search"].get("recovered_only_by_probes", 0) for r in records)}
+        lines = ["| model | attack | target | planted PVs | recovered (>= 0.9) | of them only by a probe | recovered (>= 0.8) | "
+                 "unintended | loops + antipode probes | seconds | agreement per planted PV |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in records:
             u, s = r["unit"], r["search"]
             lines.append(f"| {u['base']} | {u['attack']['name']} | {u['target']} | {s['planted']} | {s['recovered']} | "
-                         f"{s['recovered_at_t_match']} | {s['unintended']} | {s['loops_run']} | {s['seconds']:.0f} | "
+                         f"{s.get('recovered_only_by_probes', 0)} | {s['recovered_at_t_match']} | {s['unintended']} | "
+                         f"{s['loops_run']} + {s.get('probes_run', 0)} | {s['seconds']:.0f} | "
                          + " ".join(f"{x:.2f}" for x in s["best_agreement_per_planted"]) + " |")
-        lines.append(f"| **all** | | | {planted} | **{found} ({100 * summary['recall']:.1f}%)** | {found8} "
-                     f"({100 * summary['recall_at_t_match']:.1f}%) | {summary['unintended']} | {summary['loops_run']} | | |")
+        lines.append(f"| **all** | | | {planted} | **{found} ({100 * summary['recall']:.1f}%)** | "
+                     f"{summary['recovered_only_by_probes']} | {found8} ({100 * summary['recall_at_t_match']:.1f}%) | "
+                     f"{summary['unintended']} | {summary['loops_run']} + {summary['probes_run']} | | |")
         return summary, "\n".join(lines)
 
     def plot(self, config: dict, records: list[dict], summary: dict, folder: Path) -> list[str]:
