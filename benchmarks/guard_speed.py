@@ -2,12 +2,13 @@
 
 1. overhead of the guard on clean inputs vs the unguarded tuned model (``TunedModel.predict``), at
    batch 1 and batch 32 (A/B interleaved, median of rounds);
-2. batched trigger removal vs the paper's sequential loop (one candidate per forward pass) on
-   triggered inputs, with a check that both purge the same words;
+2. trigger removal on triggered inputs: batched with the saliency order (the guard's default) and
+   in reading order, vs the paper's sequential loop (one candidate per forward pass); candidates
+   scored, and how often each removed exactly the trigger;
 3. requests per second of ``lmsanitator serve`` on loopback (a real server process, httpx client).
 
     python benchmarks/guard_speed.py --adapter DIR --pvs PVSET --task tweets-binary \
-        --trigger cf [--n 64] [--rounds 7] [--no-service]
+        --trigger cf,mn,tq [--n 64] [--rounds 7] [--no-service]
 """
 
 from __future__ import annotations
@@ -33,24 +34,38 @@ from lmsanitator.guard.purge import to_fields
 from lmsanitator.models import set_threads
 
 
-def purge_speed(guard: Guard, texts: list[str], trigger: str, w_max: int) -> dict:
+def purge_speed(guard: Guard, texts: list[str], triggers: list[str], w_max: int) -> dict:
+    """Trigger removal on the flagged triggered inputs, three ways in one run: batched with the
+    saliency order (the guard's default), batched in reading order, and the paper's sequential
+    loop. Each trigger at a seeded random word position of every text."""
     rng = random.Random(0)
-    trig = [insert_trigger(t, trigger, rng) for t in texts]
+    trig, words = [], []
+    for trigger in triggers:
+        for t in texts:
+            trig.append(insert_trigger(t, trigger, rng))
+            words.append(trigger.split())
     recs = guard.predict(trig)
-    flagged = [to_fields(t) for t, r in zip(trig, recs) if r["flagged"]]
+    keep = [i for i, r in enumerate(recs) if r["flagged"]]
+    flagged = [to_fields(trig[i]) for i in keep]
+    want = [words[i] for i in keep]
     if not flagged:
         return {"flagged": 0}
-    t0 = time.perf_counter()
-    b = purge(guard.model, guard.monitor, flagged, w_max)
-    tb = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    s = purge_sequential(guard.model, guard.monitor, flagged, w_max)
-    ts = time.perf_counter() - t0
-    same = sum((x.removed, x.fields) == (y.removed, y.fields) for x, y in zip(b, s))
-    return {"flagged": len(flagged), "batched_s": round(tb, 3), "sequential_s": round(ts, 3),
-            "speedup": round(ts / tb, 2), "same_result": f"{same}/{len(flagged)}",
-            "trigger_removed": sum(x.removed == trigger.split() for x in b) / len(b),
-            "candidates": sum(x.candidates for x in b)}
+    out = {"flagged": len(flagged), "triggers": triggers}
+    runs = {}
+    for name, fn in (("saliency", lambda: purge(guard.model, guard.monitor, flagged, w_max, order="saliency")),
+                     ("reading", lambda: purge(guard.model, guard.monitor, flagged, w_max, order="reading")),
+                     ("sequential", lambda: purge_sequential(guard.model, guard.monitor, flagged, w_max))):
+        t0 = time.perf_counter()
+        runs[name] = fn()
+        out[f"{name}_s"] = round(time.perf_counter() - t0, 3)
+        out[f"{name}_candidates"] = sum(x.candidates for x in runs[name])
+        out[f"{name}_trigger_removed"] = round(sum(x.removed == w for x, w in zip(runs[name], want)) / len(want), 4)
+        out[f"{name}_resolved"] = round(sum(x.resolved for x in runs[name]) / len(want), 4)
+    for name in ("saliency", "reading"):
+        out[f"{name}_speedup"] = round(out["sequential_s"] / out[f"{name}_s"], 2)
+        same = sum((x.removed, x.fields) == (y.removed, y.fields) for x, y in zip(runs[name], runs["sequential"]))
+        out[f"{name}_same_as_sequential"] = f"{same}/{len(flagged)}"
+    return out
 
 
 def service_rps(adapter: str, pvs: str, texts: list[str], batch: int, requests: int, workers: int) -> dict:
@@ -96,20 +111,25 @@ def main() -> None:
     ap.add_argument("--adapter", required=True)
     ap.add_argument("--pvs", required=True)
     ap.add_argument("--task", required=True)
-    ap.add_argument("--trigger", required=True)
+    ap.add_argument("--trigger", required=True, help="comma-separated triggers, each inserted into every text")
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--w-max", type=int, default=3)
+    ap.add_argument("--calibrate", type=int, default=300, metavar="N",
+                    help="calibrate per-PV thresholds on the first N validation texts, as `evaluate guard` does (0: off)")
     ap.add_argument("--no-service", action="store_true")
     ap.add_argument("--no-purge", action="store_true")
     a = ap.parse_args()
     set_threads()
     guard = Guard(a.adapter, a.pvs, w_max=a.w_max)
-    texts = [e.text for e in load_task(a.task).test[: a.n]]
+    task = load_task(a.task)
+    if a.calibrate:
+        guard.calibrate([e.text for e in task.validation[: a.calibrate]])
+    texts = [e.text for e in task.test[: a.n]]
     res = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
-           "adapter": a.adapter, "task": a.task, "n": len(texts)}
+           "adapter": a.adapter, "task": a.task, "n": len(texts), "calibration": guard.calibration}
     res["overhead"] = [ab_overhead(guard, texts, 1, max(1, a.rounds // 2)), ab_overhead(guard, texts, 32, a.rounds)]
-    res["trigger_removal"] = {} if a.no_purge else purge_speed(guard, texts, a.trigger, a.w_max)
+    res["trigger_removal"] = {} if a.no_purge else purge_speed(guard, texts, a.trigger.split(","), a.w_max)
     if not a.no_service:
         res["service"] = [service_rps(a.adapter, a.pvs, texts, 1, 64, 4), service_rps(a.adapter, a.pvs, texts, 32, 16, 4)]
     print(json.dumps(res, indent=2))
@@ -119,8 +139,11 @@ def main() -> None:
               f"{o['guard_predict_s']:.3f} s with {o['clean_flagged']} clean input(s) flagged and purged", file=sys.stderr)
     t = res["trigger_removal"]
     if t.get("flagged"):
-        print(f"trigger removal: batched {t['batched_s']} s vs sequential {t['sequential_s']} s -> "
-              f"{t['speedup']}x on {t['flagged']} flagged inputs (same result {t['same_result']})", file=sys.stderr)
+        print(f"trigger removal on {t['flagged']} flagged inputs: sequential {t['sequential_s']} s "
+              f"({t['sequential_candidates']} candidates); batched, saliency order {t['saliency_s']} s "
+              f"({t['saliency_candidates']}) -> {t['saliency_speedup']}x, trigger removed {t['saliency_trigger_removed']}; "
+              f"batched, reading order {t['reading_s']} s ({t['reading_candidates']}) -> {t['reading_speedup']}x",
+              file=sys.stderr)
     for s in res.get("service", []):
         print(f"service: {s['requests_per_s']} requests/s at batch {s['batch']} ({s['inputs_per_s']} inputs/s, "
               f"{s['workers']} concurrent clients)", file=sys.stderr)

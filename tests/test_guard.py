@@ -300,3 +300,43 @@ def test_calibration_raises_thresholds_only_where_clean_inputs_come_close():
     recs = g.predict(clean[:3] + ["near cf here"])
     assert [r["flagged"] for r in recs] == [False, False, False, True]
     assert recs[3]["removed"] == ["cf"] and g.info()["calibration"]["inputs"] == 20
+
+
+def test_word_positions_follow_whitespace_words_through_subwords_and_pairs(tiny_guard_files):
+    from lmsanitator.tuning import TunedModel
+
+    model = TunedModel.load(tiny_guard_files / "adapter")
+    texts, pairs = ["a gooood, film!", "x"], ["second field here", "y z"]
+    items = model.encode(texts, pairs)
+    pos = model.word_positions(texts, pairs)
+    tok = model.tokenizer
+    for it, row, t, p in zip(items, pos, texts, pairs):
+        assert len(row) == len(it["input_ids"])
+        fields = (t.split(), p.split())
+        for tid, fw in zip(it["input_ids"], row):
+            if tid in tok.all_special_ids:
+                assert fw is None
+            else:  # every subword belongs to the whitespace word whose text contains it
+                piece = tok.convert_ids_to_tokens(tid).replace("##", "")
+                assert fw is not None and piece in fields[fw[0]][fw[1]].lower()
+    assert {fw for fw in pos[0] if fw} == {(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)}
+
+
+def test_saliency_order_keeps_the_smallest_width_and_no_parameter_gradients(tiny_guard_files):
+    from lmsanitator.guard.purge import word_saliency
+    from lmsanitator.tuning import TunedModel
+
+    model = TunedModel.load(tiny_guard_files / "adapter")
+    g = Guard(model, tiny_guard_files / "pvs-all.safetensors", w_max=2)
+    inputs = [to_fields("a good film number 3"), to_fields("zebra zebra zebra")]
+    sal = word_saliency(model, g.monitor, inputs)
+    assert [len(s[0]) for s in sal] == [5, 3] and all(x > 0 for s in sal for x in s[0])
+    assert all(p.grad is None for p in model.parameters())
+    fast = purge(model, g.monitor, inputs, w_max=2, order="saliency")
+    slow = purge(model, g.monitor, inputs, w_max=2, order="reading")
+    # every input matches the PV whatever is removed: both orders score every window and agree
+    assert [r.resolved for r in fast] == [r.resolved for r in slow] == [False, False]
+    assert [r.candidates for r in fast] == [r.candidates for r in slow]
+    assert [r.match_rate for r in fast] == pytest.approx([r.match_rate for r in slow])
+    with pytest.raises(LMSanitatorError, match="purge-order"):
+        GuardConfig(purge_order="random")

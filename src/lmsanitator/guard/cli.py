@@ -18,6 +18,9 @@ def _guard_options(p) -> None:
     p.add_argument("--on-unresolved", choices=["best", "predict", "reject"], default="best",
                    help="when no window of <= w-max words unflags an input: predict on the candidate that matched "
                    "the PVs least (best, default), on the input as it is (predict), or reject it")
+    p.add_argument("--purge-order", choices=["saliency", "reading"], default="saliency",
+                   help="which window of a width trigger removal tries first: the words with the largest gradient "
+                   "towards the matched PV (default; one extra backward pass) or reading order (the paper)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--calibrate-input", metavar="CLEAN.jsonl",
                    help="clean inputs (same line format) to raise each PV's threshold above their match rates")
@@ -33,7 +36,8 @@ def _make_guard(a):
     from lmsanitator.tuning.cli import _load_tuned
     from lmsanitator.tuning.model import read_tune_json
 
-    cfg = GuardConfig(t_match=a.t_match, w_max=a.w_max, on_unresolved=a.on_unresolved, batch_size=a.batch_size)
+    cfg = GuardConfig(t_match=a.t_match, w_max=a.w_max, on_unresolved=a.on_unresolved, batch_size=a.batch_size,
+                      purge_order=a.purge_order)
     read_tune_json(a.adapter)  # clear errors before loading anything heavy
     pvset = PVSet.load(a.pvs)
     set_threads()

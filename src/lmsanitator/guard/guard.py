@@ -21,7 +21,7 @@ import torch
 
 from lmsanitator.errors import LMSanitatorError
 from lmsanitator.guard.monitor import DEFAULT_T_MATCH, PVMonitor
-from lmsanitator.guard.purge import forward_rates, purge, to_fields
+from lmsanitator.guard.purge import ORDERS, forward_rates, purge, to_fields
 from lmsanitator.tuning.inputs import prediction_record
 
 POLICIES = ("best", "predict", "reject")
@@ -35,6 +35,8 @@ class GuardConfig:
     # input as it is ("predict"), or reject it
     on_unresolved: str = "best"
     batch_size: int = 32
+    # which window of a width is tried first: by gradient saliency (ours) or in reading order (the paper)
+    purge_order: str = "saliency"
 
     def __post_init__(self) -> None:
         if not 0.5 < self.t_match <= 1.0:
@@ -43,6 +45,8 @@ class GuardConfig:
             raise LMSanitatorError(f"--w-max must be >= 1, got {self.w_max}")
         if self.on_unresolved not in POLICIES:
             raise LMSanitatorError(f"--on-unresolved must be one of {', '.join(POLICIES)}, got '{self.on_unresolved}'")
+        if self.purge_order not in ORDERS:
+            raise LMSanitatorError(f"--purge-order must be one of {', '.join(ORDERS)}, got '{self.purge_order}'")
         if self.batch_size < 1:
             raise LMSanitatorError("batch size must be >= 1")
 
@@ -131,7 +135,7 @@ class Guard:
         truncated = self._truncated(texts, pairs)
         idx = [i for i, f in enumerate(flagged) if f]
         fixes = purge(self.model, self.monitor, [to_fields(texts[i], pairs[i] if pairs else None) for i in idx],
-                      self.config.w_max, batch_size=max(bs, 32))
+                      self.config.w_max, batch_size=max(bs, 32), order=self.config.purge_order)
         fixed = dict(zip(idx, fixes))
         records = []
         for i in range(len(texts)):

@@ -10,6 +10,16 @@ Candidates go through the model in batched forward passes shared by all still-fl
 (see :func:`purge`); the same pass gives the match rate *and* the prediction on the purged text.
 :func:`purge_sequential` is the paper's one-candidate-at-a-time loop, kept for benchmarks and as a
 reference the batched version must agree with.
+
+``order="saliency"`` (the default; ours, not the paper's) tries the windows of one width in order
+of their words' saliency instead of reading order: the norm of the gradient of the input's smooth
+match with its best PV with respect to each word's token embeddings, one forward and backward
+pass for all flagged inputs. A trigger drives the output onto the PV, so its words carry the
+largest gradients (POR MiniLM, P-tuning v2, 64 tweets per trigger: the trigger ranks first for
+89-100% of inputs and in the top 3 for all). The widths, the candidates and the acceptance rule
+are unchanged, so the smallest width that unflags still wins; only which window of that width is
+found first can differ, when several would unflag. It scores a fraction of the windows the reading
+order does.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from lmsanitator.errors import LMSanitatorError
 from lmsanitator.guard.monitor import PVMonitor
 
 Fields = tuple[tuple[str, ...], ...]  # one word tuple per text field
@@ -108,24 +119,77 @@ def score(model, monitor: PVMonitor, batch: Sequence[Fields]) -> tuple[list[np.n
     return forward_rates(model, monitor, *_model_inputs(model, batch))
 
 
-def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch_size: int = 64) -> list[PurgeResult]:
+ORDERS = ("saliency", "reading")
+
+
+def word_saliency(model, monitor: PVMonitor, inputs: Sequence[Fields], batch_size: int = 32) -> list[list[list[float]]]:
+    """Per input, per field, per word: the largest gradient norm of the input's smooth match with
+    its best PV (mean of ``tanh(feature) x sign(PV)``) over the word's token embeddings. Words the
+    tokenizer cut off (truncation) get -inf; they are tried last."""
+    signs = monitor._pos * 2 - 1
+    out: list[list[list[float]]] = []
+    for s in range(0, len(inputs), batch_size):
+        chunk = inputs[s:s + batch_size]
+        texts, pairs = _model_inputs(model, chunk)
+
+        def objective(feats, rows, n=len(chunk)):
+            k = monitor.match_matrix(feats, rows, n).argmax(dim=1)
+            return (torch.tanh(feats.float()) * signs[k[rows]]).mean(dim=-1).sum()
+
+        norms = model.embedding_gradient_norms(texts, pairs, objective).cpu()
+        where = model.word_positions(texts, pairs)
+        for i, fields in enumerate(chunk):
+            sal = [[float("-inf")] * len(f) for f in fields]
+            for t, fw in enumerate(where[i]):
+                if fw is not None and fw[0] < len(sal) and fw[1] < len(sal[fw[0]]):
+                    sal[fw[0]][fw[1]] = max(sal[fw[0]][fw[1]], float(norms[i, t]))
+            out.append(sal)
+    return out
+
+
+def _by_saliency(fields: Fields, sal: list[list[float]], cands: list) -> list:
+    """Candidates ordered by the largest saliency among the words they remove (stable: ties keep
+    reading order)."""
+    score = {}
+    for f, words in enumerate(fields):
+        for j, w in enumerate(words):
+            score[w] = max(score.get(w, float("-inf")), sal[f][j])
+    return sorted(cands, key=lambda c: -max(score.get(w, float("-inf")) for w in c[0]))
+
+
+def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch_size: int = 64,
+          order: str = "saliency") -> list[PurgeResult]:
     """Batched Algorithm 2 over flagged ``inputs`` (fields); one :class:`PurgeResult` each.
 
-    Rounds of forward passes: each round scores the next ``max(1, batch_size // n)`` candidates of
-    each of the ``n`` inputs still flagged, so one input gets all its windows of a width in one
-    pass, many inputs share passes, and an input stops at its first unflagged window (the same
-    answer as the sequential loop, without scoring the windows after it).
+    Rounds of forward passes shared by all inputs still flagged; an input stops at its first
+    unflagged window. Reading order: each round scores the next ``max(1, batch_size // n)``
+    windows of each of the ``n`` inputs (the same answer as the sequential loop). Saliency order:
+    the first round scores each input's most salient window, and each later round twice as many
+    as the one before (capped as above), so a well-ranked trigger costs one candidate.
     """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     results = [PurgeResult(resolved=False) for _ in inputs]
     pending = list(range(len(inputs)))
+    sal = None
+    if order == "saliency" and inputs and hasattr(model, "embedding_gradient_norms"):
+        try:
+            sal = word_saliency(model, monitor, list(inputs), batch_size=min(batch_size, 32))
+        except LMSanitatorError:  # no character offsets (slow tokenizer): reading order
+            sal = None
     for width in range(1, w_max + 1):
         if not pending:
             break
         queue = {i: candidates(inputs[i], width) for i in pending}
+        if sal is not None:
+            queue = {i: _by_saliency(inputs[i], sal[i], q) for i, q in queue.items()}
         pos = dict.fromkeys(pending, 0)
         active = [i for i in pending if queue[i]]
+        grow = 1
         while active:
             take = max(1, batch_size // len(active))
+            if sal is not None:
+                take, grow = min(take, grow), grow * 2
             round_ = [(i, c) for i in active for c in queue[i][pos[i]:pos[i] + take]]
             mats, probs = [], []
             for s in range(0, len(round_), batch_size):

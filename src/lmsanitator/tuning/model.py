@@ -432,6 +432,81 @@ class TunedModel(nn.Module):
         finally:
             self.train(was)
 
+    def word_positions(self, texts: Sequence, pairs: Sequence[str | None] | None = None) -> list[list[tuple[int, int] | None]]:
+        """For each input, ``(field, word)`` of every token of :meth:`encode`'s ``input_ids`` (words
+        split on whitespace, field 0 the text, 1 the pair), ``None`` for special and template tokens.
+        Needs a fast tokenizer (character offsets); token tasks use their word ids."""
+        tok = self.tokenizer
+        if self.task.kind == "token":
+            return [[None if w < 0 else (0, w) for w in it["word_index"]] for it in self.encode(texts, pairs)]
+        if not getattr(tok, "is_fast", False):
+            raise LMSanitatorError("word positions need a fast tokenizer (character offsets)")
+        first = [self._apply_template(t) for t in texts] if self.target == "mask" else list(texts)
+        use_pairs = pairs is not None and not all(p is None for p in pairs)
+        enc = tok(first, list(pairs) if use_pairs else None, truncation=True, max_length=self.max_length,
+                  return_offsets_mapping=True)
+
+        def spans(text: str, start: int) -> list[tuple[int, int]]:
+            out, pos = [], start
+            for w in text.split():
+                a = text.index(w, pos - start) + start
+                out.append((a, a + len(w)))
+                pos = a + len(w)
+            return out
+
+        result = []
+        for i in range(len(texts)):
+            text_at = first[i].find(texts[i]) if self.target == "mask" else 0
+            fields = [spans(texts[i], max(text_at, 0))]
+            if use_pairs:
+                fields.append(spans(pairs[i], 0))
+            seq = enc.sequence_ids(i)
+            row = []
+            for (a, b), f in zip(enc["offset_mapping"][i], seq):
+                hit = None
+                if f is not None and b > a and f < len(fields):
+                    for w, (ws, we) in enumerate(fields[f]):
+                        if ws <= a < we:
+                            hit = (f, w)
+                            break
+                row.append(hit)
+            result.append(row)
+        return result
+
+    def embedding_gradient_norms(self, texts: Sequence, pairs: Sequence[str | None] | None, objective) -> torch.Tensor:
+        """``|d objective / d e_t|`` for every input token embedding ``e_t`` (inputs x tokens, aligned
+        with :meth:`encode` before padding), from one forward and one backward pass; ``objective``
+        maps ``(features, rows)`` to a scalar. No parameter gradient is kept."""
+        emb = self._base_model().get_input_embeddings()
+        seen: list[torch.Tensor] = []
+
+        def keep(_module, _inputs, out):
+            if torch.is_grad_enabled():
+                out.requires_grad_(True)
+                seen.append(out)
+            return out
+
+        was = self.training
+        self.eval()
+        handle = emb.register_forward_hook(keep)
+        try:
+            with torch.enable_grad():
+                items = self.encode(texts, pairs)
+                batch = self.collate(items)
+                _, feats, rows, _ = self(batch)
+                (grad,) = torch.autograd.grad(objective(feats, rows), [seen[-1]])
+        finally:
+            handle.remove()
+            self.train(was)
+        norms = grad.norm(dim=-1).detach()
+        T = norms.shape[1]
+        left = getattr(self.tokenizer, "padding_side", "right") == "left" and not self.n_virtual
+        out = norms.new_zeros(len(items), max(len(it["input_ids"]) for it in items))
+        for i, it in enumerate(items):  # undo the padding: row i = input i's own tokens
+            n = len(it["input_ids"])
+            out[i, :n] = norms[i, T - n:] if left else norms[i, :n]
+        return out
+
     # ================================================================== prediction
     def _order(self, texts, pairs) -> list[int]:
         def n(i):
