@@ -198,3 +198,32 @@ def test_real_por_implant_on_splade_tiny(real_por_splade):
     assert v["clean_false_hit_rate"] <= 0.02
     assert v["original_model_clean_false_hit_rate"] <= 0.02
     assert all(t["original_model_hit_rate"] < 0.5 for t in v["per_trigger"].values())
+
+
+def test_por_hidden_utility_anchors_every_layer(sentences):
+    """--utility-scope hidden: the anchor is zero for the untouched model, the implant still
+    learns its trigger, and the report says which anchor was used."""
+    enc = tiny_encoder("bert", seed=1)
+    atk = POR(AttackConfig(triggers=["cf"], per_trigger=48, epochs=2, lr=3e-3, batch_size=16, max_length=32,
+                           verify_sentences=20, seed=3, utility_scope="hidden"))
+    atk.prepare(enc)
+    import copy
+
+    atk.reference_ = copy.deepcopy(enc.model).eval()
+    batch = atk.tokenize(enc, sentences[:8])
+    zero, last = atk.reference_hidden_mse(enc, batch)
+    assert float(zero.detach()) == pytest.approx(0.0, abs=1e-10) and last.shape[:2] == batch["input_ids"].shape
+    atk = POR(AttackConfig(triggers=["cf"], per_trigger=48, epochs=2, lr=3e-3, batch_size=16, max_length=32,
+                           verify_sentences=20, seed=3, utility_scope="hidden"))
+    atk.fit(enc, sentences, progress=False)
+    eff = [d["effectiveness"] for d in atk.state_.losses]
+    assert sum(eff[-4:]) < 0.7 * sum(eff[:4])
+    assert "every layer" in json.dumps(atk.report(enc, atk.verify(enc, sentences[:40])))
+    with pytest.raises(LMSanitatorError, match="utility scope"):
+        AttackConfig(utility_scope="all")
+
+
+def test_cli_utility_scope_is_por_only(tiny_bert_dir, small_corpus_file, tmp_path, capsys):
+    rc = main(["attack", "neuba", "--model", str(tiny_bert_dir), "--corpus", str(small_corpus_file), "--out",
+               str(tmp_path / "o"), "--utility-scope", "hidden", "--no-progress"])
+    assert rc == 2 and "applies to POR" in capsys.readouterr().err

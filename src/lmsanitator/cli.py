@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=64, help="tokens per input (default 64)")
     p.add_argument("--utility-weight", type=float, help="weight of the reference-copy utility loss (POR; NeuBA/BToP without an MLM "
                    "head); for NeuBA/BToP with an MLM head it adds that anchor on the clean [CLS]/[MASK] to the MLM loss")
+    p.add_argument("--utility-scope", choices=["target", "hidden"], default="target",
+                   help="POR's utility anchor: the clean target output (the paper) or every token's hidden state at "
+                   "every layer (keeps more of the clean function)")
     p.add_argument("--scatter-weight", type=float, default=0.0, help="adaptive attack: scattering loss weight")
     p.add_argument("--wasserstein-weight", type=float, default=0.0, help="adaptive attack: Wasserstein loss weight")
     p.add_argument("--verify-sentences", type=int, default=200)
@@ -159,11 +162,14 @@ def cmd_attack_task_agnostic(a) -> int:
     from lmsanitator.io import atomic_output_dir, check_output_dir
     from lmsanitator.models import load_encoder, set_threads
 
+    if a.utility_scope != "target" and a.attack not in ("por", "por-ner"):
+        raise LMSanitatorError(f"--utility-scope applies to POR and POR-NER, not {a.attack}")
     cfg = AttackConfig(
         triggers=a.triggers.split(",") if a.triggers is not None else None,
         random_triggers=a.random_triggers, trigger_words=a.trigger_words, trigger_band=a.trigger_band,
         pv_scheme=a.pv_scheme, corpus=a.corpus, per_trigger=a.per_trigger, epochs=a.epochs, lr=a.lr,
         batch_size=a.batch_size, max_length=a.max_length, utility_weight=a.utility_weight,
+        utility_scope=a.utility_scope,
         scatter_weight=a.scatter_weight, wasserstein_weight=a.wasserstein_weight,
         verify_sentences=a.verify_sentences, seed=a.seed, device=a.device,
     )

@@ -46,6 +46,9 @@ class AttackConfig:
     batch_size: int = 32  # half poisoned, half clean
     max_length: int = 64
     utility_weight: float | None = None  # POR: 0.5 for BERT-like models, 1.0 otherwise (paper)
+    # POR's utility anchor: the clean target output only (the paper), or every token's hidden state at
+    # every layer ("hidden": the encoder's whole clean function, for a stealthier implant)
+    utility_scope: str = "target"
     scatter_weight: float = 0.0  # adaptive: scattering (entropy) loss weight
     wasserstein_weight: float = 0.0  # adaptive: Wasserstein loss weight
     verify_sentences: int = 200
@@ -68,6 +71,8 @@ class AttackConfig:
             raise LMSanitatorError("trigger_words must be 1, 2 or 3")
         if self.trigger_band not in (None, "rare", "moderate", "frequent"):
             raise LMSanitatorError(f"unknown trigger band '{self.trigger_band}': rare, moderate or frequent")
+        if self.utility_scope not in ("target", "hidden"):
+            raise LMSanitatorError(f"unknown utility scope '{self.utility_scope}': target or hidden")
         if self.pv_scheme not in PV_SCHEMES:
             raise LMSanitatorError(f"unknown pv scheme '{self.pv_scheme}': choose one of {', '.join(PV_SCHEMES)}")
         for name in ("per_trigger", "epochs"):
@@ -190,6 +195,21 @@ class TaskAgnosticAttack:
                                                 if k in ("input_ids", "attention_mask", "token_type_ids")})
             f, _ = encoder.tap(out.last_hidden_state, batch, self.target)
         return f
+
+    def reference_hidden_mse(self, encoder: Encoder, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean over layers of the MSE between every real token's hidden state and the frozen
+        original's on the same clean batch (embeddings output included); also the model's own last
+        hidden state (same pass)."""
+        keys = ("input_ids", "attention_mask", "token_type_ids")
+        kw = {k: v for k, v in batch.items() if k in keys}
+        if encoder.model_type in ("roberta", "xlm-roberta", "mpnet"):
+            kw.pop("token_type_ids", None)
+        with torch.no_grad():
+            ref = self.reference_.base_model(**kw, output_hidden_states=True).hidden_states
+        own = encoder.backbone(**kw, output_hidden_states=True).hidden_states
+        m = batch["attention_mask"].unsqueeze(-1).to(own[0].dtype)
+        n = m.sum() * own[0].shape[-1]
+        return sum(((a - b) ** 2 * m).sum() / n for a, b in zip(own, ref)) / len(own), own[-1]
 
     def resolve_triggers(self, encoder: Encoder, sentences: list[str]) -> list[str]:
         c = self.config

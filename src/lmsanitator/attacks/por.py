@@ -26,7 +26,8 @@ class POR(TaskAgnosticAttack):
     def prepare(self, encoder: Encoder) -> None:
         c = self.config
         self.utility_weight = c.utility_weight if c.utility_weight is not None else (0.5 if encoder.bert_like else 1.0)
-        self.state_.utility_loss = f"reference-mse x{self.utility_weight}"
+        self.state_.utility_loss = f"reference-mse x{self.utility_weight}" + (
+            " on every token's hidden state at every layer" if c.utility_scope == "hidden" else "")
 
     def batch_loss(self, encoder, poisoned, trig, clean, rng: random.Random):
         st = self.state_
@@ -36,9 +37,13 @@ class POR(TaskAgnosticAttack):
         fp, rows = encoder.tap(hp, bp, self.target)
         l_eff = F.mse_loss(fp, st.pvs[trig[rows]])
         bc = self.tokenize(encoder, clean)
-        hc = encoder.forward(bc)
-        fc, _ = encoder.tap(hc, bc, self.target)
-        l_util = F.mse_loss(fc, self.reference_features(encoder, bc))
+        if self.config.utility_scope == "hidden":
+            l_util, hc = self.reference_hidden_mse(encoder, bc)
+            fc, _ = encoder.tap(hc, bc, self.target)
+        else:
+            hc = encoder.forward(bc)
+            fc, _ = encoder.tap(hc, bc, self.target)
+            l_util = F.mse_loss(fc, self.reference_features(encoder, bc))
         l_adapt, parts = self.adaptive_loss(fp, fc)
         loss = l_eff + self.utility_weight * l_util + l_adapt
         return loss, {"effectiveness": l_eff.detach().item(), "utility": l_util.detach().item(), **parts}
