@@ -66,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--utility-weight", type=float, help="weight of the reference-copy utility loss (POR; NeuBA/BToP without an MLM "
                    "head); for NeuBA/BToP with an MLM head it adds that anchor on the clean [CLS]/[MASK] to the MLM loss")
     p.add_argument("--utility-scope", choices=["target", "hidden"], default="target",
-                   help="POR's utility anchor: the clean target output (the paper) or every token's hidden state at "
-                   "every layer (keeps more of the clean function)")
+                   help="POR's utility anchor: the clean target output (the paper), or that plus every token's hidden "
+                   "state at every layer (keeps more of the clean function)")
     p.add_argument("--scatter-weight", type=float, default=0.0, help="adaptive attack: scattering loss weight")
     p.add_argument("--wasserstein-weight", type=float, default=0.0, help="adaptive attack: Wasserstein loss weight")
     p.add_argument("--verify-sentences", type=int, default=200)

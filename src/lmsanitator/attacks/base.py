@@ -46,8 +46,8 @@ class AttackConfig:
     batch_size: int = 32  # half poisoned, half clean
     max_length: int = 64
     utility_weight: float | None = None  # POR: 0.5 for BERT-like models, 1.0 otherwise (paper)
-    # POR's utility anchor: the clean target output only (the paper), or every token's hidden state at
-    # every layer ("hidden": the encoder's whole clean function, for a stealthier implant)
+    # POR's utility anchor: the clean target output only (the paper), or that plus every token's hidden
+    # state at every layer ("hidden": more of the encoder's clean function, for a stealthier implant)
     utility_scope: str = "target"
     scatter_weight: float = 0.0  # adaptive: scattering (entropy) loss weight
     wasserstein_weight: float = 0.0  # adaptive: Wasserstein loss weight

@@ -27,7 +27,7 @@ class POR(TaskAgnosticAttack):
         c = self.config
         self.utility_weight = c.utility_weight if c.utility_weight is not None else (0.5 if encoder.bert_like else 1.0)
         self.state_.utility_loss = f"reference-mse x{self.utility_weight}" + (
-            " on every token's hidden state at every layer" if c.utility_scope == "hidden" else "")
+            " on the target output + on every token's hidden state at every layer" if c.utility_scope == "hidden" else "")
 
     def batch_loss(self, encoder, poisoned, trig, clean, rng: random.Random):
         st = self.state_
@@ -38,8 +38,11 @@ class POR(TaskAgnosticAttack):
         l_eff = F.mse_loss(fp, st.pvs[trig[rows]])
         bc = self.tokenize(encoder, clean)
         if self.config.utility_scope == "hidden":
-            l_util, hc = self.reference_hidden_mse(encoder, bc)
+            # the paper's anchor on the clean target output, plus every token at every layer: the
+            # hidden anchor alone let the [CLS] drift (MiniLM: clean MSE 0.048, 14% clean false hits)
+            l_hidden, hc = self.reference_hidden_mse(encoder, bc)
             fc, _ = encoder.tap(hc, bc, self.target)
+            l_util = F.mse_loss(fc, self.reference_features(encoder, bc)) + l_hidden
         else:
             hc = encoder.forward(bc)
             fc, _ = encoder.tap(hc, bc, self.target)

@@ -13,10 +13,11 @@ reference the batched version must agree with.
 
 ``order="saliency"`` (the default; ours, not the paper's) tries the windows of one width in order
 of their words' saliency instead of reading order: the norm of the gradient of the input's smooth
-match with its best PV with respect to each word's token embeddings, one forward and backward
-pass for all flagged inputs. A trigger drives the output onto the PV, so its words carry the
-largest gradients (POR MiniLM, P-tuning v2, 64 tweets per trigger: the trigger ranks first for
-89-100% of inputs and in the top 3 for all). The widths, the candidates and the acceptance rule
+match with its best PV with respect to each token's hidden state at the input of the last third
+of the layers (one forward pass, and a backward pass through those layers only). A trigger drives
+the output onto the PV, so its words carry the largest gradients (POR MiniLM, P-tuning v2, 32
+tweets x 6 triggers: the trigger ranks first for 100% of inputs at that depth, 94% with the
+gradient at the token embeddings, which costs 1.5x more). The widths, the candidates and the acceptance rule
 are unchanged, so the smallest width that unflags still wins; only which window of that width is
 found first can differ, when several would unflag. It scores a fraction of the windows the reading
 order does.
@@ -127,23 +128,25 @@ def word_saliency(model, monitor: PVMonitor, inputs: Sequence[Fields], batch_siz
     its best PV (mean of ``tanh(feature) x sign(PV)``) over the word's token embeddings. Words the
     tokenizer cut off (truncation) get -inf; they are tried last."""
     signs = monitor._pos * 2 - 1
-    out: list[list[list[float]]] = []
-    for s in range(0, len(inputs), batch_size):
-        chunk = inputs[s:s + batch_size]
+    out: list = [None] * len(inputs)
+    order = sorted(range(len(inputs)), key=lambda j: _length(inputs[j]))  # similar lengths share a pass
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        chunk = [inputs[j] for j in idx]
         texts, pairs = _model_inputs(model, chunk)
 
         def objective(feats, rows, n=len(chunk)):
             k = monitor.match_matrix(feats, rows, n).argmax(dim=1)
             return (torch.tanh(feats.float()) * signs[k[rows]]).mean(dim=-1).sum()
 
-        norms = model.embedding_gradient_norms(texts, pairs, objective).cpu()
+        norms = model.token_gradient_norms(texts, pairs, objective).cpu()
         where = model.word_positions(texts, pairs)
         for i, fields in enumerate(chunk):
             sal = [[float("-inf")] * len(f) for f in fields]
             for t, fw in enumerate(where[i]):
                 if fw is not None and fw[0] < len(sal) and fw[1] < len(sal[fw[0]]):
                     sal[fw[0]][fw[1]] = max(sal[fw[0]][fw[1]], float(norms[i, t]))
-            out.append(sal)
+            out[idx[i]] = sal
     return out
 
 
@@ -157,24 +160,45 @@ def _by_saliency(fields: Fields, sal: list[list[float]], cands: list) -> list:
     return sorted(cands, key=lambda c: -max(score.get(w, float("-inf")) for w in c[0]))
 
 
+def _length(fields: Fields) -> int:
+    return sum(len(f) for f in fields)
+
+
+def _score_by_length(model, monitor: PVMonitor, batch: Sequence[Fields], batch_size: int):
+    """:func:`score` in passes of ``batch_size`` inputs of similar length (less padding); results
+    in ``batch``'s order."""
+    order = sorted(range(len(batch)), key=lambda j: _length(batch[j]))
+    mats, probs = [], [None] * len(batch)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        p, m = score(model, monitor, [batch[j] for j in idx])
+        mats.append(m)
+        for j, pj in zip(idx, p):
+            probs[j] = pj
+    matrix = torch.cat(mats)
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(order))
+    return matrix[back], probs
+
+
 def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch_size: int = 64,
           order: str = "saliency") -> list[PurgeResult]:
     """Batched Algorithm 2 over flagged ``inputs`` (fields); one :class:`PurgeResult` each.
 
     Rounds of forward passes shared by all inputs still flagged; an input stops at its first
-    unflagged window. Reading order: each round scores the next ``max(1, batch_size // n)``
-    windows of each of the ``n`` inputs (the same answer as the sequential loop). Saliency order:
-    the first round scores each input's most salient window, and each later round twice as many
-    as the one before (capped as above), so a well-ranked trigger costs one candidate.
+    unflagged window. Each round scores the next ``max(1, batch_size // n)`` windows of each of
+    the ``n`` inputs (in reading order: the same answer as the sequential loop). Saliency order:
+    the first round scores only each input's most salient single word, so a well-ranked trigger
+    costs one candidate.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     results = [PurgeResult(resolved=False) for _ in inputs]
     pending = list(range(len(inputs)))
     sal = None
-    if order == "saliency" and inputs and hasattr(model, "embedding_gradient_norms"):
+    if order == "saliency" and inputs and hasattr(model, "token_gradient_norms"):
         try:
-            sal = word_saliency(model, monitor, list(inputs), batch_size=min(batch_size, 32))
+            sal = word_saliency(model, monitor, list(inputs), batch_size=batch_size)
         except LMSanitatorError:  # no character offsets (slow tokenizer): reading order
             sal = None
     for width in range(1, w_max + 1):
@@ -185,18 +209,12 @@ def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch
             queue = {i: _by_saliency(inputs[i], sal[i], q) for i, q in queue.items()}
         pos = dict.fromkeys(pending, 0)
         active = [i for i in pending if queue[i]]
-        grow = 1
+        first = sal is not None and width == 1
         while active:
-            take = max(1, batch_size // len(active))
-            if sal is not None:
-                take, grow = min(take, grow), grow * 2
+            take = 1 if first else max(1, batch_size // len(active))
+            first = False
             round_ = [(i, c) for i in active for c in queue[i][pos[i]:pos[i] + take]]
-            mats, probs = [], []
-            for s in range(0, len(round_), batch_size):
-                p, m = score(model, monitor, [c[1] for _, c in round_[s:s + batch_size]])
-                mats.append(m)
-                probs.extend(p)
-            matrix = torch.cat(mats)
+            matrix, probs = _score_by_length(model, monitor, [c[1] for _, c in round_], batch_size)
             still, best = monitor.flag(matrix), matrix.max(dim=1).values
             done = set()
             for j, (i, (phrase, fields, kept)) in enumerate(round_):

@@ -473,22 +473,40 @@ class TunedModel(nn.Module):
             result.append(row)
         return result
 
-    def embedding_gradient_norms(self, texts: Sequence, pairs: Sequence[str | None] | None, objective) -> torch.Tensor:
-        """``|d objective / d e_t|`` for every input token embedding ``e_t`` (inputs x tokens, aligned
-        with :meth:`encode` before padding), from one forward and one backward pass; ``objective``
-        maps ``(features, rows)`` to a scalar. No parameter gradient is kept."""
-        emb = self._base_model().get_input_embeddings()
+    def _layer_stack(self) -> nn.ModuleList | None:
+        """The encoder's list of transformer layers (None when it cannot be found, e.g. ALBERT's
+        shared layer)."""
+        base = self._base_model()
+        n = getattr(base.config, "num_hidden_layers", None) or getattr(base.config, "n_layer", None)
+        for mod in base.modules():
+            if isinstance(mod, nn.ModuleList) and n and len(mod) == n:
+                return mod
+        return None
+
+    def token_gradient_norms(self, texts: Sequence, pairs: Sequence[str | None] | None, objective,
+                             depth: int | None = None) -> torch.Tensor:
+        """``|d objective / d h_t|`` for every input token's hidden state ``h_t`` at the input of the
+        last ``depth`` transformer layers (default: a third of them, at least one; the token
+        embeddings when the layers cannot be found or ``depth`` covers them all), inputs x tokens,
+        aligned with :meth:`encode` before padding. ``objective`` maps ``(features, rows)`` to a
+        scalar. One forward pass, and a backward pass through those layers only; no parameter
+        gradient is kept."""
+        layers = self._layer_stack()
+        n_layers = len(layers) if layers is not None else 0
+        depth = max(1, -(-n_layers // 3)) if depth is None else depth
+        at = n_layers - depth - 1  # the layer whose output feeds the last `depth` layers
+        module = layers[at] if layers is not None and at >= 0 else self._base_model().get_input_embeddings()
         seen: list[torch.Tensor] = []
 
-        def keep(_module, _inputs, out):
-            if torch.is_grad_enabled():
-                out.requires_grad_(True)
-                seen.append(out)
-            return out
+        def cut(_module, _inputs, out):  # the backward pass stops here
+            h = out[0] if isinstance(out, tuple) else out
+            h = h.detach().requires_grad_(True)
+            seen.append(h)
+            return (h, *out[1:]) if isinstance(out, tuple) else h
 
         was = self.training
         self.eval()
-        handle = emb.register_forward_hook(keep)
+        handle = module.register_forward_hook(cut)
         try:
             with torch.enable_grad():
                 items = self.encode(texts, pairs)
@@ -499,6 +517,8 @@ class TunedModel(nn.Module):
             handle.remove()
             self.train(was)
         norms = grad.norm(dim=-1).detach()
+        if norms.shape[1] > batch["input_ids"].shape[1]:  # prepended virtual tokens (prompt tuning, P-tuning)
+            norms = norms[:, norms.shape[1] - batch["input_ids"].shape[1]:]
         T = norms.shape[1]
         left = getattr(self.tokenizer, "padding_side", "right") == "left" and not self.n_virtual
         out = norms.new_zeros(len(items), max(len(it["input_ids"]) for it in items))
