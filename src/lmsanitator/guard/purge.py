@@ -17,10 +17,10 @@ match with its best PV with respect to each token's hidden state at the input of
 of the layers (one forward pass, and a backward pass through those layers only). A trigger drives
 the output onto the PV, so its words carry the largest gradients (POR MiniLM, P-tuning v2, 32
 tweets x 6 triggers: the trigger ranks first for 100% of inputs at that depth, 94% with the
-gradient at the token embeddings, which costs 1.5x more). The widths, the candidates and the acceptance rule
-are unchanged, so the smallest width that unflags still wins; only which window of that width is
-found first can differ, when several would unflag. It scores a fraction of the windows the reading
-order does.
+gradient at the token embeddings, which costs 1.5x more). The widths, the candidates and the
+acceptance rule are unchanged, so the smallest width that unflags still wins; only which window of
+that width is found first can differ, when several would unflag. It scores a fraction of the
+windows the reading order does.
 """
 
 from __future__ import annotations
@@ -125,8 +125,9 @@ ORDERS = ("saliency", "reading")
 
 def word_saliency(model, monitor: PVMonitor, inputs: Sequence[Fields], batch_size: int = 32) -> list[list[list[float]]]:
     """Per input, per field, per word: the largest gradient norm of the input's smooth match with
-    its best PV (mean of ``tanh(feature) x sign(PV)``) over the word's token embeddings. Words the
-    tokenizer cut off (truncation) get -inf; they are tried last."""
+    its best PV (mean of ``tanh(feature) x sign(PV)``) over the word's tokens, taken at the input of
+    the last third of the layers (:meth:`TunedModel.token_gradient_norms`). Words the tokenizer cut
+    off (truncation) get -inf; they are tried last."""
     signs = monitor._pos * 2 - 1
     out: list = [None] * len(inputs)
     order = sorted(range(len(inputs)), key=lambda j: _length(inputs[j]))  # similar lengths share a pass
