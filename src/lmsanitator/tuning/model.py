@@ -490,7 +490,8 @@ class TunedModel(nn.Module):
         embeddings when the layers cannot be found or ``depth`` covers them all), inputs x tokens,
         aligned with :meth:`encode` before padding. ``objective`` maps ``(features, rows)`` to a
         scalar. One forward pass, and a backward pass through those layers only; no parameter
-        gradient is kept."""
+        gradient is kept. Not thread-safe: a hook sits on the model while it runs (the service
+        serialises predictions)."""
         layers = self._layer_stack()
         n_layers = len(layers) if layers is not None else 0
         depth = max(1, -(-n_layers // 3)) if depth is None else depth
