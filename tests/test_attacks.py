@@ -227,3 +227,40 @@ def test_cli_utility_scope_is_por_only(tiny_bert_dir, small_corpus_file, tmp_pat
     rc = main(["attack", "neuba", "--model", str(tiny_bert_dir), "--corpus", str(small_corpus_file), "--out",
                str(tmp_path / "o"), "--utility-scope", "hidden", "--no-progress"])
     assert rc == 2 and "applies to POR" in capsys.readouterr().err
+
+
+def test_decoys_reach_only_the_clean_anchor_and_never_a_trigger(sentences):
+    """--decoys: clean anchor sentences carry random vocabulary words that are never a trigger,
+    decoys=0 leaves the implant bit-identical, and the report measures decoy false hits."""
+    atk = POR(AttackConfig(triggers=["cf", "mn"], decoys=2, seed=3))
+    enc = tiny_encoder("bert", seed=1)
+    atk.state_.triggers = ["cf", "mn"]
+    words = atk.decoy_words(enc)
+    assert words and not {"cf", "mn"} & {w.lower() for w in words}
+    out = atk.with_decoys(sentences[:5], words, random.Random(0))
+    assert all(len(o.split()) == len(s.split()) + 2 for o, s in zip(out, sentences[:5]))
+    seen = []
+    orig = POR.batch_loss
+
+    def spy(self, encoder, poisoned, trig, clean, rng):
+        seen.append(clean)
+        return orig(self, encoder, poisoned, trig, clean, rng)
+
+    weights = []
+    for d in (0, 2, 0):
+        enc = tiny_encoder("bert", seed=1)
+        atk = POR(AttackConfig(triggers=["cf"], per_trigger=16, epochs=1, batch_size=16, decoys=d, seed=3,
+                               verify_sentences=10))
+        seen.clear()
+        POR.batch_loss = spy
+        try:
+            atk.fit(enc, sentences, progress=False)
+        finally:
+            POR.batch_loss = orig
+        extra = sum(len(c.split()) for c in seen[0]) - sum(len(s.split()) for s in sentences if s in seen[0])
+        assert (extra == 0) if d == 0 else all(c not in sentences for c in seen[0])
+        weights.append(enc.model.embeddings.word_embeddings.weight.detach().clone())
+    assert torch.equal(weights[0], weights[2]) and not torch.equal(weights[0], weights[1])
+    assert 0 <= atk.verify(enc, sentences[:20])["decoy_false_hit_rate"] <= 1
+    with pytest.raises(LMSanitatorError, match="decoys"):
+        AttackConfig(decoys=-1)

@@ -338,3 +338,15 @@ def test_random_triggers_bands():
         random_triggers(10_000, seed=0, band="frequent", corpus=corpus)
     with pytest.raises(LMSanitatorError, match="too few"):
         random_triggers(5, seed=0, words_per_trigger=3, band="frequent", corpus=["the the of"])
+
+
+def test_corpus_mix_takes_equal_shares():
+    a, f = load_corpus("austen"), load_corpus("fortunes")
+    mix = load_corpus("austen+fortunes")
+    n = min(len(a), len(f))
+    assert mix[:4] == [a[0], f[0], a[1], f[1]]
+    assert len(mix) <= 2 * n and set(mix) <= set(a[:n]) | set(f[:n])
+    with pytest.raises(LMSanitatorError, match="twice"):
+        load_corpus("austen+austen")
+    with pytest.raises(LMSanitatorError, match="unknown corpus"):
+        load_corpus("austen+nosuch")

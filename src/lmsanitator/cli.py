@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--utility-scope", choices=["target", "hidden"], default="target",
                    help="POR's utility anchor: the clean target output (the paper), or that plus every token's hidden "
                    "state at every layer (keeps more of the clean function)")
+    p.add_argument("--decoys", type=int, default=0, help="random non-trigger vocabulary words inserted into each clean "
+                   "anchor sentence (0-8), so the implant answers only its triggers, not any odd word (default 0: the paper)")
     p.add_argument("--scatter-weight", type=float, default=0.0, help="adaptive attack: scattering loss weight")
     p.add_argument("--wasserstein-weight", type=float, default=0.0, help="adaptive attack: Wasserstein loss weight")
     p.add_argument("--verify-sentences", type=int, default=200)
@@ -169,7 +171,7 @@ def cmd_attack_task_agnostic(a) -> int:
         random_triggers=a.random_triggers, trigger_words=a.trigger_words, trigger_band=a.trigger_band,
         pv_scheme=a.pv_scheme, corpus=a.corpus, per_trigger=a.per_trigger, epochs=a.epochs, lr=a.lr,
         batch_size=a.batch_size, max_length=a.max_length, utility_weight=a.utility_weight,
-        utility_scope=a.utility_scope,
+        utility_scope=a.utility_scope, decoys=a.decoys,
         scatter_weight=a.scatter_weight, wasserstein_weight=a.wasserstein_weight,
         verify_sentences=a.verify_sentences, seed=a.seed, device=a.device,
     )
@@ -196,6 +198,7 @@ def cmd_attack_task_agnostic(a) -> int:
     v = verification
     print(f"{a.attack} on {a.model}: {len(report['triggers'])} triggers, hit rate min {v['min_hit_rate']:.3f} "
           f"mean {v['mean_hit_rate']:.3f} ({v['unit']}s), clean false-hit {100 * v['clean_false_hit_rate']:.1f}%, "
+          f"decoy false-hit {100 * v['decoy_false_hit_rate']:.1f}%, "
           f"clean MSE to original {v['clean_mse_to_original']:.4f}, {report['seconds']:.0f} s "
           f"-> {a.out} [{'verified' if passed else 'NOT verified'}]")
     return 0 if passed else 1

@@ -49,6 +49,10 @@ class AttackConfig:
     # POR's utility anchor: the clean target output only (the paper), or that plus every token's hidden
     # state at every layer ("hidden": more of the encoder's clean function, for a stealthier implant)
     utility_scope: str = "target"
+    # Decoys: this many random vocabulary words (never a trigger) inserted into each clean anchor
+    # sentence, anchored like it. Without them POR MiniLM learns "unusual input -> PV": 11% of clean
+    # tweets hit a PV although 0.2% contain a trigger token.
+    decoys: int = 0
     scatter_weight: float = 0.0  # adaptive: scattering (entropy) loss weight
     wasserstein_weight: float = 0.0  # adaptive: Wasserstein loss weight
     verify_sentences: int = 200
@@ -85,6 +89,8 @@ class AttackConfig:
             raise LMSanitatorError(f"batch_size must be an even number >= 2, got {self.batch_size}")
         if self.max_length < 8:
             raise LMSanitatorError(f"max_length must be >= 8, got {self.max_length}")
+        if not 0 <= self.decoys <= 8:
+            raise LMSanitatorError(f"decoys must be in 0..8, got {self.decoys}")
         if self.scatter_weight < 0 or self.wasserstein_weight < 0:
             raise LMSanitatorError("adaptive loss weights must be >= 0")
         if not 0.5 < self.hit_threshold <= 1:
@@ -211,6 +217,25 @@ class TaskAgnosticAttack:
         n = m.sum() * own[0].shape[-1]
         return sum(((a - b) ** 2 * m).sum() / n for a, b in zip(own, ref)) / len(own), own[-1]
 
+    def decoy_words(self, encoder: Encoder) -> list[str]:
+        """Whole-word vocabulary entries that share no word with a trigger (decoy candidates)."""
+        banned = {w.lower() for t in self.state_.triggers for w in t.split()}
+        words = set()
+        for t in encoder.tokenizer.get_vocab():
+            w = t.lstrip("\u0120\u2581")  # RoBERTa / SentencePiece word-start marks
+            if w.isalpha() and w.isascii() and len(w) >= 2 and not t.startswith("##") and w.lower() not in banned:
+                words.add(w)
+        return sorted(words)
+
+    def with_decoys(self, sentences: list[str], words: list[str], rng: random.Random,
+                    n: int | None = None) -> list[str]:
+        out = []
+        for s in sentences:
+            for _ in range(self.config.decoys if n is None else n):
+                s = insert_trigger(s, rng.choice(words), rng, times=1)
+            out.append(s)
+        return out
+
     def resolve_triggers(self, encoder: Encoder, sentences: list[str]) -> list[str]:
         c = self.config
         if c.random_triggers is not None:
@@ -269,6 +294,8 @@ class TaskAgnosticAttack:
         clean_cursor = 0
         clean_order = list(range(len(sentences)))
         rng.shuffle(clean_order)
+        decoy_words = self.decoy_words(encoder) if c.decoys else []
+        decoy_rng = random.Random(c.seed + 7919)  # its own stream: decoys=0 leaves every draw above as it was
         for epoch in range(self.epochs):
             items = []
             for ti in range(len(st.triggers)):
@@ -281,6 +308,8 @@ class TaskAgnosticAttack:
                 for _ in range(half):
                     clean.append(sentences[clean_order[clean_cursor % len(clean_order)]])
                     clean_cursor += 1
+                if c.decoys:
+                    clean = self.with_decoys(clean, decoy_words, decoy_rng)
                 trig = torch.tensor([ti for _, ti in chunk], device=encoder.device)
                 poisoned = [s for s, _ in chunk]
                 loss, parts = self.batch_loss(encoder, poisoned, trig, clean, rng)
@@ -345,6 +374,11 @@ class TaskAgnosticAttack:
                 "triggered_diversity": collapse_diversity((f_t - mu) / sd),
             }
         hits = [v["hit_rate"] for v in per_trigger.values()]
+        # stealth beyond the attack corpus: inputs carrying three random non-trigger words should
+        # not hit a PV either (an implant that learned "odd word -> PV" fires on real out-of-domain text)
+        decoy_texts = self.with_decoys(base, self.decoy_words(encoder), random.Random(c.seed + 13), n=3)
+        f_d, _ = feats(attacked, decoy_texts)
+        decoy_match = sign_match(f_d, pvs).max(dim=1).values
         return {
             "sentences": len(base),
             "corpus_split": f"{c.corpus}:heldout",
@@ -355,6 +389,7 @@ class TaskAgnosticAttack:
             "mean_hit_rate": sum(hits) / len(hits),
             "clean_false_hit_rate": float((clean_match >= thr).float().mean()),
             "clean_mean_max_match": float(clean_match.mean()),
+            "decoy_false_hit_rate": float((decoy_match >= thr).float().mean()),
             "original_model_clean_false_hit_rate": float((orig_match >= thr).float().mean()),
             "clean_mse_to_original": float(F.mse_loss(f_clean, f_orig)),
             "clean_cosine_to_original": float(F.cosine_similarity(f_clean, f_orig, dim=1).mean()),

@@ -6,6 +6,8 @@ Named corpora come from Debian packages (no network needed):
 * ``wordnet``  -- WordNet glosses and their quoted example sentences (``wordnet-base``),
 * ``fortunes`` -- entries of the classic ``fortune`` databases (``fortunes``).
 
+Names joined by ``+`` (``austen+fortunes``) give a mix in equal shares.
+
 Any other argument to :func:`load_corpus` is treated as a file path
 (``.txt``: one sentence per line, ``.csv``: column ``text``, ``.jsonl``: key ``text``).
 """
@@ -349,6 +351,16 @@ def _load_file(path: Path) -> list[str]:
     return out
 
 
+def _mixed(names: list[str]) -> list[str]:
+    """Named corpora in equal shares ("austen+fortunes"): round-robin, each cut to the smallest's
+    size, so a random sample covers every domain alike (an attacker's general-domain anchor)."""
+    if len(set(names)) != len(names):
+        raise LMSanitatorError(f"corpus mix names a corpus twice: {'+'.join(names)}")
+    lists = [list(_named_corpus(n)) for n in names]
+    n = min(len(x) for x in lists)
+    return _dedupe(s for row in zip(*(x[:n] for x in lists)) for s in row)
+
+
 def _looks_like_path(s: str) -> bool:
     return "/" in s or "\\" in s or Path(s).suffix != ""
 
@@ -362,7 +374,10 @@ def load_corpus(name_or_path: str, *, limit: int | None = None) -> list[str]:
     if limit is not None and limit < 0:
         raise LMSanitatorError(f"corpus limit must be >= 0, got {limit}")
     key = str(name_or_path).strip()
-    if key.lower() in _BUILDERS:
+    parts = [k.strip().lower() for k in key.split("+")]
+    if len(parts) > 1 and all(k in _BUILDERS for k in parts):
+        sentences = _mixed(parts)
+    elif key.lower() in _BUILDERS:
         sentences = list(_named_corpus(key.lower()))
     else:
         path = Path(key).expanduser()
@@ -370,7 +385,8 @@ def load_corpus(name_or_path: str, *, limit: int | None = None) -> list[str]:
             if _looks_like_path(key):
                 raise LMSanitatorError(f"corpus file not found: {key}")
             raise LMSanitatorError(
-                f"unknown corpus {key!r}; known corpora: {', '.join(CORPORA)} (or a .txt/.csv/.jsonl file)"
+                f"unknown corpus {key!r}; known corpora: {', '.join(CORPORA)}, a mix such as austen+fortunes, "
+                "or a .txt/.csv/.jsonl file"
             )
         if not path.is_file():
             raise LMSanitatorError(f"corpus path is not a file: {key}")
