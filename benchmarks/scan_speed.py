@@ -4,7 +4,11 @@ Both variants run the same fuzz steps on the same batches in one process; the ra
 matters (absolute times depend on the machine and its load). Optionally times a full detection
 scan (``--full``: 30 fuzz loops at the default settings).
 
-    python benchmarks/scan_speed.py --model minilm --steps 20 [--full]
+    python benchmarks/scan_speed.py --model minilm --steps 20 [--full] [--roofline]
+
+``--roofline`` counts one fuzz epoch's FLOPs (torch's FlopCounterMode) and measures the fp32 peak of
+a 2048x2048 matrix product at the same thread count: their quotient is the least time a clean
+scan can take here, whatever the implementation.
 """
 
 from __future__ import annotations
@@ -36,11 +40,38 @@ def time_steps(miner: PVMiner, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def epoch_flops(miner: PVMiner) -> int:
+    """Floating-point operations of one fuzz epoch (forward + backward over every batch), as
+    torch's FLOP counter sees them (matrix products and attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    prompt = torch.nn.Parameter(miner.init_prompt(0))
+    with FlopCounterMode(display=False) as fc:
+        for b in miner.batches:
+            f = miner.z(miner.step_features(b, prompt))
+            loss = -torch.nn.functional.mse_loss(f, miner.z(b.clean))
+            loss.backward()
+    return fc.get_total_flops()
+
+
+def peak_flops(seconds: float = 3.0) -> float:
+    """Sustained fp32 FLOP/s of a large matrix product at the current thread count."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return n * 2 * 2048 ** 3 / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--full", action="store_true", help="also time a 30-loop detection scan")
+    ap.add_argument("--roofline", action="store_true", help="also count a fuzz step's FLOPs and give the "
+                    "least time a 30-loop clean scan can take at this machine's measured matmul peak")
     a = ap.parse_args()
     set_threads()
     enc = load_encoder(a.model)
@@ -58,6 +89,15 @@ def main() -> None:
     res = {"model": a.model, "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
            "steps": a.steps, "naive_s_per_step": round(t_naive, 4), "ours_s_per_step": round(t_ours, 4),
            "speedup": round(t_naive / t_ours, 2), "prepare_s": round(ours.prep_seconds, 2)}
+    if a.roofline:
+        fl = epoch_flops(ours)
+        steps = len(ours.batches)
+        peak = peak_flops()
+        clean_scan = fl * cfg.epochs * 30  # a clean model's loops run every epoch (no PV to stop at)
+        res.update(step_gflop=round(fl / steps / 1e9, 2), peak_gflops=round(peak / 1e9, 1),
+                   step_gflops_achieved=round(fl / steps / t_ours / 1e9, 1),
+                   clean_scan_tflop=round(clean_scan / 1e12, 1),
+                   clean_scan_floor_s=round(clean_scan / peak, 1))
     if a.full:
         t0 = time.perf_counter()
         m = PVMiner(ScanConfig(loops=30)).fit(enc, sents, progress=False)
