@@ -70,6 +70,36 @@ def test_cached_clean_outputs_equal_recomputed(sentences):
     assert fast.candidates_[0].distance == pytest.approx(naive.candidates_[0].distance, rel=1e-5)
 
 
+@pytest.mark.parametrize("permissive", [False, True])
+def test_parallel_detection_matches_sequential(permissive, sentences):
+    """Forked one-thread workers give the sequential scan's candidates, in seed order, and stop at
+    the first legit PV (permissive thresholds: seed 0 already passes, its PV is handed back)."""
+    enc = tiny_encoder("bert")
+    kw = dict(t_l=1e-6, t_div=-1e-3, range_factor=100.0) if permissive else {}
+    runs = {}
+    for workers in (1, 2):
+        cfg = ScanConfig(sentences=32, batch_size=16, max_length=40, loops=3, epochs=2, abort_epoch=1,
+                         workers=workers, **kw)
+        m = PVMiner(cfg).fit(enc, sentences[:32], progress=False)
+        assert m.report_["workers"] == workers
+        runs[workers] = m
+    seq, par = runs[1], runs[2]
+    assert [c.seed for c in par.candidates_] == [c.seed for c in seq.candidates_]
+    assert par.loops_run_ == seq.loops_run_ == (1 if permissive else 3)
+    for a, b in zip(seq.candidates_, par.candidates_):
+        assert b.distance == pytest.approx(a.distance, rel=1e-4)
+        assert (a.accepted, a.pv_index) == (b.accepted, b.pv_index)
+    assert len(par.pvs_) == len(seq.pvs_) == (1 if permissive else 0)
+    if permissive:
+        assert torch.allclose(par.pvs_[0], seq.pvs_[0], rtol=1e-4, atol=1e-5)
+        assert torch.allclose(par.soft_prompts_[0], seq.soft_prompts_[0], rtol=1e-4, atol=1e-5)
+        assert par.pv_seeds_ == [0] and par.report_["verdict"] == "backdoored"
+    # search mode never forks: its loops depend on the PVs found before them
+    search = PVMiner(ScanConfig(sentences=32, batch_size=16, max_length=40, loops=1, epochs=2,
+                                abort_epoch=1, workers=2, stop_at_first=False, mode="search"))
+    assert search.fit(enc, sentences[:32], progress=False).report_["workers"] == 1
+
+
 def test_acceptance_filters_and_path_loss(sentences):
     """With permissive thresholds every seed yields a PV; uniqueness and path loss then apply."""
     enc = tiny_encoder("bert")
@@ -168,6 +198,7 @@ def test_cli_search_patience_spans_resumes(tiny_bert_dir, small_corpus_file, tmp
 @pytest.mark.parametrize("extra,needle", [
     (["--sentences", "8"], "fewer than one batch"),
     (["--target", "pooler"], "invalid choice"),
+    (["--workers", "0"], "workers must be >= 1"),
 ])
 def test_cli_scan_bad_input(extra, needle, tiny_bert_dir, small_corpus_file, capsys):
     args = ["scan", str(tiny_bert_dir), "--corpus", str(small_corpus_file), "--no-progress", *extra]
@@ -197,7 +228,7 @@ def test_real_scan_tells_backdoored_from_clean(real_por_splade):
 
     enc, atk, _ = real_por_splade
     sents = sample(split_corpus(load_corpus("austen"), "defence"), 320, 0)
-    cfg = ScanConfig(loops=3, max_length=64)
+    cfg = ScanConfig(loops=3, max_length=64, workers=2)  # forked workers on a real model
     bad = PVMiner(cfg).fit(enc, sents, progress=False)
     assert bad.report_["verdict"] == "backdoored"
     agreement = sign_match(torch.stack(bad.pvs_), atk.state_.pvs.cpu()).max()

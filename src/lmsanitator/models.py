@@ -403,10 +403,16 @@ def tiny_encoder(arch: str = "bert", *, mlm_head: bool = False, seed: int = 0, h
                    has_mlm_head=mlm_head, max_length=64)
 
 
-def set_threads() -> None:
-    """Use every core we were given (torch defaults can oversubscribe small containers)."""
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, not the machine's count)."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, n))
+    return max(1, n)
+
+
+def set_threads(n: int | None = None) -> None:
+    """Use ``n`` threads, by default every core we were given (torch defaults can oversubscribe
+    small containers)."""
+    torch.set_num_threads(n or available_cores())
 
 
 # ---- causal language models (perplexity for the ONION baseline) ---------------------------------

@@ -47,7 +47,15 @@ def _config(a, mode: str):
         kw["sentences"] = a.sentences
     if a.epochs is not None:
         kw["epochs"] = a.epochs
+    if mode == "detect":
+        kw["workers"] = _default_workers(a) if a.workers is None else a.workers
     return ScanConfig(**kw)
+
+
+def _default_workers(a) -> int:
+    from lmsanitator.models import available_cores
+
+    return available_cores() if str(a.device).startswith("cpu") else 1
 
 
 def _load(a, cfg):
@@ -164,6 +172,9 @@ def register(sub) -> dict:
                        "at the first legit PV. Exit 0 clean, 1 backdoored, 2 error.")
     _mining_args(p)
     p.add_argument("--loops", type=int, default=30, help="fuzz loops (default 30)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="fuzz loops run at once, each in a one-thread process (default on a CPU: one per core "
+                   "available; 1 = one process with intra-op threads; CUDA always 1). Same verdict and PV")
     p.add_argument("--sarif", help="write a SARIF 2.1.0 log here")
     p = sub.add_parser("search", help="mine every PV of a model into a PV set",
                        description="LMSanitator search mode: keep mining PVs; stop after --patience loops "

@@ -102,6 +102,9 @@ class ScanConfig:
     seed: int = 0  # first fuzz seed
     corpus_seed: int = 0  # which sentences, where the prompt goes
     mode: str = "detect"
+    # Detection mode on a CPU: fuzz loops in this many forked single-thread processes (one loop each)
+    # instead of one process with intra-op threads; same verdict and PV (results taken in seed order).
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -130,6 +133,8 @@ class ScanConfig:
             raise LMSanitatorError("lambda_probe must be >= 0")
         if self.range_factor < 1:
             raise LMSanitatorError("range_factor must be >= 1")
+        if self.workers < 1:
+            raise LMSanitatorError(f"workers must be >= 1, got {self.workers}")
         if self.mode not in ("detect", "search"):
             raise LMSanitatorError("mode must be detect or search")
 

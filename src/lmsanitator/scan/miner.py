@@ -21,6 +21,7 @@ prompt stays inside the embedding matrix's range. An accepted PV means the model
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +36,25 @@ from lmsanitator.models import Encoder, special_ids
 from lmsanitator.scan.config import ScanConfig
 
 _SENTINEL = -1  # placeholder id of soft-prompt slots until padding
+
+# Parallel detection (ScanConfig.workers): forked workers inherit the prepared miner through this
+# global (batches, cached clean outputs, the frozen model; copy-on-write, nothing pickled).
+_WORKER_MINER: "PVMiner | None" = None
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # one core per fuzz loop; also keeps forked OpenMP out of trouble
+
+
+def _fuzz_in_worker(seed: int):
+    """One fuzz loop in a worker. Detection never adds a PV before it stops, so every worker sees
+    the PVs the parent had; an accepted PV is handed back (as numpy) and removed here again."""
+    m = _WORKER_MINER
+    cand = m.fuzz(seed)
+    found = None
+    if cand.accepted:
+        found = (m.pvs_.pop().numpy(), m.soft_prompts_.pop().numpy(), m.pv_seeds_.pop(), m.pv_losses_.pop())
+    return cand, found
 
 
 @dataclass
@@ -437,10 +457,9 @@ class PVMiner:
 
         if self._wants_probes() and not full():
             self._probe_antipodes(on_loop, progress)  # PVs of a resumed search that were never probed
-        for seed in range(first, first + cfg.loops):
-            if full():
-                break
-            cand = self.fuzz(seed, progress=progress)
+        # the generator starts a loop when asked for the next one: full() is checked before that
+        loops = self._fuzz_loops(range(first, first + (0 if full() else cfg.loops)), progress)
+        for seed, cand in loops:
             self.candidates_.append(cand)
             self.loops_run_ += 1
             self.last_seed_ = seed
@@ -457,14 +476,49 @@ class PVMiner:
                 if self._wants_probes():
                     self._probe_antipodes(on_loop, progress)
                     bar.set_postfix(pvs=len(self.pvs_))
+                    if full():
+                        break
             else:
                 since_new += 1
                 if patience is not None and since_new >= patience:
                     break
+        loops.close()  # stops parallel workers still running later seeds
         bar.close()
         self.seconds_ = time.perf_counter() - t0
         self.report_ = self._report(encoder, len(sentences))
         return self
+
+    def parallel_workers(self) -> int:
+        """Processes fit() runs fuzz loops in: ``config.workers`` in detection mode on a CPU, else 1.
+        Detection adds no PV before it stops, so loops are independent and their results are
+        taken in seed order: the verdict and PV are those of the sequential scan."""
+        cfg = self.config
+        if cfg.workers <= 1 or not cfg.stop_at_first or self.encoder.device.type != "cpu":
+            return 1
+        return min(cfg.workers, cfg.loops)
+
+    def _fuzz_loops(self, seeds, progress: bool):
+        """Yield (seed, candidate) in seed order, sequentially or from forked workers."""
+        n = self.parallel_workers()
+        if n == 1:
+            for seed in seeds:
+                yield seed, self.fuzz(seed, progress=progress)
+            return
+        global _WORKER_MINER
+        _WORKER_MINER = self
+        try:
+            with multiprocessing.get_context("fork").Pool(n, initializer=_worker_init) as pool:
+                for seed, (cand, found) in zip(seeds, pool.imap(_fuzz_in_worker, seeds)):
+                    if found is not None:
+                        pv, prompt, pv_seed, losses = found
+                        cand.pv_index = len(self.pvs_)
+                        self.pvs_.append(torch.from_numpy(pv))
+                        self.soft_prompts_.append(torch.from_numpy(prompt))
+                        self.pv_seeds_.append(pv_seed)
+                        self.pv_losses_.append(losses)
+                    yield seed, cand
+        finally:
+            _WORKER_MINER = None
 
     def _report(self, encoder: Encoder, n_sentences: int) -> dict:
         return {
@@ -477,6 +531,7 @@ class PVMiner:
             "sentences": n_sentences,
             "batches": len(self.batches),
             "loops_run": self.loops_run_,
+            "workers": self.parallel_workers(),
             "probes_run": getattr(self, "probes_run_", 0),
             "seconds": round(self.seconds_, 2),
             "prepare_seconds": round(self.prep_seconds, 2),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import platform
 import re
 import subprocess
@@ -54,7 +53,9 @@ def provenance() -> dict:
                                 timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from lmsanitator.models import available_cores
+
+    cores = available_cores()
     return {"versions": versions, "python": sys.version.split()[0], "platform": platform.platform(),
             "cpu": cpu, "cores": cores, "git_commit": commit, "command": " ".join(sys.argv)}
 
