@@ -97,3 +97,36 @@ def test_bundled_models_load():
     assert sre.fingerprint() != m.fingerprint()
     f, _ = m.features(["A real sentence about tea.", "Another one, about the weather."], "cls")
     assert f.shape == (2, 384) and torch.isfinite(f).all()
+
+
+@pytest.mark.parametrize("name", ["minilm", "splade-tiny"])
+def test_target_features_skip_only_what_the_tap_drops(name):
+    """The last layer run for the read row only gives the full pass's rows (real weights, both
+    targets, with and without input embeddings, gradients included)."""
+    enc = load_encoder(name)
+    enc.model.eval()
+    assert enc._last_bert_layer() is not None
+    m = enc.tokenizer.mask_token
+    b = enc.tokenize([f"It is a truth universally {m} that a single man", f"a {m} cat", f"{m} and more words here"])
+    for target in ("cls", "mask"):
+        full, rows = enc.tap(enc.forward(b), b, target)
+        fast, fast_rows = enc.target_features(b, target)
+        assert torch.equal(rows, fast_rows)
+        torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    emb = enc.model.get_input_embeddings()(b["input_ids"]).detach().requires_grad_(True)
+    g = []
+    for fast_path in (False, True):
+        f = (enc.target_features(b, "cls", inputs_embeds=emb)[0] if fast_path
+             else enc.tap(enc.forward(b, inputs_embeds=emb), b, "cls")[0])
+        g.append(torch.autograd.grad(f.pow(2).sum(), emb)[0])
+    torch.testing.assert_close(g[1], g[0], atol=1e-4, rtol=1e-4)
+    enc.model.train()  # dropout: the full pass
+    assert torch.equal(enc.target_features(b, "tokens")[1], enc.tap(enc.forward(b), b, "tokens")[1])
+
+
+def test_target_features_fall_back_where_the_layer_is_not_bert_style():
+    enc = tiny_encoder("xlnet")
+    enc.model.eval()
+    b = enc.tokenize(["a [MASK] cat", "the dog"])
+    assert enc._last_bert_layer() is None
+    assert torch.equal(enc.target_features(b, "cls")[0], enc.tap(enc.forward(b), b, "cls")[0])

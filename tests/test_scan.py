@@ -16,6 +16,15 @@ def sentences():
     return load_corpus("austen")[:96]
 
 
+def test_detection_and_search_train_their_own_way():
+    detect, search = ScanConfig(), ScanConfig(mode="search", stop_at_first=False)
+    assert (detect.epochs, detect.abort_epoch, detect.resolved(True)["lr"]) == (3, 1, 3e-3)
+    assert (search.epochs, search.abort_epoch, search.resolved(True)["lr"]) == (6, 2, 1e-3)
+    assert ScanConfig(epochs=4).abort_epoch == 1  # the paper's check: end of epoch 2 of 4
+    with pytest.raises(LMSanitatorError, match="mode"):
+        ScanConfig(mode="hunt")
+
+
 def test_t_div_is_derived_from_the_batch_size():
     assert t_div_for(32) == pytest.approx(-3.446, abs=1e-3)
     assert t_div_for(16) == pytest.approx(-(math.log(16) - 0.0197))

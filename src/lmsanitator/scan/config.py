@@ -18,11 +18,21 @@ raw thresholds do not transfer across output scales: MiniLM's [CLS] outputs have
 variance of ~0.04, so a batch of *clean* sentences already has diversity -3.4456 < -3.446 and
 the T_div filter would accept anything. In clean-std units ``T_L`` defaults to 1.0 (outputs
 moved by one clean standard deviation per dimension on average) and the base learning rate to
-1e-3 (the initial gradients of these models already exceed T_grad, so the boost rarely engages;
+3e-3 in detection, 1e-3 in search (the initial gradients of these models already exceed T_grad, so the boost rarely engages;
 2e-5 did not move the soft prompt within our CPU budget). ``standardize=False`` restores the
 paper's raw losses and Table 9/10 defaults.
 
-``epochs`` defaults to 6, not the paper's 4: our epochs are 320 sentences, not 2000 (see below).
+Detection and search train their fuzz loops differently (the paper, too, gives the two modes
+their own learning rates, Tables 9-10). Detection needs one PV, fast: 3 epochs of 320 sentences at
+lr 3e-3 (30 steps per loop). Search must recover every PV and keeps the gentler 6 epochs at lr 1e-3
+(60 steps) it was validated with. Both are far shorter than the paper's 4 epochs of 2000 sentences.
+Why detection may be short: the 10-step epochs at lr 1e-3 collapsed one-PV backdoors only in epoch
+4-6 (SPLADE-tiny BToP: diversity -3.33 after epoch 4, -3.46 after epoch 6), but each step moves the
+soft prompt by about lr, so 3x the rate reaches the same prompt in a third of the steps: all 11 POR
+and BToP SPLADE-tiny detection models collapse within 3 epochs at 3e-3 (same seeds or fewer, sign
+agreement with the planted PV >= 0.92), and a clean model's loop, which can only stall, costs half
+as much. The detection experiment (``lmsanitator experiment detection``) validates these settings
+on 20 clean and 20 backdoored models; see ``benchmarks/RESULTS.md``.
 
 ``antipode_probe`` (search mode; our addition, not in the paper): task-agnostic backdoors plant PVs
 in opposite pairs (NeuBA by design, POR's block patterns pair every vector with its negation) so
@@ -45,7 +55,8 @@ from lmsanitator.errors import LMSanitatorError
 from lmsanitator.models import TARGETS
 
 STANDARDIZED_T_L = 1.0
-STANDARDIZED_LR = 1e-3
+STANDARDIZED_LR = {"detect": 3e-3, "search": 1e-3}
+DEFAULT_EPOCHS = {"detect": 3, "search": 6}
 DIV_MARGIN = 0.0197  # ln(32) - 3.446: how close to a full collapse the batch must get
 
 
@@ -71,15 +82,14 @@ class ScanConfig:
     max_length: int = 128
     prompt_length: int = 7  # l_sp
     max_prompt_position: int = 32  # prompt inserted at a word position in [1, min(32, n_words)]
-    # The paper trains 4 epochs of 2000 sentences (~250 steps per fuzz loop); with 320 sentences an
-    # epoch is 10 steps, and a backdoor with one PV collapses the batch only in epoch 5 (POR splade-tiny,
-    # one random trigger: diversity -3.430 after epoch 4, -3.450 after epoch 6). Clean models' loops
-    # stall well above T_div (-3.40) however long they run.
-    epochs: int = 6
-    # 0-based: a seed with no PV by the end of this epoch is abandoned. Default: half way, as the
-    # paper's "end of epoch 2 of 4"; with 10-step epochs the end of epoch 2 is too early (POR splade-tiny
-    # search: after epoch 3 of 6, 5 of 6 planted PVs in 20 loops; after epoch 2, loops are abandoned
-    # at distance -0.4 > -T_L and the search stopped at 1 PV after 10 such loops in a row).
+    # The paper trains 4 epochs of 2000 sentences (~250 steps per fuzz loop); ours are 320 sentences
+    # (10 steps). Default (None): 3 in detection at lr 3e-3, 6 in search at lr 1e-3 (module docstring).
+    # Clean models' loops stall well above T_div (-3.40) however long they run.
+    epochs: int | None = None
+    # 0-based: a seed with no PV by the end of this epoch is abandoned. Default: (epochs - 1) // 2,
+    # the paper's "end of epoch 2 of 4"; 2 of 6 in search, where the end of epoch 2 was too early (POR
+    # splade-tiny search: after epoch 3 of 6, 5 of 6 planted PVs in 20 loops; after epoch 2, loops are
+    # abandoned at distance -0.4 > -T_L and the search stopped at 1 PV after 10 such loops in a row).
     abort_epoch: int | None = None
     early_accept: bool = True  # stop a fuzz loop at the first epoch that passes T_L and T_div (see miner)
     loops: int = 30
@@ -115,8 +125,12 @@ class ScanConfig:
             raise LMSanitatorError(f"--sentences {self.sentences} is fewer than one batch ({self.batch_size})")
         if self.prompt_length < 1:
             raise LMSanitatorError("prompt_length must be >= 1")
+        if self.mode not in ("detect", "search"):
+            raise LMSanitatorError("mode must be detect or search")
+        if self.epochs is None:
+            self.epochs = DEFAULT_EPOCHS[self.mode]
         if self.abort_epoch is None and self.epochs >= 1:
-            self.abort_epoch = max(0, self.epochs // 2 - 1)
+            self.abort_epoch = (self.epochs - 1) // 2
         if self.epochs < 1 or not 0 <= self.abort_epoch < self.epochs:
             raise LMSanitatorError("need epochs >= 1 and 0 <= abort_epoch < epochs")
         if self.loops < 1:
@@ -135,13 +149,11 @@ class ScanConfig:
             raise LMSanitatorError("range_factor must be >= 1")
         if self.workers < 1:
             raise LMSanitatorError(f"workers must be >= 1, got {self.workers}")
-        if self.mode not in ("detect", "search"):
-            raise LMSanitatorError("mode must be detect or search")
 
     def resolved(self, bert_like: bool) -> dict:
         """Thresholds actually used for a model family."""
         if self.standardize:
-            t_l, lr = STANDARDIZED_T_L, STANDARDIZED_LR
+            t_l, lr = STANDARDIZED_T_L, STANDARDIZED_LR[self.mode]
         else:
             t_l, lr = default_t_l(bert_like), default_lr(bert_like, self.mode)
         return {

@@ -227,8 +227,7 @@ class PVMiner:
 
     def _clean_features(self, b: PromptBatch) -> torch.Tensor:
         with torch.no_grad():
-            h = self.encoder.forward(b.as_batch(clean=True))
-            f, _ = self.encoder.tap(h, b.as_batch(clean=True), self.config.target)
+            f, _ = self.encoder.target_features(b.as_batch(clean=True), self.config.target)
         return f
 
     def init_prompt(self, seed: int) -> torch.Tensor:
@@ -243,8 +242,7 @@ class PVMiner:
         batch = b.as_batch()
         emb = enc.model.get_input_embeddings()(b.input_ids)
         emb = emb.masked_scatter(b.prompt_mask.unsqueeze(-1), prompt.repeat(b.input_ids.shape[0], 1))
-        h = enc.forward(batch, inputs_embeds=emb)
-        f, _ = enc.tap(h, batch, self.config.target, exclude=b.prompt_mask)
+        f, _ = enc.target_features(batch, self.config.target, inputs_embeds=emb, exclude=b.prompt_mask)
         return f
 
     def pv_of(self, prompt: torch.Tensor) -> torch.Tensor:

@@ -209,7 +209,7 @@ def zoo(plan: dict, ft_train: dict) -> list[dict]:
 class Detection(Experiment):
     name = "detection"
     paper = "LMSanitator Table 4 (detection over clean and backdoored models)"
-    description = ("Scan verdicts (fuzz loops of 6 epochs, stop at the first legit PV) on clean encoders (bundled + fully "
+    description = ("Scan verdicts (the CLI's detection settings: fuzz loops of 3 epochs at lr 3e-3, stop at the first legit PV) on clean encoders (bundled + fully "
                    "fine-tuned copies) and on encoders backdoored with random triggers. Positive = backdoored.")
 
     def config(self, quick: bool) -> dict:
@@ -225,7 +225,7 @@ class Detection(Experiment):
             scan = {"loops": 30, "sentences": 320}
         ft_train = {"splade-tiny": 300 if quick else 1000, "minilm": 1000, "minilm-sre": 1000}
         return {"plan": plan, "finetune_train_size": ft_train, "corpus": "austen",
-                "scan": {**scan, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0, "corpus_seed": 0},
+                "scan": {**scan, "epochs": 3, "abort_epoch": 1, "batch_size": 32, "seed": 0, "corpus_seed": 0},
                 "attack_verify_sentences": 100 if quick else 200,
                 "models": zoo(plan, ft_train)}
 
@@ -244,7 +244,11 @@ class Detection(Experiment):
         r = miner.report_
         rec["scan"] = {"verdict": r["verdict"], "loops_run": r["loops_run"], "seconds": r["seconds"],
                        "fingerprint": r["fingerprint"],
-                       "best_diversity": min((c["diversity"][-1] for c in r["candidates"] if c["diversity"]), default=None)}
+                       "best_diversity": min((c["diversity"][-1] for c in r["candidates"] if c["diversity"]), default=None),
+                       # per-loop epoch means: what any abort rule would have seen (replayable offline)
+                       "loops": [{"seed": c["seed"], "accepted": c["accepted"],
+                                  "distance": [round(x, 4) for x in c["distance"]],
+                                  "diversity": [round(x, 4) for x in c["diversity"]]} for c in r["candidates"]]}
         if planted is not None and miner.pvs_:
             agree = sign_match(torch.stack(miner.pvs_).float().cpu(), planted.float())
             rec["scan"]["pv_agreement"] = round(float(agree.max()), 4)
