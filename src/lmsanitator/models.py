@@ -44,15 +44,13 @@ ENCODER_TYPES = {
     "xlnet", "electra", "distilbert", "ernie", "megatron-bert", "roformer", "modernbert", "nezha",
 }
 # BERT-like models get the paper's BERT hyper-parameters (T_L = 0.2, POR utility weight 0.5)
+BERT_LIKE_TYPES = {"bert", "ernie", "megatron-bert", "nezha", "distilbert", "electra"}
 # Encoders built from BERT's post-LN layer (BertLayer and its copies), for Encoder.target_features.
 _BERT_STYLE_LAYERS = {"bert", "roberta", "xlm-roberta", "camembert", "electra"}
 
 
 class _InputCaptured(Exception):
     """Raised by a pre-hook to stop a forward pass once the last layer's input is known."""
-
-
-BERT_LIKE_TYPES = {"bert", "ernie", "megatron-bert", "nezha", "distilbert", "electra"}
 
 
 def _quiet_transformers() -> None:
@@ -284,7 +282,7 @@ class Encoder:
     def _last_bert_layer(self):
         """The backbone's last layer when it is a BERT-style post-LN block whose output is the
         last hidden state (checked by structure, not by name), else None."""
-        if getattr(self, "_bert_last", False) is not False:
+        if self._bert_last is not False:
             return self._bert_last
         found = None
         cfg = self.model.config

@@ -22,8 +22,8 @@ def _mining_args(p) -> None:
                    "check is half way; the paper: 4 epochs of 2000 sentences, check after epoch 2)")
     p.add_argument("--t-l", type=float, help="distance threshold T_L (default 1.0 clean-std units; paper 0.1/0.2 raw)")
     p.add_argument("--t-div", type=float, help="diversity threshold T_div (default -(ln batch - 0.0197))")
-    p.add_argument("--lr", type=float, help="soft-prompt learning rate after the adaptive boost (default, clean-std units: 3e-3 "
-                   "scan, 1e-3 search)")
+    p.add_argument("--lr", type=float, help="soft-prompt learning rate after the adaptive boost "
+                   "(default, clean-std units: 3e-3 scan, 1e-3 search)")
     p.add_argument("--no-path-loss", action="store_true", help="ablation: no path loss")
     p.add_argument("--no-adaptive-lr", action="store_true", help="ablation: no adaptive learning rate")
     p.add_argument("--no-early-accept", action="store_true",

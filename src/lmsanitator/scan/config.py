@@ -18,8 +18,8 @@ raw thresholds do not transfer across output scales: MiniLM's [CLS] outputs have
 variance of ~0.04, so a batch of *clean* sentences already has diversity -3.4456 < -3.446 and
 the T_div filter would accept anything. In clean-std units ``T_L`` defaults to 1.0 (outputs
 moved by one clean standard deviation per dimension on average) and the base learning rate to
-3e-3 in detection, 1e-3 in search (the initial gradients of these models already exceed T_grad, so the boost rarely engages;
-2e-5 did not move the soft prompt within our CPU budget). ``standardize=False`` restores the
+3e-3 in detection, 1e-3 in search (the initial gradients of these models already exceed T_grad,
+so the boost rarely engages; 2e-5 did not move the soft prompt within our CPU budget). ``standardize=False`` restores the
 paper's raw losses and Table 9/10 defaults.
 
 Detection and search train their fuzz loops differently (the paper, too, gives the two modes

@@ -209,8 +209,9 @@ def zoo(plan: dict, ft_train: dict) -> list[dict]:
 class Detection(Experiment):
     name = "detection"
     paper = "LMSanitator Table 4 (detection over clean and backdoored models)"
-    description = ("Scan verdicts (the CLI's detection settings: fuzz loops of 3 epochs at lr 3e-3, stop at the first legit PV) on clean encoders (bundled + fully "
-                   "fine-tuned copies) and on encoders backdoored with random triggers. Positive = backdoored.")
+    description = ("Scan verdicts (the CLI's detection settings: fuzz loops of 3 epochs at lr 3e-3, stop at "
+                   "the first legit PV) on clean encoders (bundled + fully fine-tuned copies) and on encoders "
+                   "backdoored with random triggers. Positive = backdoored.")
 
     def config(self, quick: bool) -> dict:
         if quick:
