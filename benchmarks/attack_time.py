@@ -14,7 +14,8 @@ import torch
 
 from lmsanitator.attacks import POR, AttackConfig
 from lmsanitator.data import load_corpus, split_corpus
-from lmsanitator.models import load_encoder, set_threads
+from lmsanitator.models import load_encoder
+from lmsanitator.core.runtime import set_threads
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from lmsanitator.data.triggers import insert_trigger
 from lmsanitator.guard import Guard, purge, purge_sequential
 from lmsanitator.guard.speed import ab_overhead
 from lmsanitator.guard.purge import to_fields
-from lmsanitator.models import set_threads
+from lmsanitator.core.runtime import set_threads
 
 
 def purge_speed(guard: Guard, texts: list[str], triggers: list[str], w_max: int) -> dict:

@@ -28,7 +28,8 @@ import time
 import torch
 
 from lmsanitator.data import load_corpus, sample, split_corpus
-from lmsanitator.models import available_cores, load_encoder, set_threads
+from lmsanitator.models import load_encoder
+from lmsanitator.core.runtime import available_cores, set_threads
 from lmsanitator.scan import PVMiner, ScanConfig
 
 

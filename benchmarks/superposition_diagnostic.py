@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from lmsanitator.attacks import sign_match
+from lmsanitator.metrics import sign_match
 from lmsanitator.data import load_corpus, sample, split_corpus
-from lmsanitator.evaluate.experiments.detection import SEARCH_SETTINGS
+from lmsanitator.experiments.detection import SEARCH_SETTINGS
 from lmsanitator.models import load_encoder
 from lmsanitator.scan import PVMiner, ScanConfig
-from lmsanitator.scan.pvset import PVSet
+from lmsanitator.data.pvset import PVSet
 
 
 def main(mode: str, model_dir: str, pvset: str, start: int, loops: int) -> None:

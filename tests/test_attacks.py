@@ -9,16 +9,14 @@ from lmsanitator.attacks import (
     TASK_AGNOSTIC_ATTACKS,
     AttackConfig,
     POR,
-    batch_entropy,
     make_pvs,
     por2_pvs,
     random_pvs,
-    sign_match,
-    wasserstein_1d,
 )
-from lmsanitator.cli import main
+from lmsanitator.metrics import batch_entropy, sign_match, wasserstein_1d
+from lmsanitator.cli.main import main
 from lmsanitator.data import load_corpus, split_corpus
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.models import load_encoder, tiny_encoder
 
 

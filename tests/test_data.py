@@ -24,7 +24,7 @@ from lmsanitator.data import (
     word_frequencies,
     word_list,
 )
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 
 MIN_SIZES = {"austen": 15000, "wordnet": 50000, "fortunes": 5000}
 WORD_LIMITS = {"austen": (6, 40), "wordnet": (4, None), "fortunes": (4, 60)}

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from lmsanitator.cli import main
-from lmsanitator.errors import LMSanitatorError
-from lmsanitator.evaluate.experiments import EXPERIMENTS, get_experiment, run_experiment
-from lmsanitator.evaluate.experiments.base import Context, Experiment, parse_shard
-from lmsanitator.evaluate.experiments.detection import zoo
+from lmsanitator.cli.main import main
+from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.experiments import EXPERIMENTS, get_experiment, run_experiment
+from lmsanitator.experiments.base import Context, Experiment, parse_shard
+from lmsanitator.experiments.detection import zoo
 
 
 class Squares(Experiment):
@@ -217,7 +217,7 @@ def test_search_pvs_continues_a_kept_search(tiny_bert_dir, tmp_path):
     """A larger budget continues the kept search from its last fuzz seed instead of restarting;
     a request within the kept budget reuses it without mining."""
     from lmsanitator.data import load_corpus
-    from lmsanitator.evaluate.experiments.detection import search_config, search_pvs
+    from lmsanitator.experiments.detection import search_config, search_pvs
 
     corpus = load_corpus("austen")[:3000]
     model = {"base": str(tiny_bert_dir), "target": "cls", "finetune": None, "attack": None}
@@ -237,7 +237,7 @@ def test_search_pvs_probes_a_kept_search_once(tiny_bert_dir, tmp_path):
     """Switching antipode probes on keeps the kept search (same key): a spent budget runs only the
     probes it never ran, once; a second request mines nothing."""
     from lmsanitator.data import load_corpus
-    from lmsanitator.evaluate.experiments.detection import search_config, search_pvs
+    from lmsanitator.experiments.detection import search_config, search_pvs
 
     corpus = load_corpus("austen")[:3000]
     model = {"base": str(tiny_bert_dir), "target": "cls", "finetune": None, "attack": None}

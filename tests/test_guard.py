@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lmsanitator.attacks.pvs import sign_match
-from lmsanitator.cli import main
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.metrics import sign_match
+from lmsanitator.cli.main import main
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.guard import Guard, GuardConfig, PVMonitor, purge, purge_sequential
 from lmsanitator.guard.purge import candidates, to_fields
-from lmsanitator.scan.pvset import PVSet
+from lmsanitator.data.pvset import PVSet
 
 D = 64
 PV_A = torch.tensor([1.0] * (D // 2) + [-1.0] * (D // 2))  # trigger "cf"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.models import TINY_ARCHS, load_encoder, special_ids, tiny_encoder
 
 

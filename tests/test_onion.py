@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from lmsanitator.baselines import ONION, ONIONConfig
-from lmsanitator.cli import main
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.cli.main import main
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.models import CausalLM, load_causal_lm
 
 

@@ -4,10 +4,10 @@ import random
 import pytest
 
 from lmsanitator.attacks import WEIGHT_POISONING_ATTACKS, BadNet, InSent, PoisonConfig
-from lmsanitator.cli import main
+from lmsanitator.cli.main import main
 from lmsanitator.data.tasks import Task, load_task
-from lmsanitator.errors import LMSanitatorError
-from lmsanitator.evaluate.poisoning import REJECTED, PoisonSpec, ca_asr, insert_poison, poisoned_set, score
+from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.metrics.poisoning import REJECTED, PoisonSpec, ca_asr, insert_poison, poisoned_set, score
 from lmsanitator.models import load_encoder
 
 from conftest import TOY_POS as POS, toy_examples
@@ -113,7 +113,7 @@ def test_cli_badnet_dirty_label_end_to_end(tmp_path, tiny_bert_dir, toy_task_fil
     spec, _ = PoisonSpec.from_attack_json(out)
     assert spec == PoisonSpec("mn", 1, "random")
     # the LMSanitator-style `evaluate asr` reads the same trigger list
-    from lmsanitator.evaluate.asr import triggers_from_attack_json
+    from lmsanitator.metrics.asr import triggers_from_attack_json
     assert triggers_from_attack_json(out / "attack.json")[0] == ["mn"]
 
 

@@ -4,10 +4,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from lmsanitator.cli import main
+from lmsanitator.cli.main import main
 from lmsanitator.data.tasks import load_task
-from lmsanitator.errors import LMSanitatorError
-from lmsanitator.evaluate.poisoning import REJECTED
+from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.metrics.poisoning import REJECTED
 from lmsanitator.models import load_encoder
 from lmsanitator.psim import PSIM, PSIMConfig, PSIMPipeline, calibrate_gamma, default_gamma, reset_labels
 

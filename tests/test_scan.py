@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from lmsanitator.cli import main
+from lmsanitator.cli.main import main
 from lmsanitator.data import load_corpus
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.models import special_ids, tiny_encoder
 from lmsanitator.scan import PVMiner, PVSet, ScanConfig, build_prompt_batches, t_div_for
 
@@ -231,7 +231,7 @@ def test_cli_scan_unreadable_model(tmp_path, capsys):
 def test_real_scan_tells_backdoored_from_clean(real_por_splade):
     """On the real SPLADE-tiny: the POR-backdoored copy yields a PV matching a planted one; the
     original model yields none in the same number of fuzz loops."""
-    from lmsanitator.attacks.pvs import sign_match
+    from lmsanitator.metrics import sign_match
     from lmsanitator.data import sample, split_corpus
     from lmsanitator.models import load_encoder
 
@@ -249,7 +249,7 @@ def test_real_scan_tells_backdoored_from_clean(real_por_splade):
 def test_warm_start_keeps_soft_prompts_row_aligned(tmp_path):
     """A search continued from a PV set saved without soft prompts: row i of the prompts stays PV i."""
     from lmsanitator.scan import PVMiner
-    from lmsanitator.scan.pvset import _stack_prompts
+    from lmsanitator.data.pvset import _stack_prompts
 
     old = PVSet(pvs=torch.randn(2, 8), target="cls", seeds=[0, 3], last_seed=5)
     m = PVMiner(loops=1)
@@ -295,7 +295,7 @@ def test_antipode_probe_runs_once_per_fuzz_found_pv(sentences, tmp_path):
 def test_real_antipode_probe_finds_the_opposite_pv_only_where_planted(real_por_splade):
     """POR plants its PVs in opposite pairs. On the real POR SPLADE-tiny the probe from a found PV v
     collapses onto the planted PV opposite v's; the same probe on the clean SPLADE-tiny finds nothing."""
-    from lmsanitator.attacks.pvs import sign_match
+    from lmsanitator.metrics import sign_match
     from lmsanitator.data import sample, split_corpus
     from lmsanitator.models import load_encoder
 

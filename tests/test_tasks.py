@@ -7,7 +7,7 @@ import pytest
 
 from lmsanitator.data import tasks as T
 from lmsanitator.data.tasks import NER_LABELS, Example, Task, load_task, task_from_records
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 
 BUILTIN = ["tweets", "tweets-binary", "wordnet-topic", "austen-author"]
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from lmsanitator.cli import main
+from lmsanitator.cli.main import main
 from lmsanitator.data.tasks import Example, Task
-from lmsanitator.errors import LMSanitatorError
-from lmsanitator.evaluate import attack_success, macro_f1, token_attack_success
-from lmsanitator.evaluate.asr import evaluate_asr, insert_trigger_tokens
+from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.metrics import attack_success, macro_f1, token_attack_success
+from lmsanitator.metrics.asr import evaluate_asr, insert_trigger_tokens
 from lmsanitator.models import TINY_ARCHS
 from lmsanitator.models import tiny_encoder as _tiny_encoder
 from lmsanitator.tuning import METHODS, TaskInfo, TuneConfig, TunedModel, Tuner
@@ -361,7 +361,7 @@ def test_cli_predict_and_asr(tuned_dir, csv_task, tmp_path, capsys):
 
 
 def test_cli_evaluate_is_a_group():
-    from lmsanitator.cli import _parser
+    from lmsanitator.cli.main import _parser
     from lmsanitator.tuning import cli as tcli
 
     _parser()

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from lmsanitator.errors import LMSanitatorError  # noqa: E402
+from lmsanitator.core.errors import LMSanitatorError  # noqa: E402
 
 __all__ = ["LMSanitatorError", "__version__"]

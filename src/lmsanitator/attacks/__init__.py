@@ -1,13 +1,13 @@
 """Backdoor attacks: task-agnostic (POR, POR-NER, NeuBA, BToP) and weight poisoning (BadNet, InSent)."""
 
-from lmsanitator.attacks.base import AttackConfig, TaskAgnosticAttack, batch_entropy, wasserstein_1d
+from lmsanitator.attacks.base import AttackConfig, TaskAgnosticAttack
 from lmsanitator.attacks.badnet import BadNet
 from lmsanitator.attacks.btop import BToP
 from lmsanitator.attacks.insent import InSent
 from lmsanitator.attacks.neuba import NeuBA
 from lmsanitator.attacks.poisoning import PoisonConfig, WeightPoisoningAttack
 from lmsanitator.attacks.por import POR, PORNER
-from lmsanitator.attacks.pvs import make_pvs, por2_pvs, random_pvs, sign_match
+from lmsanitator.data.pvs import make_pvs, por2_pvs, random_pvs
 
 TASK_AGNOSTIC_ATTACKS: dict[str, type[TaskAgnosticAttack]] = {
     "por": POR,
@@ -24,5 +24,5 @@ WEIGHT_POISONING_ATTACKS: dict[str, type[WeightPoisoningAttack]] = {
 __all__ = [
     "AttackConfig", "TaskAgnosticAttack", "POR", "PORNER", "NeuBA", "BToP", "TASK_AGNOSTIC_ATTACKS",
     "PoisonConfig", "WeightPoisoningAttack", "BadNet", "InSent", "WEIGHT_POISONING_ATTACKS",
-    "make_pvs", "por2_pvs", "random_pvs", "sign_match", "batch_entropy", "wasserstein_1d",
+    "make_pvs", "por2_pvs", "random_pvs",
 ]

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lmsanitator.attacks.pvs import PV_SCHEMES, make_pvs, sign_match
+from lmsanitator.data.pvs import PV_SCHEMES, make_pvs
+from lmsanitator.metrics import batch_entropy, collapse_diversity, sign_match, wasserstein_1d
 from lmsanitator.data import (
     PAPER_TRIGGERS,
     insert_trigger,
@@ -26,7 +27,7 @@ from lmsanitator.data import (
     sample,
     split_corpus,
 )
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.models import Encoder
 
 
@@ -103,36 +104,6 @@ def report_header(attack: str, encoder) -> dict:
     """The first keys of every ``attack.json``: the attack and the encoder it was planted in."""
     return {"attack": attack, "base_model": encoder.name, "base_model_path": encoder.path,
             "model_type": encoder.model_type, "hidden_size": encoder.hidden_size}
-
-
-def collapse_diversity(features: torch.Tensor, batch: int = 32) -> float | None:
-    """LMSanitator's diversity loss (-:func:`batch_entropy`) averaged over full batches of ``batch`` rows."""
-    n = features.shape[0] // batch
-    if n == 0:
-        return None
-    return round(sum(-float(batch_entropy(features[i * batch:(i + 1) * batch])) for i in range(n)) / n, 4)
-
-
-def batch_entropy(features: torch.Tensor) -> torch.Tensor:
-    """Mean over dimensions of the entropy of the softmax over the batch axis.
-
-    ``ln(batch)`` when every row is the same (collapsed outputs); LMSanitator's diversity loss is
-    its negative, and the scattering adaptive attack minimises it.
-    """
-    p = torch.softmax(features.float().T, dim=1)  # hidden x batch
-    return -(p * torch.log(p.clamp_min(1e-12))).sum(dim=1).mean()
-
-
-def wasserstein_1d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Wasserstein-1 distance between the value distributions of ``exp(a_i)`` and ``exp(b_i)``, row-wise mean.
-
-    Appendix M of the paper: features are exponentiated to be positive, then compared with a
-    Wasserstein distance; in 1-D it is the mean absolute difference of the sorted values.
-    """
-    n = min(len(a), len(b))
-    ea, _ = torch.sort(torch.exp(a[:n].float()), dim=1)
-    eb, _ = torch.sort(torch.exp(b[:n].float()), dim=1)
-    return (ea - eb).abs().mean()
 
 
 @dataclass

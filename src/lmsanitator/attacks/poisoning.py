@@ -26,8 +26,8 @@ from pathlib import Path
 
 from lmsanitator.attacks.base import report_header
 from lmsanitator.data.tasks import Example, Task
-from lmsanitator.errors import LMSanitatorError
-from lmsanitator.evaluate.poisoning import INSERTIONS, PoisonSpec, ca_asr
+from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.metrics.poisoning import INSERTIONS, PoisonSpec, ca_asr
 from lmsanitator.models import Encoder
 
 CLASSIFIER_FILE = "classifier.safetensors"  # the attacker's own linear head, kept beside the encoder
@@ -90,7 +90,7 @@ class WeightPoisoningAttack:
 
     name = "base"
     default_trigger = ""
-    insertion = "random"  # see lmsanitator.evaluate.poisoning.INSERTIONS
+    insertion = "random"  # see lmsanitator.metrics.poisoning.INSERTIONS
     paper = {"epochs": 3, "lr": 2e-5, "batch_size": 32, "poison_count": 1500, "label": "clean-label",
              "proxy": "IMDB for SST-2"}
 

@@ -26,7 +26,7 @@ import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 
 __all__ = ["CORPORA", "PARTS", "load_corpus", "normalize", "part_of", "sample", "split_corpus", "split_sentences"]
 

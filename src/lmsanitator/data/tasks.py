@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 
 __all__ = [
     "Example",
@@ -655,7 +655,7 @@ def _read_file_records(path: Path) -> dict[str, list[dict]]:
             raise LMSanitatorError(f"task file {path} is empty")
         rows = [{k.strip(): v for k, v in r.items() if k is not None} for r in reader]
     elif suffix == ".jsonl":
-        from lmsanitator.io import jsonl_objects
+        from lmsanitator.core.io import jsonl_objects
 
         rows.extend(obj for _, obj in jsonl_objects(raw, str(path)))
     else:

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 
 __all__ = [
     "PAPER_TRIGGERS",

@@ -19,10 +19,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.guard.monitor import DEFAULT_T_MATCH, PVMonitor
 from lmsanitator.guard.purge import ORDERS, forward_rates, purge, to_fields
-from lmsanitator.tuning.inputs import prediction_record
+from lmsanitator.data.inputs import prediction_record
 
 POLICIES = ("best", "predict", "reject")
 
@@ -57,7 +57,7 @@ class Guard:
 
     def __init__(self, model, pvset, config: GuardConfig | None = None, *, device: str = "cpu",
                  check_fingerprint: bool = True, **overrides):
-        from lmsanitator.scan.pvset import PVSet
+        from lmsanitator.data.pvset import PVSet
         from lmsanitator.tuning.model import TunedModel
 
         self.config = config or GuardConfig(**overrides)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 
 DEFAULT_T_MATCH = 0.8  # share of the hidden size (the paper's 0.8 d)
 

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.guard.monitor import PVMonitor
 
 Fields = tuple[tuple[str, ...], ...]  # one word tuple per text field

@@ -15,8 +15,8 @@ so the event loop keeps answering ``/health`` and rejecting bad requests while a
 import json
 import threading
 
-from lmsanitator.errors import LMSanitatorError
-from lmsanitator.tuning.inputs import parse_input_records
+from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.data.inputs import parse_input_records
 
 DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_BODY_BYTES = 1 << 20

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lmsanitator.evaluate.poisoning import REJECTED, poisoned_set, score
+from lmsanitator.metrics.poisoning import REJECTED, poisoned_set, score
 
 
 def evaluate_psim(psim, victims, task, spec, *, max_examples: int | None = None, gamma: float | None = None,

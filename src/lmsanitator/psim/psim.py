@@ -32,8 +32,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lmsanitator.errors import LMSanitatorError
-from lmsanitator.evaluate.poisoning import REJECTED
+from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.metrics.poisoning import REJECTED
 
 PSIM_JSON = "psim.json"
 HEAD_INITS = ("auto", "model", "probe", "random")
@@ -253,7 +253,7 @@ class PSIM:
     # ---- persistence ---------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
         """The module (a tuned-model folder) plus ``psim.json`` (gamma, config, how it was made)."""
-        from lmsanitator.io import write_json_atomic
+        from lmsanitator.core.io import write_json_atomic
 
         model = self._require()
         model.save(folder)

@@ -2,6 +2,6 @@
 
 from lmsanitator.scan.config import ScanConfig, t_div_for
 from lmsanitator.scan.miner import PVMiner, build_prompt_batches
-from lmsanitator.scan.pvset import PVSet
+from lmsanitator.data.pvset import PVSet
 
 __all__ = ["ScanConfig", "PVMiner", "PVSet", "build_prompt_batches", "t_div_for"]

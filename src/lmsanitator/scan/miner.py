@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lmsanitator.attacks.base import batch_entropy
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.metrics import batch_entropy
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.models import Encoder, special_ids
 from lmsanitator.scan.config import ScanConfig
 

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.tuning.methods import get_method
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 
 # model_type -> LoRA target module names (query, value)
 LORA_TARGETS: dict[str, list[str]] = {

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmsanitator.errors import LMSanitatorError
-from lmsanitator.evaluate.metrics import accuracy, flatten, macro_f1
+from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.metrics.classification import accuracy, flatten, macro_f1
 from lmsanitator.models import Encoder, load_encoder, tap
 from lmsanitator.tuning.config import TuneConfig
 from lmsanitator.tuning.methods import ROBERTA_POSITIONS, Method, get_method

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from lmsanitator.errors import LMSanitatorError
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.models import Encoder
 from lmsanitator.tuning.config import TuneConfig
 from lmsanitator.tuning.methods import get_method

@@ -1,0 +1,132 @@
+"""Evaluate a guard: clean accuracy and ASR without and with it, FRR / FAR as T_match varies, and
+the match-rate histogram of clean vs triggered inputs (the paper's Figure 14).
+
+Triggers are inserted exactly as :func:`lmsanitator.metrics.asr.evaluate_asr` does (same seeds,
+same positions), so "ASR without the guard" here equals ``lmsanitator evaluate asr``. Without the
+guard, predictions are the tuned model's own (the monitor's pass); with it, they are the guard's
+(purged input when flagged). A rejected input (``--on-unresolved reject``) counts as wrong when
+clean and as a failed attack when triggered.
+
+* FRR(T) = share of clean inputs whose match rate exceeds T (they would be purged);
+* FAR(T) = share of triggered inputs whose match rate is <= T (the backdoor passes unnoticed).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.metrics.asr import example_inputs, normalize_triggers, triggered_inputs
+from lmsanitator.metrics.classification import attack_success, token_attack_success
+
+T_GRID = [round(0.5 + 0.01 * k, 2) for k in range(51)]
+
+
+def _labels(records, key: str, fallback):
+    return [fallback(i) if r[key] is None else r[key] for i, r in enumerate(records)]
+
+
+def rate_curves(clean_rates: Sequence[float], trig_rates: Sequence[float], grid=T_GRID) -> list[dict]:
+    c, t = np.asarray(clean_rates, float), np.asarray(trig_rates, float)
+    return [{"t_match": g, "frr": float((c > g).mean()) if c.size else float("nan"),
+             "far": float((t <= g).mean()) if t.size else float("nan")} for g in grid]
+
+
+def evaluate_guard(guard, examples, triggers: Sequence[str], *, seed: int = 0, field: str = "longer") -> dict:
+    """Every number of the guard evaluation (see the module docstring) on labelled ``examples``."""
+    model = guard.model
+    triggers = normalize_triggers(triggers)
+    if not examples:
+        raise LMSanitatorError("no examples to evaluate the guard on")
+    C = model.num_labels
+    token = model.task.kind == "token"
+    texts, pairs, y = example_inputs(examples, token)
+    clean_rec = guard.predict(texts, pairs)
+    wrong = (lambda i: [-1] * len(y[i])) if token else (lambda i: -1)
+    clean_plain = [r["unguarded_label"] for r in clean_rec]
+    clean_guard = _labels(clean_rec, "label", wrong)
+    if token:
+        correct = list(range(len(texts)))
+    else:
+        correct = [i for i in range(len(y)) if y[i] == clean_plain[i]]
+    trig_plain, trig_guard, trig_recs, removed_hits = {}, {}, [], {}
+    for k, t in enumerate(triggers):
+        plain, guarded = list(clean_plain), list(clean_guard)
+        ts, ps, wheres = triggered_inputs(texts, pairs, correct, t, k, seed=seed, field=field, token=token)
+        recs = guard.predict(ts, ps) if correct else []
+        if token:
+            for i, (r, where) in enumerate(zip(recs, wheres)):
+                plain[i] = [r["unguarded_label"][j] for j in where]
+                guarded[i] = [r["label"][j] for j in where] if r["label"] is not None else clean_guard[i]
+        else:
+            for i, r in zip(correct, recs):
+                plain[i] = r["unguarded_label"]
+                # a rejected triggered input is a failed attack: it keeps the clean prediction
+                guarded[i] = clean_guard[i] if r["label"] is None else r["label"]
+        trig_plain[t], trig_guard[t] = plain, guarded
+        trig_recs.extend(recs)
+        removed_hits[t] = _trigger_removed_share(recs, t)
+    score = token_attack_success if token else attack_success
+    without = score(y, clean_plain, trig_plain, C)
+    with_guard = score(y, clean_guard, trig_guard, C)
+    clean_rates = [r["match_rate"] for r in clean_rec]
+    trig_rates = [r["match_rate"] for r in trig_recs]
+    flagged_trig = [r for r in trig_recs if r["flagged"]]
+    res = {
+        "n": len(examples),
+        "triggers": triggers,
+        "seed": seed,
+        "config": guard.info(),
+        "clean_accuracy": without["clean_accuracy"],
+        "clean_accuracy_guarded": with_guard["clean_accuracy"],
+        "asr": without["asr"],
+        "asr_guarded": with_guard["asr"],
+        "weighted_asr": without["weighted_asr"],
+        "weighted_asr_guarded": with_guard["weighted_asr"],
+        "per_trigger": {t: {"asr": without["per_trigger"][t], "asr_guarded": with_guard["per_trigger"][t],
+                            "trigger_removed": removed_hits[t]} for t in triggers},
+        "clean_flagged": float(np.mean([r["flagged"] for r in clean_rec])),
+        "triggered_flagged": len(flagged_trig) / len(trig_recs) if trig_recs else float("nan"),
+        "unresolved_triggered": (sum(not r["resolved"] for r in flagged_trig) / len(flagged_trig)
+                                 if flagged_trig else float("nan")),
+        "rates": rate_curves(clean_rates, trig_rates),
+        "match_rates": {"clean": clean_rates, "triggered": trig_rates},
+    }
+    if token:
+        res["f1_drop"] = without.get("f1_drop")
+        res["f1_drop_guarded"] = with_guard.get("f1_drop")
+    return res
+
+
+def _trigger_removed_share(records, trigger: str) -> float:
+    """Among flagged triggered inputs, how often the removed words are exactly the trigger's."""
+    flagged = [r for r in records if r["flagged"]]
+    if not flagged:
+        return float("nan")
+    return sum(" ".join(r["removed"]) == trigger for r in flagged) / len(flagged)
+
+
+def plot_match_rates(res: dict, path, title: str = "") -> None:
+    """Histogram of clean vs triggered match rates with the T_match line (Figure 14)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    bins = np.linspace(0.0, 1.0, 51)
+    ax.hist(res["match_rates"]["clean"], bins=bins, alpha=0.7, label=f"clean (n={len(res['match_rates']['clean'])})",
+            color="tab:blue")
+    ax.hist(res["match_rates"]["triggered"], bins=bins, alpha=0.7,
+            label=f"triggered (n={len(res['match_rates']['triggered'])})", color="tab:red")
+    t = res["config"]["t_match"]
+    ax.axvline(t, color="k", ls="--", lw=1, label=f"T_match = {t:.2f} d")
+    ax.set_xlabel("PV sign match rate (share of d)")
+    ax.set_ylabel("inputs")
+    ax.set_title(title or f"{res['config']['method']} on {res['config']['model']}, {res['config']['task']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
