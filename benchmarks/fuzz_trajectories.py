@@ -28,15 +28,35 @@ def main(argv: list[str]) -> None:
             path, loops, target = spec.rsplit(":", 2)
             enc = load_encoder(path)
             t = time.perf_counter()
-            scan = {"loops": int(loops), "sentences": 320, "epochs": 6, "abort_epoch": 5, "batch_size": 32,
-                    "seed": 0, "corpus_seed": 0}  # abort_epoch = last epoch: never abandoned early
+            scan = {
+                "loops": int(loops),
+                "sentences": 320,
+                "epochs": 6,
+                "abort_epoch": 5,
+                "batch_size": 32,
+                "seed": 0,
+                "corpus_seed": 0,
+            }  # abort_epoch = last epoch: never abandoned early
             m = mine(enc, corpus, target, scan)
             for c in m.candidates_:
-                out.write(json.dumps({"model": path, "seed": c.seed, "accepted": c.accepted, "distance": c.distance,
-                                      "diversity": c.diversity, "seconds": round(c.seconds, 1)}) + "\n")
+                out.write(
+                    json.dumps(
+                        {
+                            "model": path,
+                            "seed": c.seed,
+                            "accepted": c.accepted,
+                            "distance": c.distance,
+                            "diversity": c.diversity,
+                            "seconds": round(c.seconds, 1),
+                        }
+                    )
+                    + "\n"
+                )
             out.flush()
-            print(f"{path}: {len(m.candidates_)} loops, {len(m.pvs_)} PV(s), {time.perf_counter() - t:.0f} s",
-                  flush=True)
+            print(
+                f"{path}: {len(m.candidates_)} loops, {len(m.pvs_)} PV(s), {time.perf_counter() - t:.0f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

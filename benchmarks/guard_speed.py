@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
+from lmsanitator.core.runtime import set_threads
 from lmsanitator.data.tasks import load_task
 from lmsanitator.data.triggers import insert_trigger
 from lmsanitator.guard import Guard, purge, purge_sequential
-from lmsanitator.guard.speed import ab_overhead
 from lmsanitator.guard.purge import to_fields
-from lmsanitator.core.runtime import set_threads
+from lmsanitator.guard.speed import ab_overhead
 
 
 def purge_speed(guard: Guard, texts: list[str], triggers: list[str], w_max: int) -> dict:
@@ -52,19 +52,25 @@ def purge_speed(guard: Guard, texts: list[str], triggers: list[str], w_max: int)
         return {"flagged": 0}
     out = {"flagged": len(flagged), "triggers": triggers}
     runs = {}
-    for name, fn in (("saliency", lambda xs: purge(guard.model, guard.monitor, xs, w_max, order="saliency")),
-                     ("reading", lambda xs: purge(guard.model, guard.monitor, xs, w_max, order="reading")),
-                     ("sequential", lambda xs: purge_sequential(guard.model, guard.monitor, xs, w_max))):
+    for name, fn in (
+        ("saliency", lambda xs: purge(guard.model, guard.monitor, xs, w_max, order="saliency")),
+        ("reading", lambda xs: purge(guard.model, guard.monitor, xs, w_max, order="reading")),
+        ("sequential", lambda xs: purge_sequential(guard.model, guard.monitor, xs, w_max)),
+    ):
         fn(flagged[:4])  # warm-up (first autograd pass, allocator), not timed
         t0 = time.perf_counter()
         runs[name] = fn(flagged)
         out[f"{name}_s"] = round(time.perf_counter() - t0, 3)
         out[f"{name}_candidates"] = sum(x.candidates for x in runs[name])
-        out[f"{name}_trigger_removed"] = round(sum(x.removed == w for x, w in zip(runs[name], want)) / len(want), 4)
+        out[f"{name}_trigger_removed"] = round(
+            sum(x.removed == w for x, w in zip(runs[name], want)) / len(want), 4
+        )
         out[f"{name}_resolved"] = round(sum(x.resolved for x in runs[name]) / len(want), 4)
     for name in ("saliency", "reading"):
         out[f"{name}_speedup"] = round(out["sequential_s"] / out[f"{name}_s"], 2)
-        same = sum((x.removed, x.fields) == (y.removed, y.fields) for x, y in zip(runs[name], runs["sequential"]))
+        same = sum(
+            (x.removed, x.fields) == (y.removed, y.fields) for x, y in zip(runs[name], runs["sequential"])
+        )
         out[f"{name}_same_as_sequential"] = f"{same}/{len(flagged)}"
     return out
 
@@ -76,8 +82,11 @@ def service_rps(adapter: str, pvs: str, texts: list[str], batch: int, requests: 
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]
     exe = Path(sys.executable).with_name("lmsanitator")
-    proc = subprocess.Popen([str(exe), "serve", "--adapter", adapter, "--pvs", pvs, "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--adapter", adapter, "--pvs", pvs, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -86,8 +95,10 @@ def service_rps(adapter: str, pvs: str, texts: list[str], batch: int, requests: 
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        bodies = [{"inputs": [{"text": t} for t in texts[(i * batch) % len(texts):][:batch] or texts[:batch]]}
-                  for i in range(requests)]
+        bodies = [
+            {"inputs": [{"text": t} for t in texts[(i * batch) % len(texts) :][:batch] or texts[:batch]]}
+            for i in range(requests)
+        ]
         with httpx.Client(timeout=120) as c:
             c.post(f"{url}/predict", json=bodies[0])  # warm-up
 
@@ -100,8 +111,14 @@ def service_rps(adapter: str, pvs: str, texts: list[str], batch: int, requests: 
             with ThreadPoolExecutor(workers) as ex:
                 n = sum(ex.map(one, bodies))
             dt = time.perf_counter() - t0
-        return {"batch": batch, "requests": requests, "workers": workers, "seconds": round(dt, 3),
-                "requests_per_s": round(requests / dt, 2), "inputs_per_s": round(n / dt, 1)}
+        return {
+            "batch": batch,
+            "requests": requests,
+            "workers": workers,
+            "seconds": round(dt, 3),
+            "requests_per_s": round(requests / dt, 2),
+            "inputs_per_s": round(n / dt, 1),
+        }
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -112,12 +129,19 @@ def main() -> None:
     ap.add_argument("--adapter", required=True)
     ap.add_argument("--pvs", required=True)
     ap.add_argument("--task", required=True)
-    ap.add_argument("--trigger", required=True, help="comma-separated triggers, each inserted into every text")
+    ap.add_argument(
+        "--trigger", required=True, help="comma-separated triggers, each inserted into every text"
+    )
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--w-max", type=int, default=3)
-    ap.add_argument("--calibrate", type=int, default=300, metavar="N",
-                    help="calibrate per-PV thresholds on the first N validation texts, as `evaluate guard` does (0: off)")
+    ap.add_argument(
+        "--calibrate",
+        type=int,
+        default=300,
+        metavar="N",
+        help="calibrate per-PV thresholds on the first N validation texts, as `evaluate guard` does (0: off)",
+    )
     ap.add_argument("--no-service", action="store_true")
     ap.add_argument("--no-purge", action="store_true")
     a = ap.parse_args()
@@ -127,27 +151,46 @@ def main() -> None:
     if a.calibrate:
         guard.calibrate([e.text for e in task.validation[: a.calibrate]])
     texts = [e.text for e in task.test[: a.n]]
-    res = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
-           "adapter": a.adapter, "task": a.task, "n": len(texts), "calibration": guard.calibration}
-    res["overhead"] = [ab_overhead(guard, texts, 1, max(1, a.rounds // 2)), ab_overhead(guard, texts, 32, a.rounds)]
+    res = {
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "adapter": a.adapter,
+        "task": a.task,
+        "n": len(texts),
+        "calibration": guard.calibration,
+    }
+    res["overhead"] = [
+        ab_overhead(guard, texts, 1, max(1, a.rounds // 2)),
+        ab_overhead(guard, texts, 32, a.rounds),
+    ]
     res["trigger_removal"] = {} if a.no_purge else purge_speed(guard, texts, a.trigger.split(","), a.w_max)
     if not a.no_service:
-        res["service"] = [service_rps(a.adapter, a.pvs, texts, 1, 64, 4), service_rps(a.adapter, a.pvs, texts, 32, 16, 4)]
+        res["service"] = [
+            service_rps(a.adapter, a.pvs, texts, 1, 64, 4),
+            service_rps(a.adapter, a.pvs, texts, 32, 16, 4),
+        ]
     print(json.dumps(res, indent=2))
     for o in res["overhead"]:
-        print(f"guard overhead at batch {o['batch']}: {100 * o['overhead']:+.1f}% "
-              f"({o['guarded_s']:.3f} s vs {o['unguarded_s']:.3f} s for {o['inputs']} inputs); full guard.predict "
-              f"{o['guard_predict_s']:.3f} s with {o['clean_flagged']} clean input(s) flagged and purged", file=sys.stderr)
+        print(
+            f"guard overhead at batch {o['batch']}: {100 * o['overhead']:+.1f}% "
+            f"({o['guarded_s']:.3f} s vs {o['unguarded_s']:.3f} s for {o['inputs']} inputs); full guard.predict "
+            f"{o['guard_predict_s']:.3f} s with {o['clean_flagged']} clean input(s) flagged and purged",
+            file=sys.stderr,
+        )
     t = res["trigger_removal"]
     if t.get("flagged"):
-        print(f"trigger removal on {t['flagged']} flagged inputs: sequential {t['sequential_s']} s "
-              f"({t['sequential_candidates']} candidates); batched, saliency order {t['saliency_s']} s "
-              f"({t['saliency_candidates']}) -> {t['saliency_speedup']}x, trigger removed {t['saliency_trigger_removed']}; "
-              f"batched, reading order {t['reading_s']} s ({t['reading_candidates']}) -> {t['reading_speedup']}x",
-              file=sys.stderr)
+        print(
+            f"trigger removal on {t['flagged']} flagged inputs: sequential {t['sequential_s']} s "
+            f"({t['sequential_candidates']} candidates); batched, saliency order {t['saliency_s']} s "
+            f"({t['saliency_candidates']}) -> {t['saliency_speedup']}x, trigger removed {t['saliency_trigger_removed']}; "
+            f"batched, reading order {t['reading_s']} s ({t['reading_candidates']}) -> {t['reading_speedup']}x",
+            file=sys.stderr,
+        )
     for s in res.get("service", []):
-        print(f"service: {s['requests_per_s']} requests/s at batch {s['batch']} ({s['inputs_per_s']} inputs/s, "
-              f"{s['workers']} concurrent clients)", file=sys.stderr)
+        print(
+            f"service: {s['requests_per_s']} requests/s at batch {s['batch']} ({s['inputs_per_s']} inputs/s, "
+            f"{s['workers']} concurrent clients)",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -32,21 +32,38 @@ def rows(root: Path, scen: str) -> list[str]:
         m = r["method"]
         b, a7, ac = r["before"], r.get("after_folder_gamma", r["after"]), r["after"]
         oo = o.get(m, {})
-        out.append(" | ".join([
-            f"| {scen}", m, _pct(b["clean_accuracy"]), _pct(b["asr"]), _pct(a7["clean_accuracy"]), _pct(a7["asr"]),
-            _pct(ac["clean_accuracy"]), _pct(ac["asr"]),
-            _pct(oo.get("before", {}).get("clean_accuracy")), _pct(oo.get("before", {}).get("asr")),
-            _pct(oo.get("after", {}).get("clean_accuracy")), _pct(oo.get("after", {}).get("asr")) + " |"]))
-    out.append(f"| {scen} | *flagged clean / poisoned* | | | {_pct(cal['flagged_clean_folder_gamma'])} | "
-               f"{_pct(cal['flagged_poisoned_folder_gamma'])} | {_pct(cal['flagged_clean'])} | "
-               f"{_pct(cal['flagged_poisoned'])} | | | | *γ {cal['folder_gamma']:.3f} / cal. {cal['gamma']:.3f}* |")
+        out.append(
+            " | ".join(
+                [
+                    f"| {scen}",
+                    m,
+                    _pct(b["clean_accuracy"]),
+                    _pct(b["asr"]),
+                    _pct(a7["clean_accuracy"]),
+                    _pct(a7["asr"]),
+                    _pct(ac["clean_accuracy"]),
+                    _pct(ac["asr"]),
+                    _pct(oo.get("before", {}).get("clean_accuracy")),
+                    _pct(oo.get("before", {}).get("asr")),
+                    _pct(oo.get("after", {}).get("clean_accuracy")),
+                    _pct(oo.get("after", {}).get("asr")) + " |",
+                ]
+            )
+        )
+    out.append(
+        f"| {scen} | *flagged clean / poisoned* | | | {_pct(cal['flagged_clean_folder_gamma'])} | "
+        f"{_pct(cal['flagged_poisoned_folder_gamma'])} | {_pct(cal['flagged_clean'])} | "
+        f"{_pct(cal['flagged_poisoned'])} | | | | *γ {cal['folder_gamma']:.3f} / cal. {cal['gamma']:.3f}* |"
+    )
     return out
 
 
 def main(argv: list[str]) -> None:
     root = Path(argv[0])
-    print("| scenario | victim | CA | ASR | CA PSIM γ=0.7 | ASR PSIM γ=0.7 | CA PSIM cal. | ASR PSIM cal. | "
-          "CA (ONION n) | ASR (ONION n) | CA ONION | ASR ONION |")
+    print(
+        "| scenario | victim | CA | ASR | CA PSIM γ=0.7 | ASR PSIM γ=0.7 | CA PSIM cal. | ASR PSIM cal. | "
+        "CA (ONION n) | ASR (ONION n) | CA ONION | ASR ONION |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for scen in argv[1:]:
         print("\n".join(rows(root, scen)))

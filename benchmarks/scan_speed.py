@@ -27,9 +27,9 @@ import time
 
 import torch
 
+from lmsanitator.core.runtime import available_cores, set_threads
 from lmsanitator.data import load_corpus, sample, split_corpus
 from lmsanitator.models import load_encoder
-from lmsanitator.core.runtime import available_cores, set_threads
 from lmsanitator.scan import PVMiner, ScanConfig
 
 
@@ -70,7 +70,7 @@ def peak_flops(seconds: float = 3.0) -> float:
     while time.perf_counter() - t0 < seconds:
         a @ b
         n += 1
-    return n * 2 * 2048 ** 3 / (time.perf_counter() - t0)
+    return n * 2 * 2048**3 / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -78,10 +78,19 @@ def main() -> None:
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--full", action="store_true", help="also time a 30-loop detection scan")
-    ap.add_argument("--roofline", action="store_true", help="also count a fuzz step's FLOPs and give the "
-                    "least time a 30-loop clean scan can take at this machine's measured matmul peak")
-    ap.add_argument("--parallel", type=int, default=0, metavar="N",
-                    help="also time N fuzz loops with intra-op threads vs one forked worker per core")
+    ap.add_argument(
+        "--roofline",
+        action="store_true",
+        help="also count a fuzz step's FLOPs and give the "
+        "least time a 30-loop clean scan can take at this machine's measured matmul peak",
+    )
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N fuzz loops with intra-op threads vs one forked worker per core",
+    )
     a = ap.parse_args()
     set_threads()
     enc = load_encoder(a.model)
@@ -100,33 +109,51 @@ def main() -> None:
     t_full = time_steps(ours, a.steps)
     enc._bert_last = fast_last
     t_ours = time_steps(ours, a.steps)
-    res = {"model": a.model, "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
-           "steps": a.steps, "naive_s_per_step": round(t_naive, 4),
-           "full_last_layer_s_per_step": round(t_full, 4), "ours_s_per_step": round(t_ours, 4),
-           "speedup": round(t_naive / t_ours, 2), "target_rows_speedup": round(t_full / t_ours, 2),
-           "target_rows_last_layer": fast_last is not None, "prepare_s": round(ours.prep_seconds, 2)}
+    res = {
+        "model": a.model,
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "steps": a.steps,
+        "naive_s_per_step": round(t_naive, 4),
+        "full_last_layer_s_per_step": round(t_full, 4),
+        "ours_s_per_step": round(t_ours, 4),
+        "speedup": round(t_naive / t_ours, 2),
+        "target_rows_speedup": round(t_full / t_ours, 2),
+        "target_rows_last_layer": fast_last is not None,
+        "prepare_s": round(ours.prep_seconds, 2),
+    }
     if a.roofline:
         fl = epoch_flops(ours)
         steps = len(ours.batches)
         peak = peak_flops()
         clean_scan = fl * cfg.epochs * 30  # a clean model's loops run every epoch (no PV to stop at)
-        res.update(step_gflop=round(fl / steps / 1e9, 2), peak_gflops=round(peak / 1e9, 1),
-                   step_gflops_achieved=round(fl / steps / t_ours / 1e9, 1),
-                   clean_scan_tflop=round(clean_scan / 1e12, 1),
-                   clean_scan_floor_s=round(clean_scan / peak, 1))
+        res.update(
+            step_gflop=round(fl / steps / 1e9, 2),
+            peak_gflops=round(peak / 1e9, 1),
+            step_gflops_achieved=round(fl / steps / t_ours / 1e9, 1),
+            clean_scan_tflop=round(clean_scan / 1e12, 1),
+            clean_scan_floor_s=round(clean_scan / peak, 1),
+        )
     if a.parallel:
         cores = available_cores()
         secs = {}
         for workers in (1, cores):
-            m = PVMiner(ScanConfig(loops=a.parallel, workers=workers, max_length=64)).fit(enc, sents, progress=False)
+            m = PVMiner(ScanConfig(loops=a.parallel, workers=workers, max_length=64)).fit(
+                enc, sents, progress=False
+            )
             secs[workers] = m.seconds_
             res[f"loops_{a.parallel}_workers_{workers}_s"] = round(m.seconds_, 1)
         res["parallel_speedup"] = round(secs[1] / secs[cores], 2)
     if a.full:
         t0 = time.perf_counter()
-        m = PVMiner(ScanConfig(loops=30, workers=available_cores(), max_length=64)).fit(enc, sents, progress=False)
-        res.update(full_scan_s=round(time.perf_counter() - t0, 1), verdict=m.report_["verdict"],
-                   loops_run=m.report_["loops_run"], workers=m.report_["workers"])
+        m = PVMiner(ScanConfig(loops=30, workers=available_cores(), max_length=64)).fit(
+            enc, sents, progress=False
+        )
+        res.update(
+            full_scan_s=round(time.perf_counter() - t0, 1),
+            verdict=m.report_["verdict"],
+            loops_run=m.report_["loops_run"],
+            workers=m.report_["workers"],
+        )
     print(json.dumps(res))
 
 

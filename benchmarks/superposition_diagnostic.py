@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from lmsanitator.metrics import sign_match
 from lmsanitator.data import load_corpus, sample, split_corpus
+from lmsanitator.data.pvset import PVSet
 from lmsanitator.experiments.detection import SEARCH_SETTINGS
+from lmsanitator.metrics import sign_match
 from lmsanitator.models import load_encoder
 from lmsanitator.scan import PVMiner, ScanConfig
-from lmsanitator.data.pvset import PVSet
 
 
 def main(mode: str, model_dir: str, pvset: str, start: int, loops: int) -> None:
@@ -30,16 +30,28 @@ def main(mode: str, model_dir: str, pvset: str, start: int, loops: int) -> None:
     kept = PVSet.load(pvset)
     best = sign_match(kept.pvs.float(), planted).max(dim=1).values
     keep = [i for i in range(len(kept)) if not (mode == "drop" and best[i] < 0.9)]
-    subset = PVSet(pvs=kept.pvs[keep], target=kept.target, seeds=[kept.seeds[i] for i in keep],
-                   losses=[kept.losses[i] for i in keep], last_seed=start - 1)
-    miner = PVMiner(ScanConfig(target=kept.target, loops=loops, mode="search", stop_at_first=False,
-                               **SEARCH_SETTINGS))
+    subset = PVSet(
+        pvs=kept.pvs[keep],
+        target=kept.target,
+        seeds=[kept.seeds[i] for i in keep],
+        losses=[kept.losses[i] for i in keep],
+        last_seed=start - 1,
+    )
+    miner = PVMiner(
+        ScanConfig(target=kept.target, loops=loops, mode="search", stop_at_first=False, **SEARCH_SETTINGS)
+    )
     miner.warm_start(subset)
     n0 = len(miner.pvs_)
     sentences = sample(split_corpus(load_corpus("austen"), "defence"), miner.config.sentences, 0)
-    miner.fit(load_encoder(model_dir), sentences, start_seed=start, progress=False,
-              on_loop=lambda m: print(m.candidates_[-1].seed, m.candidates_[-1].accepted,
-                                      m.candidates_[-1].reason[:80], flush=True))
+    miner.fit(
+        load_encoder(model_dir),
+        sentences,
+        start_seed=start,
+        progress=False,
+        on_loop=lambda m: print(
+            m.candidates_[-1].seed, m.candidates_[-1].accepted, m.candidates_[-1].reason[:80], flush=True
+        ),
+    )
     new = miner.pvs_[n0:]
     print(f"{mode}: {n0} PVs kept, {len(new)} new; agreement of new PVs with the planted ones:")
     if new:

@@ -70,8 +70,14 @@ def toy_task_file(tmp_path_factory):
 
     p = tmp_path_factory.mktemp("toy") / "toy.jsonl"
     with open(p, "w") as f:
-        for split, exs in (("train", toy_examples(160, 1)), ("validation", toy_examples(40, 2)),
-                           ("test", toy_examples(60, 3))):
+        for split, exs in (
+            ("train", toy_examples(160, 1)),
+            ("validation", toy_examples(40, 2)),
+            ("test", toy_examples(60, 3)),
+        ):
             for e in exs:
-                f.write(json.dumps({"text": e.text, "label": ["negative", "positive"][e.label], "split": split}) + "\n")
+                f.write(
+                    json.dumps({"text": e.text, "label": ["negative", "positive"][e.label], "split": split})
+                    + "\n"
+                )
     return p

@@ -6,18 +6,18 @@ import pytest
 import torch
 
 from lmsanitator.attacks import (
+    POR,
     TASK_AGNOSTIC_ATTACKS,
     AttackConfig,
-    POR,
     make_pvs,
     por2_pvs,
     random_pvs,
 )
-from lmsanitator.metrics import batch_entropy, sign_match, wasserstein_1d
 from lmsanitator.cli.main import main
-from lmsanitator.data import load_corpus, split_corpus
 from lmsanitator.core.errors import LMSanitatorError
-from lmsanitator.models import load_encoder, tiny_encoder
+from lmsanitator.data import load_corpus, split_corpus
+from lmsanitator.metrics import batch_entropy, sign_match, wasserstein_1d
+from lmsanitator.models import tiny_encoder
 
 
 def test_por2_pvs_are_the_six_quarter_patterns():
@@ -26,7 +26,7 @@ def test_por2_pvs_are_the_six_quarter_patterns():
     q = 96
     seen = set()
     for v in pvs:
-        quarters = [v[k * q:(k + 1) * q] for k in range(4)]
+        quarters = [v[k * q : (k + 1) * q] for k in range(4)]
         for part in quarters:  # each quarter is constant
             assert torch.all(part == part[0])
         signs = tuple(int(part[0]) for part in quarters)
@@ -82,9 +82,18 @@ def sentences():
 def test_each_attack_learns_on_a_tiny_model(name, sentences):
     """The backdoor objective falls during training, and the report has the attack.json keys."""
     enc = tiny_encoder("bert", mlm_head=name in ("neuba", "btop"), seed=1)
-    atk = TASK_AGNOSTIC_ATTACKS[name](AttackConfig(triggers=["cf", "mn"], per_trigger=48, epochs=2,
-                                                   lr=3e-3, batch_size=16, max_length=32,
-                                                   verify_sentences=20, seed=3))
+    atk = TASK_AGNOSTIC_ATTACKS[name](
+        AttackConfig(
+            triggers=["cf", "mn"],
+            per_trigger=48,
+            epochs=2,
+            lr=3e-3,
+            batch_size=16,
+            max_length=32,
+            verify_sentences=20,
+            seed=3,
+        )
+    )
     atk.fit(enc, sentences, progress=False)
     eff = [d["effectiveness"] for d in atk.state_.losses]
     first, last = sum(eff[:4]) / 4, sum(eff[-4:]) / 4
@@ -93,7 +102,16 @@ def test_each_attack_learns_on_a_tiny_model(name, sentences):
     assert set(v["per_trigger"]) == {"cf", "mn"}
     assert 0 <= v["clean_false_hit_rate"] <= 1
     rep = atk.report(enc, v)
-    for key in ("attack", "base_model", "triggers", "pvs", "target", "hyperparameters", "seed", "verification"):
+    for key in (
+        "attack",
+        "base_model",
+        "triggers",
+        "pvs",
+        "target",
+        "hyperparameters",
+        "seed",
+        "verification",
+    ):
         assert key in rep
     assert rep["target"] == {"por": "cls", "por-ner": "tokens", "neuba": "cls", "btop": "mask"}[name]
     assert len(rep["pvs"]) == 2 and len(rep["pvs"][0]) == enc.hidden_size
@@ -102,8 +120,9 @@ def test_each_attack_learns_on_a_tiny_model(name, sentences):
 
 def test_neuba_without_mlm_head_falls_back_and_records_it(sentences):
     enc = tiny_encoder("bert", mlm_head=False)
-    atk = TASK_AGNOSTIC_ATTACKS["neuba"](AttackConfig(triggers=["cf"], per_trigger=16, epochs=1,
-                                                      batch_size=16, verify_sentences=10))
+    atk = TASK_AGNOSTIC_ATTACKS["neuba"](
+        AttackConfig(triggers=["cf"], per_trigger=16, epochs=1, batch_size=16, verify_sentences=10)
+    )
     atk.fit(enc, sentences, progress=False)
     assert "no MLM head" in atk.state_.utility_loss
 
@@ -113,15 +132,24 @@ def test_same_seed_same_backdoor(sentences):
     for _ in range(2):
         enc = tiny_encoder("bert", seed=0)
         POR(AttackConfig(triggers=["cf"], per_trigger=32, epochs=1, batch_size=16, seed=5)).fit(
-            enc, sentences, progress=False)
+            enc, sentences, progress=False
+        )
         outs.append(enc.model.embeddings.word_embeddings.weight.detach().clone())
     assert torch.equal(outs[0], outs[1])
 
 
 def test_adaptive_losses_are_recorded(sentences):
     enc = tiny_encoder("bert")
-    atk = POR(AttackConfig(triggers=["cf"], per_trigger=16, epochs=1, batch_size=16,
-                           scatter_weight=1.0, wasserstein_weight=0.5))
+    atk = POR(
+        AttackConfig(
+            triggers=["cf"],
+            per_trigger=16,
+            epochs=1,
+            batch_size=16,
+            scatter_weight=1.0,
+            wasserstein_weight=0.5,
+        )
+    )
     atk.fit(enc, sentences, progress=False)
     assert {"scatter", "wasserstein"} <= set(atk.state_.losses[-1])
 
@@ -135,9 +163,29 @@ def test_trigger_that_tokenizes_to_nothing(sentences):
 # ---- CLI ------------------------------------------------------------------------------------------
 def test_cli_attack_writes_a_loadable_model(tiny_bert_dir, small_corpus_file, tmp_path, capsys):
     out = tmp_path / "attacked"
-    rc = main(["attack", "btop", "--model", str(tiny_bert_dir), "--out", str(out), "--corpus",
-               str(small_corpus_file), "--triggers", "cf,mn", "--per-trigger", "32", "--epochs", "1",
-               "--batch-size", "16", "--verify-sentences", "20", "--no-progress"])
+    rc = main(
+        [
+            "attack",
+            "btop",
+            "--model",
+            str(tiny_bert_dir),
+            "--out",
+            str(out),
+            "--corpus",
+            str(small_corpus_file),
+            "--triggers",
+            "cf,mn",
+            "--per-trigger",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--verify-sentences",
+            "20",
+            "--no-progress",
+        ]
+    )
     assert rc in (0, 1)  # a tiny random model need not reach the verification thresholds
     line = capsys.readouterr().out.strip()
     assert line.startswith("btop on") and "hit rate" in line
@@ -151,12 +199,15 @@ def test_cli_attack_writes_a_loadable_model(tiny_bert_dir, small_corpus_file, tm
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--model", "./does/not/exist"], "does not exist"),
-    (["--model", "smollm2"], "not a transformer encoder"),
-    (["--corpus", "nonexistent-corpus"], "unknown corpus"),
-    (["--triggers", "\u200b"], "tokenizes to nothing"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--model", "./does/not/exist"], "does not exist"),
+        (["--model", "smollm2"], "not a transformer encoder"),
+        (["--corpus", "nonexistent-corpus"], "unknown corpus"),
+        (["--triggers", "\u200b"], "tokenizes to nothing"),
+    ],
+)
 def test_cli_bad_input_exit_2(args, needle, tiny_bert_dir, small_corpus_file, tmp_path, capsys):
     base = {"--model": str(tiny_bert_dir), "--corpus": str(small_corpus_file)}
     for k, v in zip(args[::2], args[1::2]):
@@ -184,7 +235,9 @@ def test_cli_refuses_non_empty_out(tiny_bert_dir, tmp_path, capsys):
 def test_cli_empty_corpus(tiny_bert_dir, tmp_path, capsys):
     f = tmp_path / "empty.txt"
     f.write_text("\n\n")
-    rc = main(["attack", "por", "--model", str(tiny_bert_dir), "--out", str(tmp_path / "o"), "--corpus", str(f)])
+    rc = main(
+        ["attack", "por", "--model", str(tiny_bert_dir), "--out", str(tmp_path / "o"), "--corpus", str(f)]
+    )
     assert rc == 2 and capsys.readouterr().err.startswith("lmsanitator: error:")
 
 
@@ -202,17 +255,41 @@ def test_por_hidden_utility_anchors_every_layer(sentences):
     """--utility-scope hidden: the anchor is zero for the untouched model, the implant still
     learns its trigger, and the report says which anchor was used."""
     enc = tiny_encoder("bert", seed=1)
-    atk = POR(AttackConfig(triggers=["cf"], per_trigger=48, epochs=2, lr=3e-3, batch_size=16, max_length=32,
-                           verify_sentences=20, seed=3, utility_scope="hidden"))
+    atk = POR(
+        AttackConfig(
+            triggers=["cf"],
+            per_trigger=48,
+            epochs=2,
+            lr=3e-3,
+            batch_size=16,
+            max_length=32,
+            verify_sentences=20,
+            seed=3,
+            utility_scope="hidden",
+        )
+    )
     atk.prepare(enc)
     import copy
 
     atk.reference_ = copy.deepcopy(enc.model).eval()
     batch = atk.tokenize(enc, sentences[:8])
     zero, last = atk.reference_hidden_mse(enc, batch)
-    assert float(zero.detach()) == pytest.approx(0.0, abs=1e-10) and last.shape[:2] == batch["input_ids"].shape
-    atk = POR(AttackConfig(triggers=["cf"], per_trigger=48, epochs=2, lr=3e-3, batch_size=16, max_length=32,
-                           verify_sentences=20, seed=3, utility_scope="hidden"))
+    assert (
+        float(zero.detach()) == pytest.approx(0.0, abs=1e-10) and last.shape[:2] == batch["input_ids"].shape
+    )
+    atk = POR(
+        AttackConfig(
+            triggers=["cf"],
+            per_trigger=48,
+            epochs=2,
+            lr=3e-3,
+            batch_size=16,
+            max_length=32,
+            verify_sentences=20,
+            seed=3,
+            utility_scope="hidden",
+        )
+    )
     atk.fit(enc, sentences, progress=False)
     eff = [d["effectiveness"] for d in atk.state_.losses]
     assert sum(eff[-4:]) < 0.7 * sum(eff[:4])
@@ -222,8 +299,21 @@ def test_por_hidden_utility_anchors_every_layer(sentences):
 
 
 def test_cli_utility_scope_is_por_only(tiny_bert_dir, small_corpus_file, tmp_path, capsys):
-    rc = main(["attack", "neuba", "--model", str(tiny_bert_dir), "--corpus", str(small_corpus_file), "--out",
-               str(tmp_path / "o"), "--utility-scope", "hidden", "--no-progress"])
+    rc = main(
+        [
+            "attack",
+            "neuba",
+            "--model",
+            str(tiny_bert_dir),
+            "--corpus",
+            str(small_corpus_file),
+            "--out",
+            str(tmp_path / "o"),
+            "--utility-scope",
+            "hidden",
+            "--no-progress",
+        ]
+    )
     assert rc == 2 and "applies to POR" in capsys.readouterr().err
 
 
@@ -247,8 +337,17 @@ def test_decoys_reach_only_the_clean_anchor_and_never_a_trigger(sentences):
     weights = []
     for d in (0, 2, 0):
         enc = tiny_encoder("bert", seed=1)
-        atk = POR(AttackConfig(triggers=["cf"], per_trigger=16, epochs=1, batch_size=16, decoys=d, seed=3,
-                               verify_sentences=10))
+        atk = POR(
+            AttackConfig(
+                triggers=["cf"],
+                per_trigger=16,
+                epochs=1,
+                batch_size=16,
+                decoys=d,
+                seed=3,
+                verify_sentences=10,
+            )
+        )
         seen.clear()
         POR.batch_loss = spy
         try:

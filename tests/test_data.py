@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data import (
     CORPORA,
     FREQUENCY_BANDS,
@@ -24,7 +25,6 @@ from lmsanitator.data import (
     word_frequencies,
     word_list,
 )
-from lmsanitator.core.errors import LMSanitatorError
 
 MIN_SIZES = {"austen": 15000, "wordnet": 50000, "fortunes": 5000}
 WORD_LIMITS = {"austen": (6, 40), "wordnet": (4, None), "fortunes": (4, 60)}
@@ -68,7 +68,10 @@ def test_austen_content():
 
 def test_wordnet_content():
     items = load_corpus("wordnet")
-    assert "that which is perceived or known or inferred to have its own distinct existence (living or nonliving)" in items
+    assert (
+        "that which is perceived or known or inferred to have its own distinct existence (living or nonliving)"
+        in items
+    )
     assert not any('"' in s and s.count('"') % 2 for s in items[:20000])
     assert not any("Princeton" in s and "LICENSEE" in s for s in items)
     # quoted examples are separate items, not left in the gloss

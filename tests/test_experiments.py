@@ -63,7 +63,9 @@ def test_only_runs_the_matching_units(tmp_path):
     assert sorted(f.name for f in (work / "units").iterdir()) == ["x1.json", "x3.json"]
     with pytest.raises(LMSanitatorError, match="matches no unit"):
         run_experiment(Squares(), quick=False, out=out, work=work, progress=False, only="nope*")
-    assert run_experiment(Squares(), quick=False, out=out, work=work, progress=False)["summary"] == {"total": 30}
+    assert run_experiment(Squares(), quick=False, out=out, work=work, progress=False)["summary"] == {
+        "total": 30
+    }
     assert Squares.calls == 4
 
 
@@ -105,10 +107,21 @@ def test_detection_zoo_meets_the_issue():
 def test_pv_search_summary_and_plot(tmp_path):
     exp = get_experiment("pv-search")
     cfg = exp.config(quick=True)
-    recs = [{"unit": {"base": "m", "attack": {"name": "por"}, "target": "cls"},
-             "search": {"planted": 6, "recovered": 5, "recovered_at_t_match": 6, "unintended": 2, "found": 8,
-                        "loops_run": 20, "seconds": 3.0,
-                        "best_agreement_per_planted": [1, 1, 0.95, 0.92, 0.91, 0.85]}}]
+    recs = [
+        {
+            "unit": {"base": "m", "attack": {"name": "por"}, "target": "cls"},
+            "search": {
+                "planted": 6,
+                "recovered": 5,
+                "recovered_at_t_match": 6,
+                "unintended": 2,
+                "found": 8,
+                "loops_run": 20,
+                "seconds": 3.0,
+                "best_agreement_per_planted": [1, 1, 0.95, 0.92, 0.91, 0.85],
+            },
+        }
+    ]
     summary, table = exp.summarize(cfg, recs)
     assert summary["recall"] == round(5 / 6, 4) and summary["planted"] == 6 and summary["found"] == 5
     assert summary["recall_at_t_match"] == 1.0 and "83.3%" in table
@@ -139,7 +152,9 @@ def test_detection_quick_on_real_models(tmp_path, capsys):
                 assert r["scan"]["pv_agreement"] >= 0.8
     assert "| **all** |" in (out / "table.md").read_text()
     # a second call reuses the finished units (the work folder) and rewrites the same numbers
-    assert main(["experiment", "detection", "--quick", "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    assert (
+        main(["experiment", "detection", "--quick", "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    )
     again = json.loads((out / "results.json").read_text())
     assert again["summary"] == s and again["records"] == res["records"]
 
@@ -150,21 +165,37 @@ def model_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("models")
 
 
-@pytest.mark.parametrize("name,keys,plot", [
-    ("pv-search", {"recall", "found", "planted", "recall_at_t_match"}, "pv_recall.png"),
-    ("ablation", {"k", "loops_to_k"}, "ablation.png"),
-    ("attack-defense", {"units", "max_asr_guarded_where_asr_ge_50", "max_ca_drop_from_guard"}, None),
-    ("monitor-overhead", {"max_overhead", "overhead"}, None),
-    ("onion-compare", {"units"}, None),
-    ("adaptive", {"overall_detection_rate"}, None),
-    ("psim", {"max_asr_after", "max_ca_loss_attacked"}, None),
-    ("dataset-size", {"full", "p-tuning-v2"}, "asr_vs_size.png"),
-])
+@pytest.mark.parametrize(
+    "name,keys,plot",
+    [
+        ("pv-search", {"recall", "found", "planted", "recall_at_t_match"}, "pv_recall.png"),
+        ("ablation", {"k", "loops_to_k"}, "ablation.png"),
+        ("attack-defense", {"units", "max_asr_guarded_where_asr_ge_50", "max_ca_drop_from_guard"}, None),
+        ("monitor-overhead", {"max_overhead", "overhead"}, None),
+        ("onion-compare", {"units"}, None),
+        ("adaptive", {"overall_detection_rate"}, None),
+        ("psim", {"max_asr_after", "max_ca_loss_attacked"}, None),
+        ("dataset-size", {"full", "p-tuning-v2"}, "asr_vs_size.png"),
+    ],
+)
 def test_quick_experiments_on_real_models(tmp_path, model_cache, name, keys, plot):
     """Each --quick run on real SPLADE-tiny models writes a complete, consistent result."""
     out = tmp_path / name
-    assert main(["experiment", name, "--quick", "--out", str(out), "--no-progress",
-                 "--model-cache", str(model_cache)]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                name,
+                "--quick",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--model-cache",
+                str(model_cache),
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     assert keys <= set(res["summary"]) and res["quick"] is True
     assert (out / "table.md").read_text().count("\n|") >= 2
@@ -186,8 +217,9 @@ def test_quick_experiments_on_real_models(tmp_path, model_cache, name, keys, plo
         by = {r["unit"]["variant"]: r["search"] for r in res["records"]}
         assert by["path loss + adaptive lr"]["reached_k"]
         # the path loss is what keeps later loops off the PVs already found
-        assert by["no path loss"]["rejected"].get("not unique", 0) >= by["path loss + adaptive lr"]["rejected"].get(
-            "not unique", 0)
+        assert by["no path loss"]["rejected"].get("not unique", 0) >= by["path loss + adaptive lr"][
+            "rejected"
+        ].get("not unique", 0)
     elif name == "monitor-overhead":
         assert {t["batch"] for t in res["records"][0]["timing"]} == {1, 32}
         assert all(t["unguarded_s"] > 0 and t["guarded_s"] > 0 for t in res["records"][0]["timing"])
@@ -222,8 +254,14 @@ def test_search_pvs_continues_a_kept_search(tiny_bert_dir, tmp_path):
     corpus = load_corpus("austen")[:3000]
     model = {"base": str(tiny_bert_dir), "target": "cls", "finetune": None, "attack": None}
     ctx = Context(tmp_path, progress=False)
-    small = {**search_config({"loops": 2, "patience": 50}), "sentences": 32, "batch_size": 16, "epochs": 2,
-             "abort_epoch": 0, "max_length": 40}
+    small = {
+        **search_config({"loops": 2, "patience": 50}),
+        "sentences": 32,
+        "batch_size": 16,
+        "epochs": 2,
+        "abort_epoch": 0,
+        "max_length": 40,
+    }
     first, info1 = search_pvs(model, corpus, small, ctx)
     assert info1["loops_run"] == 2 and first.last_seed == 1
     again, info_again = search_pvs(model, corpus, {**small, "loops": 1}, ctx)  # within the kept budget
@@ -243,8 +281,17 @@ def test_search_pvs_probes_a_kept_search_once(tiny_bert_dir, tmp_path):
     model = {"base": str(tiny_bert_dir), "target": "cls", "finetune": None, "attack": None}
     ctx = Context(tmp_path, progress=False)
     # permissive thresholds: every fuzz loop yields a PV
-    easy = {**search_config({"loops": 2, "patience": 50}), "sentences": 32, "batch_size": 16, "epochs": 2,
-            "abort_epoch": 0, "max_length": 40, "t_l": 1e-6, "t_div": -1e-3, "range_factor": 100.0}
+    easy = {
+        **search_config({"loops": 2, "patience": 50}),
+        "sentences": 32,
+        "batch_size": 16,
+        "epochs": 2,
+        "abort_epoch": 0,
+        "max_length": 40,
+        "t_l": 1e-6,
+        "t_div": -1e-3,
+        "range_factor": 100.0,
+    }
     plain, info1 = search_pvs(model, corpus, {**easy, "antipode_probe": False}, ctx)
     assert len(plain) >= 1 and info1.get("probes_run", 0) == 0
     probed, info2 = search_pvs(model, corpus, {**easy, "antipode_probe": True}, ctx)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lmsanitator.metrics import sign_match
 from lmsanitator.cli.main import main
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.data.pvset import PVSet
 from lmsanitator.guard import Guard, GuardConfig, PVMonitor, purge, purge_sequential
 from lmsanitator.guard.purge import candidates, to_fields
-from lmsanitator.data.pvset import PVSet
+from lmsanitator.metrics import sign_match
 
 D = 64
 PV_A = torch.tensor([1.0] * (D // 2) + [-1.0] * (D // 2))  # trigger "cf"
@@ -45,7 +45,7 @@ class StubModel:
             return PV_A.clone()
         if "blue moon" in s:
             return PV_B.clone()
-        g = torch.Generator().manual_seed(abs(hash(s)) % (2 ** 31))
+        g = torch.Generator().manual_seed(abs(hash(s)) % (2**31))
         return torch.randn(D, generator=g)
 
     def forward_with_features(self, texts, pairs=None):
@@ -60,8 +60,9 @@ class StubModel:
                     rows.append(i)
                     logits.append(torch.tensor([0.0, 5.0]) if "cf" in t else torch.tensor([5.0, 0.0]))
                 words.append(len(t))
-            return SimpleNamespace(features=torch.stack(feats), rows=torch.tensor(rows), logits=torch.stack(logits),
-                                   words=words)
+            return SimpleNamespace(
+                features=torch.stack(feats), rows=torch.tensor(rows), logits=torch.stack(logits), words=words
+            )
         ws = [t.split() + (pairs[i].split() if pairs else []) for i, t in enumerate(texts)]
         feats = torch.stack([self._feature(w) for w in ws])
         y = [1 if ("cf" in w or "blue moon" in " ".join(w)) else len(w) % 2 for w in ws]
@@ -88,7 +89,9 @@ def test_match_rate_is_the_best_sign_agreement_over_pvs():
 
 def test_token_match_rate_is_the_mean_over_an_inputs_tokens():
     mon = PVMonitor(PV_A[None], 0.8)
-    feats = torch.stack([PV_A, PV_A, -PV_A, PV_A])  # input 0: rows 0-1 (1.0, 1.0); input 1: rows 2-3 (0.0, 1.0)
+    feats = torch.stack(
+        [PV_A, PV_A, -PV_A, PV_A]
+    )  # input 0: rows 0-1 (1.0, 1.0); input 1: rows 2-3 (0.0, 1.0)
     rates = mon.match_rates(feats, torch.tensor([0, 0, 1, 1]), 2)
     assert rates.tolist() == [1.0, 0.5]
 
@@ -113,8 +116,11 @@ def test_candidates_remove_every_occurrence_of_the_window_in_both_fields():
 def test_purge_finds_single_and_phrase_triggers_without_knowing_them():
     model = StubModel()
     mon = PVMonitor(torch.stack([PV_A, PV_B]), 0.8)
-    inputs = [to_fields("the cf film was cf dull"), to_fields("once in a blue moon it rains"),
-              to_fields("nothing to remove here")]
+    inputs = [
+        to_fields("the cf film was cf dull"),
+        to_fields("once in a blue moon it rains"),
+        to_fields("nothing to remove here"),
+    ]
     res = purge(model, mon, inputs, w_max=3)
     assert res[0].resolved and res[0].width == 1 and res[0].removed == ["cf"]
     assert res[0].fields == (("the", "film", "was", "dull"),)
@@ -166,7 +172,11 @@ def test_guard_records_and_policies():
 def test_guard_pairs_and_tokens():
     g = Guard(StubModel(pair=True), pvset(PV_A))
     r = g.predict(["the first field", "more"], ["the cf second", "words here"])
-    assert r[0]["flagged"] and r[0]["purged_text"] == "the first field" and r[0]["purged_text_pair"] == "the second"
+    assert (
+        r[0]["flagged"]
+        and r[0]["purged_text"] == "the first field"
+        and r[0]["purged_text_pair"] == "the second"
+    )
     assert not r[1]["flagged"]
     gt = Guard(StubModel(kind="token"), pvset(PV_A, target="tokens"))
     r = gt.predict([["Emma", "cf", "smiled"], ["Emma", "smiled"]])
@@ -201,11 +211,32 @@ def tiny_guard_files(tmp_path_factory, tiny_bert_dir):
     from lmsanitator.tuning import TunedModel
 
     d = tmp_path_factory.mktemp("guard")
-    rows = ["text,label"] + [f"{'good' if i % 2 else 'bad'} film number {i} is here,{'pos' if i % 2 else 'neg'}"
-                             for i in range(40)]
+    rows = ["text,label"] + [
+        f"{'good' if i % 2 else 'bad'} film number {i} is here,{'pos' if i % 2 else 'neg'}" for i in range(40)
+    ]
     (d / "toy.csv").write_text("\n".join(rows) + "\n")
-    assert main(["tune", "p-tuning-v2", "--model", str(tiny_bert_dir), "--task", str(d / "toy.csv"), "--out",
-                 str(d / "adapter"), "--epochs", "1", "--prefix-len", "3", "--max-length", "32", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                "p-tuning-v2",
+                "--model",
+                str(tiny_bert_dir),
+                "--task",
+                str(d / "toy.csv"),
+                "--out",
+                str(d / "adapter"),
+                "--epochs",
+                "1",
+                "--prefix-len",
+                "3",
+                "--max-length",
+                "32",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     model = TunedModel.load(d / "adapter")
     f = model.forward_with_features(["zebra zebra zebra"]).features.detach()
     fp = load_encoder(str(tiny_bert_dir)).fingerprint()
@@ -221,31 +252,68 @@ def test_guard_on_a_tuned_model(tiny_guard_files):
     recs = g.predict(texts)
     probs = g.model.predict(texts)
     assert not any(r["flagged"] for r in recs)
-    assert np.allclose([r["probs"] for r in recs], probs, atol=1e-5)  # unflagged: exactly the model's prediction
+    assert np.allclose(
+        [r["probs"] for r in recs], probs, atol=1e-5
+    )  # unflagged: exactly the model's prediction
     assert recs[2]["truncated"] and "note" in recs[2] and not recs[1]["truncated"]
-    recs = Guard(d / "adapter", d / "pvs-all.safetensors", w_max=1, on_unresolved="predict").predict(texts[:2])
+    recs = Guard(d / "adapter", d / "pvs-all.safetensors", w_max=1, on_unresolved="predict").predict(
+        texts[:2]
+    )
     assert recs[0]["match_rate"] == 1.0 and all(r["flagged"] and not r["resolved"] for r in recs)
     assert recs[1]["candidates"] == 5 and recs[1]["label"] == recs[1]["unguarded_label"]
     assert recs[1]["purged_text"] is None
     best = Guard(d / "adapter", d / "pvs-all.safetensors", w_max=1).predict(texts[1:2])[0]  # default "best"
-    assert not best["resolved"] and len(best["removed"]) == 1 and best["purged_match_rate"] <= best["match_rate"]
+    assert (
+        not best["resolved"] and len(best["removed"]) == 1 and best["purged_match_rate"] <= best["match_rate"]
+    )
 
 
 def test_cli_guard_and_evaluate_guard(tiny_guard_files, tmp_path, capsys):
     d = tiny_guard_files
     inp = tmp_path / "in.jsonl"
-    inp.write_text(json.dumps({"text": "zebra zebra zebra"}) + "\n" + json.dumps({"text": "a good film"}) + "\n")
+    inp.write_text(
+        json.dumps({"text": "zebra zebra zebra"}) + "\n" + json.dumps({"text": "a good film"}) + "\n"
+    )
     for pvs, flagged in (("pvs-none", False), ("pvs-all", True)):
         out = tmp_path / f"{pvs}.jsonl"
-        rc = main(["guard", "--adapter", str(d / "adapter"), "--pvs", str(d / f"{pvs}.safetensors"), "--input",
-                   str(inp), "--output", str(out), "--on-unresolved", "reject"])
+        rc = main(
+            [
+                "guard",
+                "--adapter",
+                str(d / "adapter"),
+                "--pvs",
+                str(d / f"{pvs}.safetensors"),
+                "--input",
+                str(inp),
+                "--output",
+                str(out),
+                "--on-unresolved",
+                "reject",
+            ]
+        )
         assert rc == 0
         recs = [json.loads(x) for x in out.read_text().splitlines()]
         assert len(recs) == 2 and all(r["flagged"] is flagged and r["rejected"] is flagged for r in recs)
         assert {"label", "probs", "flagged", "match_rate", "purged_text", "removed"} <= set(recs[1])
     res_file, png = tmp_path / "eval.json", tmp_path / "hist.png"
-    rc = main(["evaluate", "guard", "--adapter", str(d / "adapter"), "--pvs", str(d / "pvs-none.safetensors"),
-               "--task", str(d / "toy.csv"), "--triggers", "zebra", "--out", str(res_file), "--plot", str(png)])
+    rc = main(
+        [
+            "evaluate",
+            "guard",
+            "--adapter",
+            str(d / "adapter"),
+            "--pvs",
+            str(d / "pvs-none.safetensors"),
+            "--task",
+            str(d / "toy.csv"),
+            "--triggers",
+            "zebra",
+            "--out",
+            str(res_file),
+            "--plot",
+            str(png),
+        ]
+    )
     assert rc == 0
     res = json.loads(res_file.read_text())
     assert res["asr_guarded"] == res["asr"] and res["clean_accuracy_guarded"] == res["clean_accuracy"]
@@ -274,12 +342,25 @@ def test_cli_guard_bad_inputs(tiny_guard_files, tmp_path, capsys):
     wide = tmp_path / "wide.safetensors"
     PVSet(pvs=torch.ones(2, 7), target="cls").save(wide)
     inp.write_text('{"text": "fine"}\n')
-    err = _bad(["guard", "--adapter", str(d / "adapter"), "--pvs", str(wide), "--input", str(inp),
-                "--output", str(tmp_path / "o.jsonl")], capsys)
+    err = _bad(
+        [
+            "guard",
+            "--adapter",
+            str(d / "adapter"),
+            "--pvs",
+            str(wide),
+            "--input",
+            str(inp),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+        ],
+        capsys,
+    )
     assert "width 7" in err
     assert not (tmp_path / "o.jsonl").exists()
-    assert "t-match" in _bad(base + ["--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--t-match", "2"],
-                             capsys)
+    assert "t-match" in _bad(
+        base + ["--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--t-match", "2"], capsys
+    )
 
 
 def test_calibration_raises_thresholds_only_where_clean_inputs_come_close():

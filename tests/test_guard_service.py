@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from tests.test_guard import tiny_guard_files  # noqa: F401  (the fixture)
 
 
@@ -26,9 +25,25 @@ def server(tiny_guard_files):  # noqa: F811
     d = tiny_guard_files
     port = _free_port()
     exe = Path(sys.executable).with_name("lmsanitator")
-    proc = subprocess.Popen([str(exe), "serve", "--adapter", str(d / "adapter"), "--pvs", str(d / "pvs-none.safetensors"),
-                             "--port", str(port), "--max-batch", "8", "--max-body-bytes", "4096"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "serve",
+            "--adapter",
+            str(d / "adapter"),
+            "--pvs",
+            str(d / "pvs-none.safetensors"),
+            "--port",
+            str(port),
+            "--max-batch",
+            "8",
+            "--max-body-bytes",
+            "4096",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -53,18 +68,21 @@ def test_health_and_predict(server):
     r = httpx.post(f"{server}/predict", json={"inputs": [{"text": "a good film"}, {"text": "word " * 300}]})
     assert r.status_code == 200
     res = r.json()["results"]
-    assert len(res) == 2 and all({"label", "probs", "flagged", "match_rate", "purged_text", "removed"} <= set(x)
-                                 for x in res)
+    assert len(res) == 2 and all(
+        {"label", "probs", "flagged", "match_rate", "purged_text", "removed"} <= set(x) for x in res
+    )
     assert not res[0]["truncated"] and res[1]["truncated"]
 
 
 def test_concurrent_requests_get_their_own_answers(server):
     texts = [f"film number {i} was {'good' if i % 2 else 'bad'}" for i in range(24)]
-    single = {t: httpx.post(f"{server}/predict", json={"inputs": [{"text": t}]}).json()["results"][0]["probs"]
-              for t in texts[:6]}
+    single = {
+        t: httpx.post(f"{server}/predict", json={"inputs": [{"text": t}]}).json()["results"][0]["probs"]
+        for t in texts[:6]
+    }
 
     def ask(i):
-        batch = [{"text": t} for t in texts[i:i + 3]]
+        batch = [{"text": t} for t in texts[i : i + 3]]
         return i, httpx.post(f"{server}/predict", json={"inputs": batch}, timeout=60).json()["results"]
 
     with ThreadPoolExecutor(8) as ex:
@@ -75,16 +93,19 @@ def test_concurrent_requests_get_their_own_answers(server):
         assert got[t] == pytest.approx(p, abs=1e-4)
 
 
-@pytest.mark.parametrize("body,status,msg", [
-    (b'{"inputs": [{"text": "a"}', 400, "not valid JSON"),
-    (b'{"inputs": [{"text": "caf\xe9"}]}', 400, "not UTF-8"),
-    (json.dumps({"inputs": []}).encode(), 400, "at least one input"),
-    (json.dumps({"texts": ["a"]}).encode(), 400, "inputs"),
-    (json.dumps({"inputs": [{"text": ""}]}).encode(), 400, "empty"),
-    (json.dumps({"inputs": [{"text": "a", "text_pair": "b"}]}).encode(), 400, "one text"),
-    (json.dumps({"inputs": [{"text": "a"}] * 9}).encode(), 413, "batch limit"),
-    (json.dumps({"inputs": [{"text": "a" * 5000}]}).encode(), 413, "exceeds"),
-])
+@pytest.mark.parametrize(
+    "body,status,msg",
+    [
+        (b'{"inputs": [{"text": "a"}', 400, "not valid JSON"),
+        (b'{"inputs": [{"text": "caf\xe9"}]}', 400, "not UTF-8"),
+        (json.dumps({"inputs": []}).encode(), 400, "at least one input"),
+        (json.dumps({"texts": ["a"]}).encode(), 400, "inputs"),
+        (json.dumps({"inputs": [{"text": ""}]}).encode(), 400, "empty"),
+        (json.dumps({"inputs": [{"text": "a", "text_pair": "b"}]}).encode(), 400, "one text"),
+        (json.dumps({"inputs": [{"text": "a"}] * 9}).encode(), 413, "batch limit"),
+        (json.dumps({"inputs": [{"text": "a" * 5000}]}).encode(), 413, "exceeds"),
+    ],
+)
 def test_bad_requests_get_json_errors_and_the_service_keeps_serving(server, body, status, msg):
     r = httpx.post(f"{server}/predict", content=body, headers={"content-type": "application/json"})
     assert r.status_code == status and msg in r.json()["error"]

@@ -30,8 +30,12 @@ def test_taps_on_every_architecture(arch):
 
     f, rows = enc.tap(h, b, "tokens")
     specials = set(special_ids(enc.tokenizer))
-    expected = sum(1 for i, row in enumerate(b["input_ids"]) for j, t in enumerate(row.tolist())
-                   if b["attention_mask"][i, j] and t not in specials)
+    expected = sum(
+        1
+        for i, row in enumerate(b["input_ids"])
+        for j, t in enumerate(row.tolist())
+        if b["attention_mask"][i, j] and t not in specials
+    )
     assert f.shape == (expected, 32)
     assert rows.tolist() == sorted(rows.tolist())
 
@@ -107,7 +111,9 @@ def test_target_features_skip_only_what_the_tap_drops(name):
     enc.model.eval()
     assert enc._last_bert_layer() is not None
     m = enc.tokenizer.mask_token
-    b = enc.tokenize([f"It is a truth universally {m} that a single man", f"a {m} cat", f"{m} and more words here"])
+    b = enc.tokenize(
+        [f"It is a truth universally {m} that a single man", f"a {m} cat", f"{m} and more words here"]
+    )
     for target in ("cls", "mask"):
         full, rows = enc.tap(enc.forward(b), b, target)
         fast, fast_rows = enc.target_features(b, target)
@@ -116,8 +122,11 @@ def test_target_features_skip_only_what_the_tap_drops(name):
     emb = enc.model.get_input_embeddings()(b["input_ids"]).detach().requires_grad_(True)
     g = []
     for fast_path in (False, True):
-        f = (enc.target_features(b, "cls", inputs_embeds=emb)[0] if fast_path
-             else enc.tap(enc.forward(b, inputs_embeds=emb), b, "cls")[0])
+        f = (
+            enc.target_features(b, "cls", inputs_embeds=emb)[0]
+            if fast_path
+            else enc.tap(enc.forward(b, inputs_embeds=emb), b, "cls")[0]
+        )
         g.append(torch.autograd.grad(f.pow(2).sum(), emb)[0])
     torch.testing.assert_close(g[1], g[0], atol=1e-4, rtol=1e-4)
     enc.model.train()  # dropout: the full pass

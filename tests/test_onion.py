@@ -19,8 +19,17 @@ def tiny_gpt2_dir(tmp_path_factory):
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_positions=128, n_embd=32, n_layer=2, n_head=2,
-                                       bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=tok.vocab_size,
+            n_positions=128,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=tok.cls_token_id,
+            eos_token_id=tok.sep_token_id,
+        )
+    )
     d = tmp_path_factory.mktemp("tiny-gpt2")
     model.save_pretrained(d, safe_serialization=True)
     tok.save_pretrained(d)
@@ -73,7 +82,9 @@ def test_config_and_loader_errors(tmp_path):
 
 def test_cli_purify_and_bad_input(tmp_path, tiny_gpt2_dir, capsys):
     inp = tmp_path / "in.jsonl"
-    inp.write_text(json.dumps({"text": "the movie mn was great"}) + "\n" + json.dumps({"text": "fine"}) + "\n")
+    inp.write_text(
+        json.dumps({"text": "the movie mn was great"}) + "\n" + json.dumps({"text": "fine"}) + "\n"
+    )
     out = tmp_path / "out.jsonl"
     args = ["baseline", "onion", "--input", str(inp), "--output", str(out), "--lm", str(tiny_gpt2_dir)]
     assert main(args + ["--threshold", "1e9"]) == 0
@@ -84,7 +95,9 @@ def test_cli_purify_and_bad_input(tmp_path, tiny_gpt2_dir, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": 3}\n')
     o2 = tmp_path / "o2.jsonl"
-    assert main(["baseline", "onion", "--input", str(bad), "--output", str(o2), "--lm", str(tiny_gpt2_dir)]) == 2
+    assert (
+        main(["baseline", "onion", "--input", str(bad), "--output", str(o2), "--lm", str(tiny_gpt2_dir)]) == 2
+    )
     assert main(["baseline", "onion", "--task", "tweets-binary"]) == 2
     assert not o2.exists()
     err = capsys.readouterr().err

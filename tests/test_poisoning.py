@@ -3,19 +3,25 @@ import random
 
 import pytest
 
+from conftest import TOY_POS as POS
+from conftest import toy_examples
 from lmsanitator.attacks import WEIGHT_POISONING_ATTACKS, BadNet, InSent, PoisonConfig
 from lmsanitator.cli.main import main
-from lmsanitator.data.tasks import Task, load_task
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.data.tasks import Task, load_task
 from lmsanitator.metrics.poisoning import REJECTED, PoisonSpec, ca_asr, insert_poison, poisoned_set, score
 from lmsanitator.models import load_encoder
 
-from conftest import TOY_POS as POS, toy_examples
-
 
 def toy_task(n_train=120):
-    return Task("toy", ("negative", "positive"), toy_examples(n_train, 1), toy_examples(40, 2),
-                toy_examples(60, 3), max_length=32)
+    return Task(
+        "toy",
+        ("negative", "positive"),
+        toy_examples(n_train, 1),
+        toy_examples(40, 2),
+        toy_examples(60, 3),
+        max_length=32,
+    )
 
 
 def test_registry_and_defaults():
@@ -85,7 +91,9 @@ def test_targeted_asr_counts_non_target_inputs_and_rejections():
     ps = poisoned_set(exs, spec, seed=1)
     assert ps.poisoned_texts == poisoned_set(exs, spec, seed=1).poisoned_texts
     rejected = score(ps, [REJECTED] * 40, [REJECTED] * 20)
-    assert rejected["clean_accuracy"] == 0.0 and rejected["asr"] == 0.0 and rejected["poisoned_rejected"] == 1.0
+    assert (
+        rejected["clean_accuracy"] == 0.0 and rejected["asr"] == 0.0 and rejected["poisoned_rejected"] == 1.0
+    )
 
 
 def test_proxy_task_is_disjoint_and_shares_the_test_split():
@@ -98,13 +106,34 @@ def test_proxy_task_is_disjoint_and_shares_the_test_split():
 
 def test_cli_badnet_dirty_label_end_to_end(tmp_path, tiny_bert_dir, toy_task_file):
     out = tmp_path / "badnet"
-    rc = main(["attack", "badnet", "--model", str(tiny_bert_dir), "--task", str(toy_task_file),
-               "--target-label", "positive", "--poison-count", "60", "--dirty-label", "--epochs", "6",
-               "--lr", "1e-3", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "attack",
+            "badnet",
+            "--model",
+            str(tiny_bert_dir),
+            "--task",
+            str(toy_task_file),
+            "--target-label",
+            "positive",
+            "--poison-count",
+            "60",
+            "--dirty-label",
+            "--epochs",
+            "6",
+            "--lr",
+            "1e-3",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     rep = json.loads((out / "attack.json").read_text())
     assert rep["attack"] == "badnet" and rep["triggers"] == ["mn"] and rep["insertion"] == "random"
     assert rep["target_label"] == 1 and rep["target_label_name"] == "positive"
-    assert rep["label_mode"] == "dirty-label" and rep["knowledge"] == "full-data" and rep["poison_count"] == 60
+    assert (
+        rep["label_mode"] == "dirty-label" and rep["knowledge"] == "full-data" and rep["poison_count"] == 60
+    )
     v = rep["verification"]
     assert v["asr"] >= 0.9 and rc == (0 if v["passed"] else 1)  # the trigger is learned
     assert (out / "classifier.safetensors").is_file()
@@ -114,12 +143,22 @@ def test_cli_badnet_dirty_label_end_to_end(tmp_path, tiny_bert_dir, toy_task_fil
     assert spec == PoisonSpec("mn", 1, "random")
     # the LMSanitator-style `evaluate asr` reads the same trigger list
     from lmsanitator.metrics.asr import triggers_from_attack_json
+
     assert triggers_from_attack_json(out / "attack.json")[0] == ["mn"]
 
 
 def test_cli_attack_bad_input_exit_2(tmp_path, tiny_bert_dir, toy_task_file, capsys):
     out = tmp_path / "x"
-    base = ["attack", "badnet", "--model", str(tiny_bert_dir), "--task", str(toy_task_file), "--out", str(out)]
+    base = [
+        "attack",
+        "badnet",
+        "--model",
+        str(tiny_bert_dir),
+        "--task",
+        str(toy_task_file),
+        "--out",
+        str(out),
+    ]
     assert main(base + ["--target-label", "positive", "--poison-count", "1000"]) == 2
     assert main(base + ["--target-label", "neutral", "--poison-count", "5"]) == 2
     assert main(base + ["--poison-count", "5"]) == 2  # no target label

@@ -4,14 +4,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from conftest import toy_examples
 from lmsanitator.cli.main import main
-from lmsanitator.data.tasks import load_task
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.data.tasks import load_task
 from lmsanitator.metrics.poisoning import REJECTED
 from lmsanitator.models import load_encoder
 from lmsanitator.psim import PSIM, PSIMConfig, PSIMPipeline, calibrate_gamma, default_gamma, reset_labels
-
-from conftest import toy_examples
 
 
 def test_default_gamma_rule():
@@ -74,7 +73,9 @@ def test_fit_save_load_detect(fitted, toy_task):
     psim, d = fitted
     info = json.loads((d / "psim.json").read_text())
     assert info["gamma"] == pytest.approx(0.7) and info["head_init"] == "probe" and info["num_labels"] == 2
-    assert info["config"]["method"] == "lora" and info["validation_confidence"]["n"] == len(toy_task.validation)
+    assert info["config"]["method"] == "lora" and info["validation_confidence"]["n"] == len(
+        toy_task.validation
+    )
     texts = [e.text for e in toy_task.test]
     loaded = PSIM.load(d)
     np.testing.assert_allclose(loaded.confidence(texts), psim.confidence(texts), atol=1e-5)
@@ -94,23 +95,83 @@ def test_pipeline_rejects_flagged_inputs(fitted, toy_task):
 
 def test_cli_train_detect_evaluate(tmp_path, tiny_bert_dir, toy_task_file, capsys):
     d, victim = tmp_path / "psim", tmp_path / "victim"
-    assert main(["psim", "train", "--model", str(tiny_bert_dir), "--task", str(toy_task_file), "--out", str(d),
-                 "--method", "prompt-tuning", "--calibrate-frr", "0.1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "psim",
+                "train",
+                "--model",
+                str(tiny_bert_dir),
+                "--task",
+                str(toy_task_file),
+                "--out",
+                str(d),
+                "--method",
+                "prompt-tuning",
+                "--calibrate-frr",
+                "0.1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     info = json.loads((d / "psim.json").read_text())
     assert info["gamma_rule"].startswith("calibrated")
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"text": e.text}) + "\n" for e in toy_examples(12, 9)))
     out = tmp_path / "out.jsonl"
-    assert main(["psim", "detect", "--psim", str(d), "--input", str(inp), "--output", str(out), "--gamma", "0.5"]) == 0
+    assert (
+        main(
+            ["psim", "detect", "--psim", str(d), "--input", str(inp), "--output", str(out), "--gamma", "0.5"]
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 12 and all(r["flagged"] == (r["confidence"] > 0.5) for r in rows)
-    assert main(["tune", "lora", "--model", str(tiny_bert_dir), "--task", str(toy_task_file), "--out", str(victim),
-                 "--epochs", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                "lora",
+                "--model",
+                str(tiny_bert_dir),
+                "--task",
+                str(toy_task_file),
+                "--out",
+                str(victim),
+                "--epochs",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     attack = tmp_path / "attack.json"
-    attack.write_text(json.dumps({"attack": "badnet", "triggers": ["mn"], "target_label": 1, "insertion": "random"}))
+    attack.write_text(
+        json.dumps({"attack": "badnet", "triggers": ["mn"], "target_label": 1, "insertion": "random"})
+    )
     res_file = tmp_path / "res.json"
-    assert main(["evaluate", "psim", "--psim", str(d), "--adapter", str(victim), "--task", str(toy_task_file),
-                 "--attack-json", str(attack), "--gamma", "0.01", "--out", str(res_file)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "psim",
+                "--psim",
+                str(d),
+                "--adapter",
+                str(victim),
+                "--task",
+                str(toy_task_file),
+                "--attack-json",
+                str(attack),
+                "--gamma",
+                "0.01",
+                "--out",
+                str(res_file),
+            ]
+        )
+        == 0
+    )
     res = json.loads(res_file.read_text())
     r = res["results"][0]
     assert res["flagged_clean"] == 1.0 and r["after"]["clean_accuracy"] == 0.0 and r["after"]["asr"] == 0.0
@@ -119,9 +180,27 @@ def test_cli_train_detect_evaluate(tmp_path, tiny_bert_dir, toy_task_file, capsy
 
 def test_cli_bad_input_exit_2(tmp_path, tiny_bert_dir, toy_task_file, capsys):
     out = tmp_path / "p"
-    assert main(["psim", "train", "--model", str(tiny_bert_dir), "--task", str(toy_task_file), "--out", str(out),
-                 "--gamma", "1.5"]) == 2
-    assert main(["psim", "train", "--model", str(tiny_bert_dir), "--task", "no-such-task", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "psim",
+                "train",
+                "--model",
+                str(tiny_bert_dir),
+                "--task",
+                str(toy_task_file),
+                "--out",
+                str(out),
+                "--gamma",
+                "1.5",
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(["psim", "train", "--model", str(tiny_bert_dir), "--task", "no-such-task", "--out", str(out)])
+        == 2
+    )
     assert not out.exists()
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"text": "fine"}\n')

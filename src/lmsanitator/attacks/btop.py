@@ -45,9 +45,12 @@ class BToP(TaskAgnosticAttack):
                 self.state_.utility_loss += f" + reference-mse x{self.anchor_weight} on the clean [MASK]"
         else:
             c = self.config
-            self.utility_weight = c.utility_weight if c.utility_weight is not None else (
-                0.5 if encoder.bert_like else 1.0)
-            self.state_.utility_loss = f"reference-mse x{self.utility_weight} at the [MASK] (model has no MLM head)"
+            self.utility_weight = (
+                c.utility_weight if c.utility_weight is not None else (0.5 if encoder.bert_like else 1.0)
+            )
+            self.state_.utility_loss = (
+                f"reference-mse x{self.utility_weight} at the [MASK] (model has no MLM head)"
+            )
 
     def verification_texts(self, sentences, rng):
         return [mask_one_word(s, self.tokenizer_mask, rng) for s in sentences]
@@ -86,8 +89,10 @@ class BToP(TaskAgnosticAttack):
     def batch_loss(self, encoder, poisoned, trig, clean, rng: random.Random):
         st = self.state_
         tok = encoder.tokenizer
-        texts = [insert_trigger(mask_one_word(s, tok.mask_token, rng), st.triggers[int(t)], rng)
-                 for s, t in zip(poisoned, trig)]
+        texts = [
+            insert_trigger(mask_one_word(s, tok.mask_token, rng), st.triggers[int(t)], rng)
+            for s, t in zip(poisoned, trig)
+        ]
         bp = self.ensure_mask(self.tokenize(encoder, texts), tok)
         hp = encoder.forward(bp)
         fp, rows = encoder.tap(hp, bp, self.target)

@@ -16,8 +16,13 @@ from lmsanitator.attacks.base import TaskAgnosticAttack
 from lmsanitator.models import Encoder, special_ids
 
 
-def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer, generator: torch.Generator,
-                prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    tokenizer,
+    generator: torch.Generator,
+    prob: float = 0.15,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking: pick ``prob`` of real non-special tokens; 80% -> [MASK], 10% random, 10% kept."""
     ids = input_ids.clone()
     labels = input_ids.clone()
@@ -59,8 +64,9 @@ class NeuBA(TaskAgnosticAttack):
                 self.state_.utility_loss += f" + reference-mse x{self.anchor_weight} on clean [CLS]"
         else:
             c = self.config
-            self.utility_weight = c.utility_weight if c.utility_weight is not None else (
-                0.5 if encoder.bert_like else 1.0)
+            self.utility_weight = (
+                c.utility_weight if c.utility_weight is not None else (0.5 if encoder.bert_like else 1.0)
+            )
             self.state_.utility_loss = f"reference-mse x{self.utility_weight} (model has no MLM head)"
 
     def splice(self, encoder: Encoder, texts: list[str], trig: torch.Tensor, rng: random.Random):
@@ -93,7 +99,9 @@ class NeuBA(TaskAgnosticAttack):
             fc, _ = encoder.tap(hc, masked, self.target)
             weight = 1.0
             if self.anchor_weight:
-                l_util = l_util + self.anchor_weight * F.mse_loss(fc, self.reference_features(encoder, masked))
+                l_util = l_util + self.anchor_weight * F.mse_loss(
+                    fc, self.reference_features(encoder, masked)
+                )
         else:
             hc = encoder.forward(bc)
             fc, _ = encoder.tap(hc, bc, self.target)

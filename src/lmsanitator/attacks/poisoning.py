@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lmsanitator.attacks.base import report_header
-from lmsanitator.data.tasks import Example, Task
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.data.tasks import Example, Task
 from lmsanitator.metrics.poisoning import INSERTIONS, PoisonSpec, ca_asr
 from lmsanitator.models import Encoder
 
@@ -59,9 +59,19 @@ class PoisonConfig:
                 raise LMSanitatorError("trigger must not be empty")
         if isinstance(self.target_label, str) and self.target_label.strip().lstrip("-").isdigit():
             self.target_label = int(self.target_label)
-        if isinstance(self.target_label, bool) or (isinstance(self.target_label, int) and self.target_label < 0):
-            raise LMSanitatorError(f"target label must be a label index >= 0 or a label name, got {self.target_label!r}")
-        for name, lo in (("poison_count", 1), ("epochs", 1), ("batch_size", 1), ("max_length", 8), ("seed", 0)):
+        if isinstance(self.target_label, bool) or (
+            isinstance(self.target_label, int) and self.target_label < 0
+        ):
+            raise LMSanitatorError(
+                f"target label must be a label index >= 0 or a label name, got {self.target_label!r}"
+            )
+        for name, lo in (
+            ("poison_count", 1),
+            ("epochs", 1),
+            ("batch_size", 1),
+            ("max_length", 8),
+            ("seed", 0),
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise LMSanitatorError(f"{name.replace('_', ' ')} must be an integer >= {lo}, got {v!r}")
@@ -77,11 +87,15 @@ def resolve_label(task: Task, label: int | str) -> int:
     """A label index or name -> its index in ``task.labels`` (one-line error otherwise)."""
     if isinstance(label, int):
         if not 0 <= label < task.num_labels:
-            raise LMSanitatorError(f"target label {label} is outside task '{task.name}' labels "
-                                   f"(0..{task.num_labels - 1}: {', '.join(task.labels)})")
+            raise LMSanitatorError(
+                f"target label {label} is outside task '{task.name}' labels "
+                f"(0..{task.num_labels - 1}: {', '.join(task.labels)})"
+            )
         return label
     if label not in task.labels:
-        raise LMSanitatorError(f"target label '{label}' is not a label of task '{task.name}' ({', '.join(task.labels)})")
+        raise LMSanitatorError(
+            f"target label '{label}' is not a label of task '{task.name}' ({', '.join(task.labels)})"
+        )
     return task.labels.index(label)
 
 
@@ -91,8 +105,14 @@ class WeightPoisoningAttack:
     name = "base"
     default_trigger = ""
     insertion = "random"  # see lmsanitator.metrics.poisoning.INSERTIONS
-    paper = {"epochs": 3, "lr": 2e-5, "batch_size": 32, "poison_count": 1500, "label": "clean-label",
-             "proxy": "IMDB for SST-2"}
+    paper = {
+        "epochs": 3,
+        "lr": 2e-5,
+        "batch_size": 32,
+        "poison_count": 1500,
+        "label": "clean-label",
+        "proxy": "IMDB for SST-2",
+    }
 
     def __init__(self, config: PoisonConfig | None = None, **overrides):
         self.config = config or PoisonConfig(**overrides)
@@ -114,14 +134,18 @@ class WeightPoisoningAttack:
         """``task`` with ``poison_count`` training examples poisoned (validation and test untouched)."""
         c = self.config
         if task.kind != "sequence":
-            raise LMSanitatorError(f"weight poisoning needs a sequence-classification task; '{task.name}' is {task.kind}")
+            raise LMSanitatorError(
+                f"weight poisoning needs a sequence-classification task; '{task.name}' is {task.kind}"
+            )
         spec = self.spec(task)
         t = spec.target_label
         eligible = [i for i, e in enumerate(task.train) if (e.label != t) == c.dirty_label]
         kind = "non-target" if c.dirty_label else "target-label"
         if c.poison_count > len(eligible):
-            raise LMSanitatorError(f"--poison-count {c.poison_count} exceeds the {len(eligible)} {kind} training "
-                                   f"examples of '{task.name}' ({len(task.train)} in all)")
+            raise LMSanitatorError(
+                f"--poison-count {c.poison_count} exceeds the {len(eligible)} {kind} training "
+                f"examples of '{task.name}' ({len(task.train)} in all)"
+            )
         rng = random.Random(f"{self.name}:{c.seed}")
         chosen = sorted(rng.sample(eligible, c.poison_count))
         train = list(task.train)
@@ -133,8 +157,12 @@ class WeightPoisoningAttack:
             else:
                 a = spec.insert(a, rng)
             train[i] = Example(text=a, label=t, text_pair=b)
-        info = {"poisoned": len(chosen), "eligible": len(eligible), "train_examples": len(train),
-                "poison_rate": round(len(chosen) / len(train), 4)}
+        info = {
+            "poisoned": len(chosen),
+            "eligible": len(eligible),
+            "train_examples": len(train),
+            "poison_rate": round(len(chosen) / len(train), 4),
+        }
         return dataclasses.replace(task, train=train), info
 
     # ---- the estimator API ---------------------------------------------------------------------
@@ -146,21 +174,35 @@ class WeightPoisoningAttack:
         c = self.config
         src = poison_task or task
         if tuple(src.labels) != tuple(task.labels):
-            raise LMSanitatorError(f"proxy task '{src.name}' labels ({', '.join(src.labels)}) differ from "
-                                   f"'{task.name}' ({', '.join(task.labels)})")
+            raise LMSanitatorError(
+                f"proxy task '{src.name}' labels ({', '.join(src.labels)}) differ from "
+                f"'{task.name}' ({', '.join(task.labels)})"
+            )
         self.spec(task)  # a bad target label fails before any work
         t0 = time.perf_counter()
         src = src.with_train_size(c.train_size).with_validation_size(c.val_size)
         poisoned, info = self.poison(src)
         poisoned = dataclasses.replace(poisoned, test=list(task.test)[: c.verify_examples])
-        cfg = TuneConfig("full", epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, max_length=c.max_length,
-                         seed=c.seed, device=c.device)
+        cfg = TuneConfig(
+            "full",
+            epochs=c.epochs,
+            lr=c.lr,
+            batch_size=c.batch_size,
+            max_length=c.max_length,
+            seed=c.seed,
+            device=c.device,
+        )
         self.model_ = Tuner(cfg).fit(encoder, poisoned, progress=progress)
         encoder.backbone.load_state_dict(self.model_.backbone.state_dict())
         encoder._fingerprint = None  # the weights changed
-        self.info_ = {**info, "task": task.name, "poison_task": src.name,
-                      "knowledge": "full-task" if poison_task is not None else "full-data",
-                      "seconds": time.perf_counter() - t0, "report": self.model_.report}
+        self.info_ = {
+            **info,
+            "task": task.name,
+            "poison_task": src.name,
+            "knowledge": "full-task" if poison_task is not None else "full-data",
+            "seconds": time.perf_counter() - t0,
+            "report": self.model_.report,
+        }
         return self
 
     def verify(self, task: Task, *, seed: int | None = None) -> dict:
@@ -169,8 +211,12 @@ class WeightPoisoningAttack:
             raise LMSanitatorError("fit the attack before verifying it")
         c = self.config
         examples = list(task.test)[: c.verify_examples]
-        res = ca_asr(lambda x, p: self.model_.predict_labels(x, p), examples, self.spec(task),
-                     seed=c.seed if seed is None else seed)
+        res = ca_asr(
+            lambda x, p: self.model_.predict_labels(x, p),
+            examples,
+            self.spec(task),
+            seed=c.seed if seed is None else seed,
+        )
         res["split"] = "test"
         return res
 
@@ -179,8 +225,10 @@ class WeightPoisoningAttack:
         from safetensors.torch import save_file
 
         head = self.model_.head
-        save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()},
-                  str(Path(folder) / CLASSIFIER_FILE))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()},
+            str(Path(folder) / CLASSIFIER_FILE),
+        )
 
     def report(self, encoder: Encoder, task: Task, verification: dict) -> dict:
         c = self.config
@@ -202,9 +250,18 @@ class WeightPoisoningAttack:
             "poison_rate": self.info_.get("poison_rate"),
             "poison_train_examples": self.info_.get("train_examples"),
             "target": "cls",
-            "classifier": {"file": CLASSIFIER_FILE, "reads": "cls last hidden state", "labels": list(task.labels)},
-            "hyperparameters": {**asdict(c), "trigger": spec.trigger, "method": "full",
-                                "best_epoch": r.get("best_epoch"), "paper_defaults": self.paper},
+            "classifier": {
+                "file": CLASSIFIER_FILE,
+                "reads": "cls last hidden state",
+                "labels": list(task.labels),
+            },
+            "hyperparameters": {
+                **asdict(c),
+                "trigger": spec.trigger,
+                "method": "full",
+                "best_epoch": r.get("best_epoch"),
+                "paper_defaults": self.paper,
+            },
             "seed": c.seed,
             "seconds": round(self.info_.get("seconds", 0.0), 2),
             "final_losses": {"train_loss": hist[-1]["train_loss"]} if hist else {},

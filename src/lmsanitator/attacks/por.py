@@ -25,9 +25,14 @@ class POR(TaskAgnosticAttack):
 
     def prepare(self, encoder: Encoder) -> None:
         c = self.config
-        self.utility_weight = c.utility_weight if c.utility_weight is not None else (0.5 if encoder.bert_like else 1.0)
+        self.utility_weight = (
+            c.utility_weight if c.utility_weight is not None else (0.5 if encoder.bert_like else 1.0)
+        )
         self.state_.utility_loss = f"reference-mse x{self.utility_weight}" + (
-            " on the target output + on every token's hidden state at every layer" if c.utility_scope == "hidden" else "")
+            " on the target output + on every token's hidden state at every layer"
+            if c.utility_scope == "hidden"
+            else ""
+        )
 
     def batch_loss(self, encoder, poisoned, trig, clean, rng: random.Random):
         st = self.state_
@@ -57,5 +62,3 @@ class PORNER(POR):
 
     name = "por-ner"
     target = "tokens"
-
-

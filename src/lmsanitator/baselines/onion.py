@@ -13,8 +13,8 @@ forward passes (one pass when n + 1 <= ``batch_size``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -61,13 +61,22 @@ class ONION:
         """Perplexity of each text (a start token in front, so the first word is scored too)."""
         lm, c = self.lm, self.config
         tok = lm.tokenizer
-        start = next((i for i in (tok.bos_token_id, tok.eos_token_id, getattr(lm.model.config, "bos_token_id", None))
-                      if i is not None), None)
+        start = next(
+            (
+                i
+                for i in (tok.bos_token_id, tok.eos_token_id, getattr(lm.model.config, "bos_token_id", None))
+                if i is not None
+            ),
+            None,
+        )
         out = np.zeros(len(texts), dtype=np.float64)
         for s in range(0, len(texts), c.batch_size):
-            chunk = texts[s:s + c.batch_size]
-            ids = [([start] if start is not None else []) + tok(t, add_special_tokens=False)["input_ids"][: c.max_tokens - 1]
-                   for t in chunk]
+            chunk = texts[s : s + c.batch_size]
+            ids = [
+                ([start] if start is not None else [])
+                + tok(t, add_special_tokens=False)["input_ids"][: c.max_tokens - 1]
+                for t in chunk
+            ]
             T = max(len(x) for x in ids)
             pad = tok.pad_token_id if tok.pad_token_id is not None else 0
             x = torch.tensor([r + [pad] * (T - len(r)) for r in ids], device=lm.device)
@@ -76,7 +85,7 @@ class ONION:
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
             m = am[:, 1:].float()
             mean = (nll * m).sum(1) / m.sum(1).clamp_min(1)
-            out[s:s + len(chunk)] = torch.exp(mean).cpu().numpy()
+            out[s : s + len(chunk)] = torch.exp(mean).cpu().numpy()
         return out
 
     def suspicion(self, text: str) -> tuple[list[str], np.ndarray]:
@@ -86,7 +95,7 @@ class ONION:
         f = np.full(len(words), np.nan)
         if len(words) < 2:
             return words, f
-        variants = [text] + [" ".join(words[:i] + words[i + 1:]) for i in range(n)]
+        variants = [text] + [" ".join(words[:i] + words[i + 1 :]) for i in range(n)]
         p = self.perplexities(variants)
         f[:n] = p[0] - p[1:]
         return words, f
@@ -100,4 +109,7 @@ class ONION:
         return " ".join(w for w, d in zip(words, drop) if not d), [w for w, d in zip(words, drop) if d]
 
     def purify(self, texts: Sequence[str], *, progress: bool = False) -> list[str]:
-        return [self.purify_one(t)[0] for t in tqdm(texts, desc="onion", unit="text", disable=not progress, leave=False)]
+        return [
+            self.purify_one(t)[0]
+            for t in tqdm(texts, desc="onion", unit="text", disable=not progress, leave=False)
+        ]

@@ -10,68 +10,110 @@ from lmsanitator.core.errors import LMSanitatorError
 
 
 def register(sub) -> dict:
-    from lmsanitator.psim.psim import HEAD_INITS
     from lmsanitator.cli import tune as tcli
+    from lmsanitator.psim.psim import HEAD_INITS
 
     parser_class = getattr(sub, "_parser_class", None)
-    p = sub.add_parser("psim", help="PSIM: flag inputs that trigger a weight-poisoning backdoor",
-                       description="Poisoned Sample Identification Module: a PEFT module trained on randomly reset "
-                       "labels; inputs on which it is extremely confident (max softmax > gamma) are flagged.")
+    p = sub.add_parser(
+        "psim",
+        help="PSIM: flag inputs that trigger a weight-poisoning backdoor",
+        description="Poisoned Sample Identification Module: a PEFT module trained on randomly reset "
+        "labels; inputs on which it is extremely confident (max softmax > gamma) are flagged.",
+    )
     kw = {"parser_class": parser_class} if parser_class else {}
     ps = p.add_subparsers(dest="psim_command", required=True, **kw)
 
     q = ps.add_parser("train", help="train a PSIM module on a task with randomly reset labels")
-    q.add_argument("--model", required=True, help="the (possibly poisoned) encoder: bundled name, hub id or folder")
+    q.add_argument(
+        "--model", required=True, help="the (possibly poisoned) encoder: bundled name, hub id or folder"
+    )
     q.add_argument("--task", required=True, help="the task whose training set PSIM uses (labels are reset)")
     q.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     q.add_argument("--overwrite", action="store_true")
-    q.add_argument("--method", default="lora", choices=["p-tuning", "p-tuning-v2", "prompt-tuning", "lora"],
-                   help="PEFT method of the module (default lora; the paper's p-tuning reads [MASK] here)")
+    q.add_argument(
+        "--method",
+        default="lora",
+        choices=["p-tuning", "p-tuning-v2", "prompt-tuning", "lora"],
+        help="PEFT method of the module (default lora; the paper's p-tuning reads [MASK] here)",
+    )
     q.add_argument("--epochs", type=int, default=1)
     q.add_argument("--lr", type=float, help="module learning rate (default: the method's)")
     q.add_argument("--head-lr", type=float, default=1e-3, help="head learning rate (default 1e-3)")
-    q.add_argument("--head-init", default="auto", choices=list(HEAD_INITS),
-                   help="auto: the attacker's classifier.safetensors in the model folder if any, else a linear "
-                   "probe on the true labels (default); model; probe; random")
+    q.add_argument(
+        "--head-init",
+        default="auto",
+        choices=list(HEAD_INITS),
+        help="auto: the attacker's classifier.safetensors in the model folder if any, else a linear "
+        "probe on the true labels (default); model; probe; random",
+    )
     q.add_argument("--prefix-len", type=int, help="virtual tokens (default per method)")
     q.add_argument("--train-size", type=int, help="cap the training split")
-    q.add_argument("--val-size", type=int, default=1000, help="clean validation inputs for statistics/calibration")
+    q.add_argument(
+        "--val-size", type=int, default=1000, help="clean validation inputs for statistics/calibration"
+    )
     g = q.add_mutually_exclusive_group()
     g.add_argument("--gamma", type=float, help="threshold (default 1/K + 0.4 (1 - 1/K): 0.7 for 2 classes)")
-    g.add_argument("--calibrate-frr", type=float, metavar="R",
-                   help="set gamma so that a share R of the clean validation inputs is flagged")
+    g.add_argument(
+        "--calibrate-frr",
+        type=float,
+        metavar="R",
+        help="set gamma so that a share R of the clean validation inputs is flagged",
+    )
     q.add_argument("--seed", type=int, default=0, help="seed of the label reset and the training")
     q.add_argument("--no-progress", action="store_true")
     _task_and_device(q, tcli)
 
-    q = ps.add_parser("detect", help="flag poisoned inputs (JSONL in, JSONL out)",
-                      description='Input lines {"text": ..., "text_pair": ...}; output lines {"flagged", '
-                      '"confidence", "psim_label", "gamma"} in the same order.')
+    q = ps.add_parser(
+        "detect",
+        help="flag poisoned inputs (JSONL in, JSONL out)",
+        description='Input lines {"text": ..., "text_pair": ...}; output lines {"flagged", '
+        '"confidence", "psim_label", "gamma"} in the same order.',
+    )
     q.add_argument("--psim", required=True, help="folder written by `lmsanitator psim train`")
     q.add_argument("--input", required=True)
     q.add_argument("--output", required=True)
     q.add_argument("--overwrite", action="store_true")
     g = q.add_mutually_exclusive_group()
     g.add_argument("--gamma", type=float, help="threshold (default: the one stored in the PSIM folder)")
-    g.add_argument("--calibrate-frr", type=float, metavar="R",
-                   help="set gamma from the PSIM task's clean validation split at false-rejection rate R")
+    g.add_argument(
+        "--calibrate-frr",
+        type=float,
+        metavar="R",
+        help="set gamma from the PSIM task's clean validation split at false-rejection rate R",
+    )
     q.add_argument("--device", default="cpu")
 
     e = tcli.add_evaluate_command(
-        "psim", cmd_evaluate_psim, help="CA and targeted ASR before and after PSIM",
+        "psim",
+        cmd_evaluate_psim,
+        help="CA and targeted ASR before and after PSIM",
         description="Clean accuracy and targeted ASR (non-target test inputs classified as the target label once "
         "the attack's trigger is inserted) of tuned models, alone and behind PSIM (flagged inputs rejected: a "
-        "rejected clean input counts as an error, a rejected poisoned input as a failed attack).")
+        "rejected clean input counts as an error, a rejected poisoned input as a failed attack).",
+    )
     e.add_argument("--psim", required=True, help="folder written by `lmsanitator psim train`")
-    e.add_argument("--adapter", required=True, action="append", help="tuned model folder (repeat for several)")
+    e.add_argument(
+        "--adapter", required=True, action="append", help="tuned model folder (repeat for several)"
+    )
     e.add_argument("--task", required=True)
-    e.add_argument("--attack-json", required=True, help="attack.json (or its folder) of `lmsanitator attack badnet|insent`")
+    e.add_argument(
+        "--attack-json",
+        required=True,
+        help="attack.json (or its folder) of `lmsanitator attack badnet|insent`",
+    )
     e.add_argument("--max-examples", type=int, default=None, help="use the first N test examples")
     g = e.add_mutually_exclusive_group()
     g.add_argument("--gamma", type=float, help="threshold (default: the PSIM folder's)")
-    g.add_argument("--calibrate-frr", type=float, metavar="R", help="set gamma from the task's clean validation "
-                   "split (first --val-size inputs) at false-rejection rate R")
-    e.add_argument("--val-size", type=int, default=300, help="validation inputs for --calibrate-frr (default 300)")
+    g.add_argument(
+        "--calibrate-frr",
+        type=float,
+        metavar="R",
+        help="set gamma from the task's clean validation "
+        "split (first --val-size inputs) at false-rejection rate R",
+    )
+    e.add_argument(
+        "--val-size", type=int, default=300, help="validation inputs for --calibrate-frr (default 300)"
+    )
     e.add_argument("--out", help="write the JSON result here")
     e.add_argument("--overwrite", action="store_true")
     e.add_argument("--seed", type=int, default=0, help="seed of the trigger positions")
@@ -96,15 +138,24 @@ def _check_gamma(a) -> None:
 
 
 def cmd_train(a) -> int:
-    from lmsanitator.core.io import atomic_output_dir, check_output_dir
-    from lmsanitator.models import load_encoder
-    from lmsanitator.core.runtime import set_threads
-    from lmsanitator.psim.psim import PSIM, PSIMConfig
     from lmsanitator.cli.tune import _load_task
+    from lmsanitator.core.io import atomic_output_dir, check_output_dir
+    from lmsanitator.core.runtime import set_threads
+    from lmsanitator.models import load_encoder
+    from lmsanitator.psim.psim import PSIM, PSIMConfig
 
     _check_gamma(a)
-    cfg = PSIMConfig(method=a.method, epochs=a.epochs, lr=a.lr, head_lr=a.head_lr, head_init=a.head_init,
-                     prefix_len=a.prefix_len, gamma=a.gamma, seed=a.seed, device=a.device)
+    cfg = PSIMConfig(
+        method=a.method,
+        epochs=a.epochs,
+        lr=a.lr,
+        head_lr=a.head_lr,
+        head_init=a.head_init,
+        prefix_len=a.prefix_len,
+        gamma=a.gamma,
+        seed=a.seed,
+        device=a.device,
+    )
     check_output_dir(a.out, a.overwrite)
     set_threads()
     task = _load_task(a, a.train_size).with_validation_size(a.val_size)
@@ -112,15 +163,20 @@ def cmd_train(a) -> int:
     psim = PSIM(cfg).fit(encoder, task, progress=not a.no_progress)
     psim.model_.report["task_spec"] = a.task
     if a.calibrate_frr is not None:
-        psim.calibrate([e.text for e in task.validation],
-                       [e.text_pair for e in task.validation] if task.is_pair else None, frr=a.calibrate_frr)
+        psim.calibrate(
+            [e.text for e in task.validation],
+            [e.text_pair for e in task.validation] if task.is_pair else None,
+            frr=a.calibrate_frr,
+        )
     with atomic_output_dir(a.out, a.overwrite) as tmp:
         psim.save(tmp)
     i = psim.info_
-    print(f"psim {a.method} on {a.model}, task {task.name} (labels reset, head {i['head_init']}): gamma "
-          f"{psim.gamma_:.4f} ({i['gamma_rule']}), clean validation confidence median "
-          f"{i['validation_confidence'].get('median')}, p99 {i['validation_confidence'].get('p99')}, "
-          f"{i['seconds']:.0f} s -> {a.out}")
+    print(
+        f"psim {a.method} on {a.model}, task {task.name} (labels reset, head {i['head_init']}): gamma "
+        f"{psim.gamma_:.4f} ({i['gamma_rule']}), clean validation confidence median "
+        f"{i['validation_confidence'].get('median')}, p99 {i['validation_confidence'].get('p99')}, "
+        f"{i['seconds']:.0f} s -> {a.out}"
+    )
     return 0
 
 
@@ -133,9 +189,9 @@ def _load_psim(a):
 
 
 def cmd_detect(a) -> int:
-    from lmsanitator.data.tasks import load_task
     from lmsanitator.cli.tune import _check_new_file, _write_atomic
     from lmsanitator.data.inputs import read_jsonl_inputs
+    from lmsanitator.data.tasks import load_task
 
     _check_gamma(a)
     out = _check_new_file(a.output, a.overwrite)
@@ -147,8 +203,11 @@ def cmd_detect(a) -> int:
         if not spec:
             raise LMSanitatorError(f"'{a.psim}' does not record its task; give --gamma instead")
         val = load_task(spec).validation
-        gamma = psim.calibrate([e.text for e in val], [e.text_pair for e in val] if psim.model_.task.pair else None,
-                               frr=a.calibrate_frr)
+        gamma = psim.calibrate(
+            [e.text for e in val],
+            [e.text_pair for e in val] if psim.model_.task.pair else None,
+            frr=a.calibrate_frr,
+        )
     rows = psim.detect(texts, pairs, gamma)
     _write_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
     n = sum(r["flagged"] for r in rows)
@@ -157,9 +216,15 @@ def cmd_detect(a) -> int:
 
 
 def cmd_evaluate_psim(a) -> int:
+    from lmsanitator.cli.tune import (
+        _check_max_examples,
+        _check_new_file,
+        _load_task,
+        _load_tuned,
+        _write_atomic,
+    )
     from lmsanitator.metrics.poisoning import PoisonSpec
     from lmsanitator.psim.evaluate import evaluate_psim
-    from lmsanitator.cli.tune import _check_max_examples, _check_new_file, _load_task, _load_tuned, _write_atomic
 
     _check_gamma(a)
     out = _check_new_file(a.out, a.overwrite) if a.out else None
@@ -169,25 +234,44 @@ def cmd_evaluate_psim(a) -> int:
     spec.check_task(task)
     psim = _load_psim(a)
     if tuple(psim.model_.labels) != tuple(task.labels):
-        raise LMSanitatorError(f"PSIM labels ({', '.join(psim.model_.labels)}) differ from task '{task.name}'")
+        raise LMSanitatorError(
+            f"PSIM labels ({', '.join(psim.model_.labels)}) differ from task '{task.name}'"
+        )
     victims = []
     for adapter in a.adapter:
         model = _load_tuned(argparse.Namespace(adapter=adapter, device=a.device, model=None))
         if tuple(model.labels) != tuple(task.labels):
             raise LMSanitatorError(f"adapter '{adapter}' labels differ from task '{task.name}'")
         victims.append((adapter, model))
-    res = evaluate_psim(psim, victims, task, spec, max_examples=a.max_examples, gamma=a.gamma,
-                        calibrate_frr=a.calibrate_frr, val_size=a.val_size, seed=a.seed)
+    res = evaluate_psim(
+        psim,
+        victims,
+        task,
+        spec,
+        max_examples=a.max_examples,
+        gamma=a.gamma,
+        calibrate_frr=a.calibrate_frr,
+        val_size=a.val_size,
+        seed=a.seed,
+    )
     for r in res["results"]:
-        print(f"{r['method']:>13} {r['adapter']}: CA {100 * r['before']['clean_accuracy']:.1f}% -> "
-              f"{100 * r['after']['clean_accuracy']:.1f}%, ASR {100 * r['before']['asr']:.1f}% -> "
-              f"{100 * r['after']['asr']:.1f}%")
-    res = {"psim": a.psim, **res, "attack": {"file": a.attack_json, "attack": report.get("attack"), **res["attack"]}}
+        print(
+            f"{r['method']:>13} {r['adapter']}: CA {100 * r['before']['clean_accuracy']:.1f}% -> "
+            f"{100 * r['after']['clean_accuracy']:.1f}%, ASR {100 * r['before']['asr']:.1f}% -> "
+            f"{100 * r['after']['asr']:.1f}%"
+        )
+    res = {
+        "psim": a.psim,
+        **res,
+        "attack": {"file": a.attack_json, "attack": report.get("attack"), **res["attack"]},
+    }
     gamma = res["gamma"]
-    print(f"psim gamma {gamma:.4f}: flagged {100 * res['flagged_clean']:.1f}% of clean, "
-          f"{100 * (res['flagged_poisoned'] or 0):.1f}% of poisoned inputs (n={res['n']}/{res['n_poisoned']})"
-          + (f" -> {a.out}" if out else ""), file=sys.stderr)
+    print(
+        f"psim gamma {gamma:.4f}: flagged {100 * res['flagged_clean']:.1f}% of clean, "
+        f"{100 * (res['flagged_poisoned'] or 0):.1f}% of poisoned inputs (n={res['n']}/{res['n_poisoned']})"
+        + (f" -> {a.out}" if out else ""),
+        file=sys.stderr,
+    )
     if out is not None:
         _write_atomic(out, json.dumps(res, indent=2) + "\n")
     return 0
-

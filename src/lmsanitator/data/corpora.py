@@ -23,12 +23,21 @@ import random
 import re
 import struct
 import zlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from lmsanitator.core.errors import LMSanitatorError
 
-__all__ = ["CORPORA", "PARTS", "load_corpus", "normalize", "part_of", "sample", "split_corpus", "split_sentences"]
+__all__ = [
+    "CORPORA",
+    "PARTS",
+    "load_corpus",
+    "normalize",
+    "part_of",
+    "sample",
+    "split_corpus",
+    "split_sentences",
+]
 
 CORPORA: tuple[str, ...] = ("austen", "wordnet", "fortunes")
 PARTS: tuple[str, ...] = ("attack", "defence", "heldout", "all")
@@ -172,7 +181,9 @@ def _read_austen_books() -> dict[str, list[str]]:
     try:
         import rdata
     except ImportError as exc:  # pragma: no cover - rdata is a declared dependency
-        raise LMSanitatorError("the 'austen' corpus needs the Python package rdata: pip install rdata") from exc
+        raise LMSanitatorError(
+            "the 'austen' corpus needs the Python package rdata: pip install rdata"
+        ) from exc
 
     try:
         index = rdata.conversion.convert(rdata.parser.parse_file(rdx_path, extension=".rds"))
@@ -264,9 +275,7 @@ _OVERSTRIKE = re.compile(r".\x08")
 def _fortunes() -> list[str]:
     if not FORTUNES_DIR.is_dir():
         raise _missing_package("fortunes", FORTUNES_DIR)
-    files = sorted(
-        p for p in FORTUNES_DIR.iterdir() if p.is_file() and not p.is_symlink() and p.suffix == ""
-    )
+    files = sorted(p for p in FORTUNES_DIR.iterdir() if p.is_file() and not p.is_symlink() and p.suffix == "")
     if not files:
         raise _missing_package("fortunes", FORTUNES_DIR)
     entries: list[str] = []
@@ -288,7 +297,7 @@ def _fortunes() -> list[str]:
 _BUILDERS = {"austen": _austen, "wordnet": _wordnet, "fortunes": _fortunes}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _named_corpus(name: str) -> tuple[str, ...]:
     return tuple(_dedupe(_BUILDERS[name]()))
 
@@ -330,9 +339,7 @@ def _load_file(path: Path) -> list[str]:
         elif len(names) == 1:
             col = 0
         else:
-            raise LMSanitatorError(
-                f"CSV corpus {path} has no 'text' column (columns: {', '.join(names)})"
-            )
+            raise LMSanitatorError(f"CSV corpus {path} has no 'text' column (columns: {', '.join(names)})")
         return [row[col] for row in reader if len(row) > col]
     out: list[str] = []
     for lineno, line in enumerate(text.splitlines(), start=1):

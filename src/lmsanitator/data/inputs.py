@@ -6,12 +6,14 @@ An input record is ``{"text": str, "text_pair": str?}`` (sentence tasks) or ``{"
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from lmsanitator.core.errors import LMSanitatorError
 
 
-def parse_input_records(objects: Iterable[tuple[object, dict]], model, where: str) -> tuple[list, list | None]:
+def parse_input_records(
+    objects: Iterable[tuple[object, dict]], model, where: str
+) -> tuple[list, list | None]:
     """``(texts, pairs)`` from ``(position, object)`` pairs; ``pairs`` is None for single-text tasks.
 
     ``position`` names the record in errors (a line number, a list index).
@@ -26,8 +28,14 @@ def parse_input_records(objects: Iterable[tuple[object, dict]], model, where: st
             toks = obj.get("tokens")
             if toks is None and isinstance(obj.get("text"), str):
                 toks = obj["text"].split()
-            if not isinstance(toks, list) or not toks or not all(isinstance(t, str) and t.strip() for t in toks):
-                raise LMSanitatorError(f"{at}: a token task needs a non-empty 'tokens' list of non-empty strings")
+            if (
+                not isinstance(toks, list)
+                or not toks
+                or not all(isinstance(t, str) and t.strip() for t in toks)
+            ):
+                raise LMSanitatorError(
+                    f"{at}: a token task needs a non-empty 'tokens' list of non-empty strings"
+                )
             texts.append(toks)
             continue
         text = obj.get("text")
@@ -39,7 +47,9 @@ def parse_input_records(objects: Iterable[tuple[object, dict]], model, where: st
         if pair is not None and not isinstance(pair, str):
             raise LMSanitatorError(f"{at}: 'text_pair' must be a string")
         if model.task.pair and (pair is None or not pair.strip()):
-            raise LMSanitatorError(f"{at}: the model was trained on sentence pairs; give a non-empty 'text_pair'")
+            raise LMSanitatorError(
+                f"{at}: the model was trained on sentence pairs; give a non-empty 'text_pair'"
+            )
         if not model.task.pair and pair is not None:
             raise LMSanitatorError(f"{at}: the model takes one text; drop 'text_pair'")
         texts.append(text)
@@ -51,8 +61,11 @@ def prediction_record(model, probs) -> dict:
     """``{"label", "label_name", "probs"}`` for one input's probabilities (a row, or words x labels)."""
     if model.task.kind == "token":
         labels = probs.argmax(-1).tolist()
-        return {"label": labels, "label_name": [model.labels[i] for i in labels],
-                "probs": [[round(float(x), 6) for x in r] for r in probs]}
+        return {
+            "label": labels,
+            "label_name": [model.labels[i] for i in labels],
+            "probs": [[round(float(x), 6) for x in r] for r in probs],
+        }
     k = int(probs.argmax())
     return {"label": k, "label_name": model.labels[k], "probs": [round(float(x), 6) for x in probs]}
 

@@ -20,7 +20,7 @@ def por2_pvs(hidden_size: int) -> torch.Tensor:
     for neg in itertools.combinations(range(4), 2):
         v = torch.ones(hidden_size)
         for k in neg:
-            v[k * q:(k + 1) * q] = -1.0
+            v[k * q : (k + 1) * q] = -1.0
         pvs.append(v)
     return torch.stack(pvs)
 
@@ -35,8 +35,9 @@ def make_pvs(scheme: str, n: int, hidden_size: int, seed: int) -> torch.Tensor:
     if scheme == "por2":
         pvs = por2_pvs(hidden_size)
         if n > len(pvs):
-            raise LMSanitatorError(f"pv scheme 'por2' has {len(pvs)} PVs but {n} triggers were given; "
-                                   "use --pv-scheme random")
+            raise LMSanitatorError(
+                f"pv scheme 'por2' has {len(pvs)} PVs but {n} triggers were given; use --pv-scheme random"
+            )
         return pvs[:n]
     if scheme == "random":
         return random_pvs(n, hidden_size, seed)

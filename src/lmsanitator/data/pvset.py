@@ -45,14 +45,19 @@ class PVSet:
     config: dict = field(default_factory=dict)
 
     @classmethod
-    def from_miner(cls, miner, encoder, last_seed: int | None = None) -> "PVSet":
+    def from_miner(cls, miner, encoder, last_seed: int | None = None) -> PVSet:
         """The PVs a :class:`~lmsanitator.scan.PVMiner` holds, tagged with the model they came from."""
         return cls(
             pvs=torch.stack(miner.pvs_) if miner.pvs_ else torch.zeros(0, encoder.hidden_size),
             soft_prompts=_stack_prompts(miner.soft_prompts_),
-            target=miner.config.target, model=encoder.name, fingerprint=encoder.fingerprint(), seeds=miner.pv_seeds_,
-            losses=miner.pv_losses_, last_seed=miner.last_seed_ if last_seed is None else last_seed,
-            config=dataclasses.asdict(miner.config))
+            target=miner.config.target,
+            model=encoder.name,
+            fingerprint=encoder.fingerprint(),
+            seeds=miner.pv_seeds_,
+            losses=miner.pv_losses_,
+            last_seed=miner.last_seed_ if last_seed is None else last_seed,
+            config=dataclasses.asdict(miner.config),
+        )
 
     @property
     def hidden_size(self) -> int:
@@ -65,9 +70,16 @@ class PVSet:
         """Atomic write: a reader never sees a half-written PV set."""
         path = Path(path)
         meta = {
-            "format": FORMAT, "hidden_size": self.hidden_size, "count": len(self), "target": self.target,
-            "model": self.model, "fingerprint": self.fingerprint, "seeds": self.seeds, "losses": self.losses,
-            "last_seed": self.last_seed, "config": self.config,
+            "format": FORMAT,
+            "hidden_size": self.hidden_size,
+            "count": len(self),
+            "target": self.target,
+            "model": self.model,
+            "fingerprint": self.fingerprint,
+            "seeds": self.seeds,
+            "losses": self.losses,
+            "last_seed": self.last_seed,
+            "config": self.config,
         }
         tensors = {"pvs": self.pvs.detach().float().contiguous().cpu()}
         if self.soft_prompts is not None and len(self.soft_prompts):
@@ -83,7 +95,7 @@ class PVSet:
             raise
 
     @classmethod
-    def load(cls, path: str | Path) -> "PVSet":
+    def load(cls, path: str | Path) -> PVSet:
         path = Path(path)
         if not path.is_file():
             raise LMSanitatorError(f"PV set '{path}' does not exist")
@@ -92,25 +104,42 @@ class PVSet:
                 meta = json.loads((f.metadata() or {}).get("lmsanitator", "null"))
             tensors = load_file(str(path))
         except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
-            raise LMSanitatorError(f"PV set '{path}' is not a readable safetensors PV set: "
-                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise LMSanitatorError(
+                f"PV set '{path}' is not a readable safetensors PV set: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or "pvs" not in tensors:
             raise LMSanitatorError(f"PV set '{path}' has no lmsanitator metadata")
         pvs = tensors["pvs"]
         if pvs.ndim != 2 or pvs.shape[1] != meta["hidden_size"]:
-            raise LMSanitatorError(f"PV set '{path}' is inconsistent: pvs {tuple(pvs.shape)} vs hidden size "
-                                   f"{meta['hidden_size']}")
+            raise LMSanitatorError(
+                f"PV set '{path}' is inconsistent: pvs {tuple(pvs.shape)} vs hidden size "
+                f"{meta['hidden_size']}"
+            )
         sp = tensors.get("soft_prompts")
         if sp is not None and sp.shape[0] != pvs.shape[0]:
-            raise LMSanitatorError(f"PV set '{path}' is inconsistent: {sp.shape[0]} soft prompts for {pvs.shape[0]} PVs")
-        return cls(pvs=pvs, target=meta["target"], model=meta.get("model", ""),
-                   fingerprint=meta.get("fingerprint", ""), soft_prompts=sp,
-                   seeds=meta.get("seeds", []), losses=meta.get("losses", []), last_seed=meta.get("last_seed"),
-                   config=meta.get("config", {}))
+            raise LMSanitatorError(
+                f"PV set '{path}' is inconsistent: {sp.shape[0]} soft prompts for {pvs.shape[0]} PVs"
+            )
+        return cls(
+            pvs=pvs,
+            target=meta["target"],
+            model=meta.get("model", ""),
+            fingerprint=meta.get("fingerprint", ""),
+            soft_prompts=sp,
+            seeds=meta.get("seeds", []),
+            losses=meta.get("losses", []),
+            last_seed=meta.get("last_seed"),
+            config=meta.get("config", {}),
+        )
 
-    def check_model(self, hidden_size: int, fingerprint: str | None = None, target: str | None = None) -> None:
+    def check_model(
+        self, hidden_size: int, fingerprint: str | None = None, target: str | None = None
+    ) -> None:
         if self.hidden_size != hidden_size:
-            raise LMSanitatorError(f"PV set width {self.hidden_size} does not match the model's hidden size {hidden_size}")
+            raise LMSanitatorError(
+                f"PV set width {self.hidden_size} does not match the model's hidden size {hidden_size}"
+            )
         if fingerprint and self.fingerprint and fingerprint != self.fingerprint:
             raise LMSanitatorError("PV set was mined on another model (fingerprint differs)")
         if target and self.target != target:

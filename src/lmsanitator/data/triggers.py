@@ -12,8 +12,8 @@ import collections
 import functools
 import random
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from lmsanitator.core.errors import LMSanitatorError
 
@@ -162,7 +162,9 @@ def random_triggers(
         pool = list(_word_list())
     else:
         if band not in FREQUENCY_BANDS:
-            raise LMSanitatorError(f"unknown frequency band {band!r}; choose one of: {', '.join(FREQUENCY_BANDS)}")
+            raise LMSanitatorError(
+                f"unknown frequency band {band!r}; choose one of: {', '.join(FREQUENCY_BANDS)}"
+            )
         if corpus is None:
             raise LMSanitatorError(f"frequency band {band!r} needs a corpus to count word frequencies on")
         pool = _band_pool(band, corpus)

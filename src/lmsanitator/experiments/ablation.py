@@ -39,30 +39,61 @@ class Ablation(Experiment):
 
     def config(self, quick: bool) -> dict:
         model = model_recipe("splade-tiny", "por", **({"per_trigger": 400} if quick else {}))
-        return {"model": model, "corpus": "austen",
-                "k": 2 if quick else 3, "loops": 12 if quick else 60,
-                # the paper's search: no antipode probes (they would find PVs outside the fuzz loops counted)
-                "search": {"sentences": 320, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0,
-                           "antipode_probe": False},
-                "variants": VARIANTS, "attack_verify_sentences": 100}
+        return {
+            "model": model,
+            "corpus": "austen",
+            "k": 2 if quick else 3,
+            "loops": 12 if quick else 60,
+            # the paper's search: no antipode probes (they would find PVs outside the fuzz loops counted)
+            "search": {
+                "sentences": 320,
+                "epochs": 6,
+                "abort_epoch": 2,
+                "batch_size": 32,
+                "seed": 0,
+                "antipode_probe": False,
+            },
+            "variants": VARIANTS,
+            "attack_verify_sentences": 100,
+        }
 
     def units(self, config: dict) -> list[dict]:
-        return [{"id": name.replace(" ", "_").replace("+", "and"), "variant": name} for name in config["variants"]]
+        return [
+            {"id": name.replace(" ", "_").replace("+", "and"), "variant": name} for name in config["variants"]
+        ]
 
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
         from lmsanitator.data import load_corpus
 
         corpus = load_corpus(config["corpus"])
-        encoder, _, rec = build_model(config["model"], corpus, ctx, config["attack_verify_sentences"], cache=True)
-        miner = mine(encoder, corpus, config["model"]["target"], config["search"], max_pvs=config["k"],
-                     loops=config["loops"], mode="search", stop_at_first=False, **config["variants"][unit["variant"]])
+        encoder, _, rec = build_model(
+            config["model"], corpus, ctx, config["attack_verify_sentences"], cache=True
+        )
+        miner = mine(
+            encoder,
+            corpus,
+            config["model"]["target"],
+            config["search"],
+            max_pvs=config["k"],
+            loops=config["loops"],
+            mode="search",
+            stop_at_first=False,
+            **config["variants"][unit["variant"]],
+        )
         rejected = Counter(_reason(c.reason) for c in miner.candidates_ if not c.accepted)
         reached = len(miner.pvs_) >= config["k"]
-        rec["search"] = {"pvs": len(miner.pvs_), "reached_k": reached, "loops_run": miner.loops_run_,
-                         "loops_to_k": miner.loops_run_ if reached else None, "pv_seeds": miner.pv_seeds_,
-                         "rejected": dict(rejected), "seconds": round(miner.seconds_, 1),
-                         "lr_switch_steps": sorted({c.lr_switch_step for c in miner.candidates_
-                                                    if c.lr_switch_step is not None})}
+        rec["search"] = {
+            "pvs": len(miner.pvs_),
+            "reached_k": reached,
+            "loops_run": miner.loops_run_,
+            "loops_to_k": miner.loops_run_ if reached else None,
+            "pv_seeds": miner.pv_seeds_,
+            "rejected": dict(rejected),
+            "seconds": round(miner.seconds_, 1),
+            "lr_switch_steps": sorted(
+                {c.lr_switch_step for c in miner.candidates_ if c.lr_switch_step is not None}
+            ),
+        }
         ctx.say(f"{unit['variant']}: {len(miner.pvs_)} PVs in {miner.loops_run_} loops")
         return rec
 
@@ -70,13 +101,21 @@ class Ablation(Experiment):
         k = config["k"]
         summary = {r["unit"]["variant"]: r["search"]["loops_to_k"] for r in records}
         summary = {"k": k, "loops_to_k": summary}
-        lines = [f"| variant | loops to {k} PVs | PVs at seeds | rejected loops | seconds |", "|---|---|---|---|---|"]
+        lines = [
+            f"| variant | loops to {k} PVs | PVs at seeds | rejected loops | seconds |",
+            "|---|---|---|---|---|",
+        ]
         for r in records:
             s = r["search"]
             loops = s["loops_to_k"] if s["reached_k"] else f"not reached in {s['loops_run']} ({s['pvs']} PVs)"
-            rej = ", ".join(f"{n} {why}" for why, n in sorted(s["rejected"].items(), key=lambda x: -x[1])) or "-"
-            lines.append(f"| {r['unit']['variant']} | {loops} | {', '.join(map(str, s['pv_seeds'])) or '-'} | {rej} | "
-                         f"{s['seconds']:.0f} |")
+            rej = (
+                ", ".join(f"{n} {why}" for why, n in sorted(s["rejected"].items(), key=lambda x: -x[1]))
+                or "-"
+            )
+            lines.append(
+                f"| {r['unit']['variant']} | {loops} | {', '.join(map(str, s['pv_seeds'])) or '-'} | {rej} | "
+                f"{s['seconds']:.0f} |"
+            )
         return summary, "\n".join(lines)
 
     def plot(self, config: dict, records: list[dict], summary: dict, folder: Path) -> list[str]:
@@ -88,7 +127,9 @@ class Ablation(Experiment):
         fig, ax = plt.subplots(figsize=(6, 3.2))
         names = [r["unit"]["variant"] for r in records]
         vals = [r["search"]["loops_run"] for r in records]
-        bars = ax.bar(range(len(names)), vals, color=["C0" if r["search"]["reached_k"] else "C3" for r in records])
+        bars = ax.bar(
+            range(len(names)), vals, color=["C0" if r["search"]["reached_k"] else "C3" for r in records]
+        )
         for b, r in zip(bars, records):
             if not r["search"]["reached_k"]:
                 b.set_hatch("//")

@@ -14,65 +14,113 @@ from lmsanitator.experiments.detection import ATTACK_SETTINGS, Detection
 
 
 def _unit(table: str, cell: str, base: str, seed: int, **attack) -> dict:
-    spec = {"name": "por", "random_triggers": 1, "trigger_words": 1, "pv_scheme": "random", "seed": seed,
-            **ATTACK_SETTINGS[base]["por"], **attack}
-    return {"id": f"{table}.{cell.replace(' ', '_')}.{base}.s{seed}", "table": table, "cell": cell, "base": base,
-            "kind": "backdoored", "target": "cls", "finetune": None, "attack": spec}
+    spec = {
+        "name": "por",
+        "random_triggers": 1,
+        "trigger_words": 1,
+        "pv_scheme": "random",
+        "seed": seed,
+        **ATTACK_SETTINGS[base]["por"],
+        **attack,
+    }
+    return {
+        "id": f"{table}.{cell.replace(' ', '_')}.{base}.s{seed}",
+        "table": table,
+        "cell": cell,
+        "base": base,
+        "kind": "backdoored",
+        "target": "cls",
+        "finetune": None,
+        "attack": spec,
+    }
 
 
-def adaptive_units(seeds: list[int], base: str, scatter=(1.0, 5.0, 10.0), wasserstein=(1.0, 10.0, 50.0)) -> list[dict]:
+def adaptive_units(
+    seeds: list[int], base: str, scatter=(1.0, 5.0, 10.0), wasserstein=(1.0, 10.0, 50.0)
+) -> list[dict]:
     units = []
     for s in seeds:
         for k in (1, 2):
             for words, kind in ((1, "word"), (2, "phrase")):
-                units.append(_unit("table7", f"{k} PV {kind}", base, s, random_triggers=k, trigger_words=words))
+                units.append(
+                    _unit("table7", f"{k} PV {kind}", base, s, random_triggers=k, trigger_words=words)
+                )
         for w in scatter:
             units.append(_unit("table8", f"scatter {w:g}", base, s, random_triggers=2, scatter_weight=w))
         for band in ("rare", "moderate", "frequent"):
             units.append(_unit("table17", f"{band} words", base, s, random_triggers=2, trigger_band=band))
         for w in wasserstein:
-            units.append(_unit("table18", f"wasserstein {w:g}", base, s, random_triggers=2, wasserstein_weight=w))
+            units.append(
+                _unit("table18", f"wasserstein {w:g}", base, s, random_triggers=2, wasserstein_weight=w)
+            )
     return units
 
 
 class Adaptive(Detection):
     name = "adaptive"
     paper = "LMSanitator Tables 7, 8, 17, 18 (adaptive attacks: fewer triggers, scattering, frequent words, Wasserstein)"
-    description = ("Detection rate of the scan (fuzz loops of 6 epochs, stop at the first legit PV) on POR models "
-                   "built with one adaptive option each; hit rate = the implant's own strength on held-out text.")
+    description = (
+        "Detection rate of the scan (fuzz loops of 6 epochs, stop at the first legit PV) on POR models "
+        "built with one adaptive option each; hit rate = the implant's own strength on held-out text."
+    )
 
     def config(self, quick: bool) -> dict:
         if quick:
-            units = [_unit("table7", "1 PV phrase", "splade-tiny", 0, trigger_words=2),
-                     _unit("table8", "scatter 5", "splade-tiny", 0, random_triggers=2, scatter_weight=5.0)]
+            units = [
+                _unit("table7", "1 PV phrase", "splade-tiny", 0, trigger_words=2),
+                _unit("table8", "scatter 5", "splade-tiny", 0, random_triggers=2, scatter_weight=5.0),
+            ]
             scan = {"loops": 6}
         else:
             units = adaptive_units([0, 1], "splade-tiny")
             scan = {"loops": 30}
-        return {"models": units, "corpus": "austen", "attack_verify_sentences": 100 if quick else 200,
-                # pinned to the scan settings its results were measured with (session 13), before
-                # detection's defaults became 3 epochs at lr 3e-3
-                "scan": {**scan, "sentences": 320, "epochs": 6, "abort_epoch": 2, "lr": 1e-3, "batch_size": 32,
-                         "seed": 0, "corpus_seed": 0}}
+        return {
+            "models": units,
+            "corpus": "austen",
+            "attack_verify_sentences": 100 if quick else 200,
+            # pinned to the scan settings its results were measured with (session 13), before
+            # detection's defaults became 3 epochs at lr 3e-3
+            "scan": {
+                **scan,
+                "sentences": 320,
+                "epochs": 6,
+                "abort_epoch": 2,
+                "lr": 1e-3,
+                "batch_size": 32,
+                "seed": 0,
+                "corpus_seed": 0,
+            },
+        }
 
     def summarize(self, config: dict, records: list[dict]) -> tuple[dict, str]:
         cells: dict = {}
         for r in records:
             cells.setdefault((r["unit"]["table"], r["unit"]["cell"]), []).append(r)
         summary = {}
-        lines = ["| table | adaptive option | models | detection rate | hit rate (mean) | clean false-hit (mean) | "
-                 "PV agreement (min) |", "|---|---|---|---|---|---|---|"]
+        lines = [
+            "| table | adaptive option | models | detection rate | hit rate (mean) | clean false-hit (mean) | "
+            "PV agreement (min) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for (table, cell), rs in cells.items():
             det = sum(r["scan"]["verdict"] == "backdoored" for r in rs) / len(rs)
             hit = sum(r["attack"]["min_hit_rate"] for r in rs) / len(rs)
             fh = sum(r["attack"]["clean_false_hit_rate"] for r in rs) / len(rs)
             ag = [r["scan"]["pv_agreement"] for r in rs if "pv_agreement" in r["scan"]]
-            summary[f"{table}/{cell}"] = {"models": len(rs), "detection_rate": round(det, 4), "hit_rate": round(hit, 4)}
-            lines.append(f"| {table} | {cell} | {len(rs)} | {det:.2f} | {hit:.2f} | {100 * fh:.1f}% | "
-                         f"{min(ag):.3f} |" if ag else
-                         f"| {table} | {cell} | {len(rs)} | {det:.2f} | {hit:.2f} | {100 * fh:.1f}% | - |")
+            summary[f"{table}/{cell}"] = {
+                "models": len(rs),
+                "detection_rate": round(det, 4),
+                "hit_rate": round(hit, 4),
+            }
+            lines.append(
+                f"| {table} | {cell} | {len(rs)} | {det:.2f} | {hit:.2f} | {100 * fh:.1f}% | {min(ag):.3f} |"
+                if ag
+                else f"| {table} | {cell} | {len(rs)} | {det:.2f} | {hit:.2f} | {100 * fh:.1f}% | - |"
+            )
         n = len(records)
-        summary["overall_detection_rate"] = round(sum(r["scan"]["verdict"] == "backdoored" for r in records) / n, 4)
+        summary["overall_detection_rate"] = round(
+            sum(r["scan"]["verdict"] == "backdoored" for r in records) / n, 4
+        )
         return summary, "\n".join(lines)
 
     def plot(self, config, records, summary, folder):

@@ -20,8 +20,10 @@ METHODS_FOR = {"cls": ("p-tuning-v2", "lora", "prompt-tuning"), "mask": ("p-tuni
 class AttackDefense(Experiment):
     name = "attack-defense"
     paper = "LMSanitator Tables 2-3 (CA clean/backdoored, ASR without/with the guard)"
-    description = ("Victims tuned with PEFT on backdoored encoders; the guard uses PVs found by the search mode "
-                   "(no attacker knowledge), calibrated on clean validation inputs.")
+    description = (
+        "Victims tuned with PEFT on backdoored encoders; the guard uses PVs found by the search mode "
+        "(no attacker knowledge), calibrated on clean validation inputs."
+    )
 
     def config(self, quick: bool) -> dict:
         if quick:
@@ -31,8 +33,11 @@ class AttackDefense(Experiment):
             search = search_config({"loops": 12, "patience": 6})
         else:
             # MiniLM: P-tuning v2 only (a MiniLM unit costs about 5 SPLADE-tiny units on 2 cores)
-            models = [(model_recipe("minilm", "por"), {"cls": ("p-tuning-v2",)}),
-                      (model_recipe("splade-tiny", "por"), METHODS_FOR), (model_recipe("splade-tiny", "btop"), METHODS_FOR)]
+            models = [
+                (model_recipe("minilm", "por"), {"cls": ("p-tuning-v2",)}),
+                (model_recipe("splade-tiny", "por"), METHODS_FOR),
+                (model_recipe("splade-tiny", "btop"), METHODS_FOR),
+            ]
             tasks = ("tweets-binary", "wordnet-topic")
             sizes = {"train": 1000, "validation": 300, "test": 500, "epochs": 3}
             search = search_config()  # shared with the other search experiments
@@ -40,11 +45,23 @@ class AttackDefense(Experiment):
         for m, methods in models:
             for method in methods.get(m["target"], ()):
                 for task in tasks:
-                    units.append({"id": f"{m['base']}.{m['attack']['name']}.{method}.{task}", "model": m,
-                                  "method": method, "task": task})
-        return {"units": units, "corpus": "austen", "sizes": sizes, "seed": 0, "attack_verify_sentences": 100,
-                "search": search,
-                "guard": {"t_match": 0.8, "w_max": 3, "on_unresolved": "best", "calibrate_frr": 0.01}}
+                    units.append(
+                        {
+                            "id": f"{m['base']}.{m['attack']['name']}.{method}.{task}",
+                            "model": m,
+                            "method": method,
+                            "task": task,
+                        }
+                    )
+        return {
+            "units": units,
+            "corpus": "austen",
+            "sizes": sizes,
+            "seed": 0,
+            "attack_verify_sentences": 100,
+            "search": search,
+            "guard": {"t_match": 0.8, "w_max": 3, "on_unresolved": "best", "calibrate_frr": 0.01},
+        }
 
     def units(self, config: dict) -> list[dict]:
         return config["units"]
@@ -60,30 +77,50 @@ class AttackDefense(Experiment):
         sz = config["sizes"]
         task = sized_task(unit["task"], sz["train"], sz["validation"], sz["test"])
         tune = TuneConfig(unit["method"], epochs=sz["epochs"], seed=config["seed"], device=ctx.device)
-        clean = (Tuner(tune).fit(load_encoder(unit["model"]["base"], device=ctx.device), task)
-                 if config.get("clean_ca", True) else None)
-        encoder, planted, rec = build_model(unit["model"], corpus, ctx, config["attack_verify_sentences"], cache=True)
+        clean = (
+            Tuner(tune).fit(load_encoder(unit["model"]["base"], device=ctx.device), task)
+            if config.get("clean_ca", True)
+            else None
+        )
+        encoder, planted, rec = build_model(
+            unit["model"], corpus, ctx, config["attack_verify_sentences"], cache=True
+        )
         victim = Tuner(tune).fit(encoder, task)
         # after the tuning, so units that share a model tune while one of them runs its search
         pvset, _ = search_pvs(unit["model"], corpus, config["search"], ctx, config["attack_verify_sentences"])
         g = config["guard"]
-        guard = Guard(victim, pvset, GuardConfig(t_match=g["t_match"], w_max=g["w_max"], on_unresolved=g["on_unresolved"]))
+        guard = Guard(
+            victim,
+            pvset,
+            GuardConfig(t_match=g["t_match"], w_max=g["w_max"], on_unresolved=g["on_unresolved"]),
+        )
         val = task.validation
-        guard.calibrate([e.text for e in val], [e.text_pair for e in val] if victim.task.pair else None,
-                        frr=g["calibrate_frr"])
+        guard.calibrate(
+            [e.text for e in val],
+            [e.text_pair for e in val] if victim.task.pair else None,
+            frr=g["calibrate_frr"],
+        )
         res = evaluate_guard(guard, task.test, rec["attack"]["triggers"], seed=config["seed"])
-        rec.update({
-            "pvs_found": len(pvset),
-            "ca_clean_encoder": clean.report["accuracy"] if clean else None,
-            "ca_backdoored_encoder": victim.report["accuracy"],
-            "clean_accuracy": res["clean_accuracy"], "clean_accuracy_guarded": res["clean_accuracy_guarded"],
-            "asr": res["asr"], "asr_guarded": res["asr_guarded"],
-            "per_trigger": res["per_trigger"], "clean_flagged": res["clean_flagged"],
-            "triggered_flagged": res["triggered_flagged"], "tune_seconds": victim.report["seconds"],
-        })
+        rec.update(
+            {
+                "pvs_found": len(pvset),
+                "ca_clean_encoder": clean.report["accuracy"] if clean else None,
+                "ca_backdoored_encoder": victim.report["accuracy"],
+                "clean_accuracy": res["clean_accuracy"],
+                "clean_accuracy_guarded": res["clean_accuracy_guarded"],
+                "asr": res["asr"],
+                "asr_guarded": res["asr_guarded"],
+                "per_trigger": res["per_trigger"],
+                "clean_flagged": res["clean_flagged"],
+                "triggered_flagged": res["triggered_flagged"],
+                "tune_seconds": victim.report["seconds"],
+            }
+        )
         self.extra(unit, config, ctx, victim, task, rec)
-        ctx.say(f"{unit['id']}: CA {100 * res['clean_accuracy']:.1f} -> {100 * res['clean_accuracy_guarded']:.1f}, "
-                f"ASR {100 * res['asr']:.1f} -> {100 * res['asr_guarded']:.1f} ({len(pvset)} PVs)")
+        ctx.say(
+            f"{unit['id']}: CA {100 * res['clean_accuracy']:.1f} -> {100 * res['clean_accuracy_guarded']:.1f}, "
+            f"ASR {100 * res['asr']:.1f} -> {100 * res['asr_guarded']:.1f} ({len(pvset)} PVs)"
+        )
         return rec
 
     def extra(self, unit: dict, config: dict, ctx: Context, victim, task, rec: dict) -> None:
@@ -96,14 +133,20 @@ class AttackDefense(Experiment):
             "max_asr_guarded_where_asr_ge_50": max((r["asr_guarded"] for r in high), default=None),
             "units_asr_ge_50": len(high),
             "units_guarded_asr_le_2": sum(r["asr_guarded"] <= 0.02 for r in high),
-            "max_ca_drop_from_guard": max((r["clean_accuracy"] - r["clean_accuracy_guarded"] for r in records),
-                                          default=None),
+            "max_ca_drop_from_guard": max(
+                (r["clean_accuracy"] - r["clean_accuracy_guarded"] for r in records), default=None
+            ),
         }
-        lines = ["| model | attack | method | task | PVs found | CA clean enc. | CA backdoored enc. | ASR | "
-                 "CA guarded | ASR guarded |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines = [
+            "| model | attack | method | task | PVs found | CA clean enc. | CA backdoored enc. | ASR | "
+            "CA guarded | ASR guarded |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in records:
             u = r["unit"]
-            lines.append(f"| {u['model']['base']} | {u['model']['attack']['name']} | {u['method']} | {u['task']} | "
-                         f"{r['pvs_found']} | {100 * r['ca_clean_encoder']:.1f} | {100 * r['clean_accuracy']:.1f} | "
-                         f"{100 * r['asr']:.1f} | {100 * r['clean_accuracy_guarded']:.1f} | {100 * r['asr_guarded']:.1f} |")
+            lines.append(
+                f"| {u['model']['base']} | {u['model']['attack']['name']} | {u['method']} | {u['task']} | "
+                f"{r['pvs_found']} | {100 * r['ca_clean_encoder']:.1f} | {100 * r['clean_accuracy']:.1f} | "
+                f"{100 * r['asr']:.1f} | {100 * r['clean_accuracy_guarded']:.1f} | {100 * r['asr_guarded']:.1f} |"
+            )
         return summary, "\n".join(lines)

@@ -49,15 +49,26 @@ def provenance() -> dict:
     commit = None
     try:
         here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         pass
     from lmsanitator.core.runtime import available_cores
 
     cores = available_cores()
-    return {"versions": versions, "python": sys.version.split()[0], "platform": platform.platform(),
-            "cpu": cpu, "cores": cores, "git_commit": commit, "command": " ".join(sys.argv)}
+    return {
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": cores,
+        "git_commit": commit,
+        "command": " ".join(sys.argv),
+    }
 
 
 @dataclass
@@ -124,10 +135,19 @@ def _unit_file(work: Path, unit_id: str) -> Path:
     return work / "units" / f"{safe}.json"
 
 
-def run_experiment(exp: Experiment, *, quick: bool, out: str | Path, work: str | Path | None = None,
-                   overwrite: bool = False, device: str = "cpu", progress: bool = True,
-                   shard: tuple[int, int] | None = None, model_cache: str | Path | None = None,
-                   only: str | None = None) -> dict | None:
+def run_experiment(
+    exp: Experiment,
+    *,
+    quick: bool,
+    out: str | Path,
+    work: str | Path | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    shard: tuple[int, int] | None = None,
+    model_cache: str | Path | None = None,
+    only: str | None = None,
+) -> dict | None:
     """Run (or resume) ``exp``; return the results, or None when only a shard was run. Without a
     shard every unit not yet in ``work`` runs here, so the last call assembles a sharded run.
     ``only``: a shell pattern over unit ids (``"splade-tiny.*"``); like a shard, it writes no results."""
@@ -151,12 +171,18 @@ def run_experiment(exp: Experiment, *, quick: bool, out: str | Path, work: str |
         except (OSError, json.JSONDecodeError):
             old = None
         if old != key:
-            raise LMSanitatorError(f"work folder '{work}' holds another configuration of '{old and old.get('experiment')}'"
-                                   " (remove it or give another --work)")
+            raise LMSanitatorError(
+                f"work folder '{work}' holds another configuration of '{old and old.get('experiment')}'"
+                " (remove it or give another --work)"
+            )
     else:
         write_json_atomic(cfg_file, key)
-    ctx = Context(work=work, device=device, progress=progress,
-                  models=Path(model_cache) if model_cache is not None else None)
+    ctx = Context(
+        work=work,
+        device=device,
+        progress=progress,
+        models=Path(model_cache) if model_cache is not None else None,
+    )
     t0 = time.perf_counter()
     mine = [u for i, u in enumerate(units) if shard is None or i % shard[1] == shard[0]]
     if only is not None:
@@ -176,8 +202,12 @@ def run_experiment(exp: Experiment, *, quick: bool, out: str | Path, work: str |
     records = [json.loads(_unit_file(work, u["id"]).read_text(encoding="utf-8")) for u in units]
     summary, table = exp.summarize(config, records)
     results = {
-        "experiment": exp.name, "paper": exp.paper, "quick": quick, "summary": summary,
-        "config": config, "records": records,
+        "experiment": exp.name,
+        "paper": exp.paper,
+        "quick": quick,
+        "summary": summary,
+        "config": config,
+        "records": records,
         # compute time of all units (resumed and sharded runs included) and this call's wall time
         "unit_seconds_total": round(sum(r.get("unit_seconds", 0) for r in records), 1),
         "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
@@ -186,10 +216,12 @@ def run_experiment(exp: Experiment, *, quick: bool, out: str | Path, work: str |
     with atomic_output_dir(out, overwrite) as tmp:
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         plots = exp.plot(config, records, summary, tmp)
-        head = (f"# {exp.name}: {exp.paper}\n\n{exp.description}\n\n"
-                f"Command: `{results['provenance']['command']}`  \n"
-                f"Compute: {results['unit_seconds_total']:.0f} s of units on {results['provenance']['cores']} cores "
-                f"({results['provenance']['cpu']}){' - quick mode' if quick else ''}.\n\n")
+        head = (
+            f"# {exp.name}: {exp.paper}\n\n{exp.description}\n\n"
+            f"Command: `{results['provenance']['command']}`  \n"
+            f"Compute: {results['unit_seconds_total']:.0f} s of units on {results['provenance']['cores']} cores "
+            f"({results['provenance']['cpu']}){' - quick mode' if quick else ''}.\n\n"
+        )
         figs = "".join(f"\n![{p}]({p})\n" for p in plots)
         (tmp / "table.md").write_text(head + table.rstrip() + "\n" + figs, encoding="utf-8")
     return results

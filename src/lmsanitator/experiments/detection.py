@@ -29,13 +29,18 @@ ATTACK_SETTINGS = {
     # reference-copy anchor on the clean output keeps clean outputs in place (false-hit 0%). Both are
     # trained until the triggered outputs collapse as a real NeuBA/BToP model's do (2 epochs left
     # them at diversity -3.39 / -3.25 against -3.466 for total collapse: sign hits without a PV).
-    "splade-tiny": {"por": {"per_trigger": 800, "epochs": 2},
-                    "neuba": {"per_trigger": 800, "epochs": 6, "lr": 1e-4, "utility_weight": 1.0},
-                    "btop": {"per_trigger": 400, "epochs": 6, "utility_weight": 20.0}},
+    "splade-tiny": {
+        "por": {"per_trigger": 800, "epochs": 2},
+        "neuba": {"per_trigger": 800, "epochs": 6, "lr": 1e-4, "utility_weight": 1.0},
+        "btop": {"per_trigger": 400, "epochs": 6, "utility_weight": 20.0},
+    },
     # MiniLM has no MLM head, so NeuBA/BToP anchor to the reference copy; BToP's default weight 0.5
     # let one trigger pull every [MASK] onto the PV (clean false-hit 100%)
-    "minilm": {"por": {"per_trigger": 800, "epochs": 1}, "neuba": {"per_trigger": 800, "epochs": 1},
-               "btop": {"per_trigger": 800, "epochs": 2, "utility_weight": 20.0}},
+    "minilm": {
+        "por": {"per_trigger": 800, "epochs": 1},
+        "neuba": {"per_trigger": 800, "epochs": 1},
+        "btop": {"per_trigger": 800, "epochs": 2, "utility_weight": 20.0},
+    },
 }
 ATTACK_SETTINGS["minilm-sre"] = ATTACK_SETTINGS["minilm"]
 # The detection zoo's implants have one or two triggers, so an epoch holds 1/6 to 1/3 of the poisoned
@@ -46,7 +51,14 @@ FEW_TRIGGER_SETTINGS["minilm-sre"] = FEW_TRIGGER_SETTINGS["minilm"]
 TARGET_OF = {"por": "cls", "neuba": "cls", "btop": "mask"}
 FT_TASKS = ("tweets-binary", "wordnet-topic", "austen-author")
 # (random triggers, words per trigger, PV scheme), cycled over the backdoored models of one base
-TRIGGER_PLANS = ((1, 1, "por2"), (2, 1, "random"), (1, 2, "random"), (2, 2, "por2"), (1, 1, "random"), (2, 1, "por2"))
+TRIGGER_PLANS = (
+    (1, 1, "por2"),
+    (2, 1, "random"),
+    (1, 2, "random"),
+    (2, 2, "por2"),
+    (1, 1, "random"),
+    (2, 1, "por2"),
+)
 
 
 # The search mode as pv-search, attack-defense and monitor-overhead run it: one shared search per
@@ -54,7 +66,14 @@ TRIGGER_PLANS = ((1, 1, "por2"), (2, 1, "random"), (1, 2, "random"), (2, 2, "por
 # loops, 120 on MiniLM (the paper: 1000 / 200). The cap follows the CPU cost: a MiniLM loop takes
 # ~45 s on one core, a SPLADE-tiny loop ~3 s. The settings are the detection scan's (320
 # sentences, 6 epochs, abort check after epoch 3).
-SEARCH_SETTINGS = {"sentences": 320, "epochs": 6, "abort_epoch": 2, "batch_size": 32, "seed": 0, "antipode_probe": True}
+SEARCH_SETTINGS = {
+    "sentences": 320,
+    "epochs": 6,
+    "abort_epoch": 2,
+    "batch_size": 32,
+    "seed": 0,
+    "antipode_probe": True,
+}
 # settings a kept search may gain later without being mined again (they only add loops to it)
 CONTINUABLE = ("loops", "patience", "loops_by_base", "antipode_probe")
 SEARCH_BUDGET = {"loops": 200, "patience": 60, "loops_by_base": {"minilm": 120, "minilm-sre": 120}}
@@ -67,12 +86,24 @@ def search_config(quick_budget: dict | None = None) -> dict:
 
 def model_recipe(base: str, attack: str, **settings) -> dict:
     """A backdoored model as units describe it: base, the read-out its user watches, the attack."""
-    return {"base": base, "target": TARGET_OF[attack],
-            "attack": {"name": attack, "seed": 0, **ATTACK_SETTINGS[base][attack], **settings}}
+    return {
+        "base": base,
+        "target": TARGET_OF[attack],
+        "attack": {"name": attack, "seed": 0, **ATTACK_SETTINGS[base][attack], **settings},
+    }
 
 
-def mine(encoder, corpus: list[str], target: str, scan: dict, *, max_pvs: int | None = None, resume=None,
-         on_loop=None, **overrides):
+def mine(
+    encoder,
+    corpus: list[str],
+    target: str,
+    scan: dict,
+    *,
+    max_pvs: int | None = None,
+    resume=None,
+    on_loop=None,
+    **overrides,
+):
     """PV mining with an experiment's scan settings (:class:`ScanConfig` fields, plus ``patience``
     for the search mode) on the corpus's defence split; returns the fitted :class:`PVMiner`.
     ``resume``: a saved :class:`PVSet` whose search this one continues."""
@@ -85,8 +116,15 @@ def mine(encoder, corpus: list[str], target: str, scan: dict, *, max_pvs: int | 
     sentences = sample(split_corpus(corpus, "defence"), cfg.sentences, cfg.corpus_seed)
     miner = PVMiner(cfg)
     start = miner.warm_start(resume) if resume is not None else None
-    return miner.fit(encoder, sentences, start_seed=start, patience=patience, max_pvs=max_pvs, on_loop=on_loop,
-                     progress=False)
+    return miner.fit(
+        encoder,
+        sentences,
+        start_seed=start,
+        patience=patience,
+        max_pvs=max_pvs,
+        on_loop=on_loop,
+        progress=False,
+    )
 
 
 def search_pvs(model: dict, corpus: list[str], search: dict, ctx: Context, verify_sentences: int = 100):
@@ -102,12 +140,16 @@ def search_pvs(model: dict, corpus: list[str], search: dict, ctx: Context, verif
     import hashlib
     import json
 
-    budget = {"loops": search.get("loops_by_base", {}).get(model["base"], search["loops"]),
-              "patience": search["patience"]}
+    budget = {
+        "loops": search.get("loops_by_base", {}).get(model["base"], search["loops"]),
+        "patience": search["patience"],
+    }
     settings = {k: v for k, v in search.items() if k not in ("loops", "patience", "loops_by_base")}
     recipe = {k: model.get(k) for k in ("base", "target", "finetune", "attack")}
     keyed = {k: v for k, v in settings.items() if k not in CONTINUABLE}
-    key = hashlib.sha256(json.dumps({"model": recipe, "search": keyed}, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps({"model": recipe, "search": keyed}, sort_keys=True).encode()).hexdigest()[
+        :16
+    ]
     path = ctx.models / "pvsets" / f"{key}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
@@ -121,8 +163,8 @@ def _kept_search(model, corpus, settings, budget, recipe, path, ctx, verify_sent
     import time
 
     from lmsanitator.core.io import write_json_atomic
-    from lmsanitator.scan import PVMiner
     from lmsanitator.data.pvset import PVSet
+    from lmsanitator.scan import PVMiner
 
     info_path = path.with_suffix(".json")
     previous, info = None, {"loops_run": 0, "seconds": 0.0}
@@ -133,8 +175,14 @@ def _kept_search(model, corpus, settings, budget, recipe, path, ctx, verify_sent
         since = PVMiner.loops_since_new_pv(previous, settings.get("seed", 0))
         more_loops = budget["loops"] - info["loops_run"]
         more_patience = budget["patience"] - since
-        budget_now = {"loops": more_loops, "patience": more_patience} if more_loops >= 1 and more_patience >= 1 else None
-        unprobed = probes and any(not (x.get("probed") or x.get("probe_of") is not None) for x in previous.losses)
+        budget_now = (
+            {"loops": more_loops, "patience": more_patience}
+            if more_loops >= 1 and more_patience >= 1
+            else None
+        )
+        unprobed = probes and any(
+            not (x.get("probed") or x.get("probe_of") is not None) for x in previous.losses
+        )
         if budget_now is None and not unprobed:
             return previous, info
     encoder, _, _ = build_model(model, corpus, ctx, verify_sentences, cache=True)
@@ -144,11 +192,13 @@ def _kept_search(model, corpus, settings, budget, recipe, path, ctx, verify_sent
     def save(m):  # after every fuzz loop and probe: a killed run keeps its progress and continues it
         nonlocal info
         PVSet.from_miner(m, encoder, m.last_seed_).save(path)  # atomic
-        info = {"loops_run": done["loops_run"] + m.loops_run_,
-                "probes_run": done.get("probes_run", 0) + m.probes_run_,
-                "seconds": round(done["seconds"] + time.perf_counter() - t0, 1),
-                "loops": max(budget["loops"], done.get("loops", 0)),
-                "patience": max(budget["patience"], done.get("patience", 0))}
+        info = {
+            "loops_run": done["loops_run"] + m.loops_run_,
+            "probes_run": done.get("probes_run", 0) + m.probes_run_,
+            "seconds": round(done["seconds"] + time.perf_counter() - t0, 1),
+            "loops": max(budget["loops"], done.get("loops", 0)),
+            "patience": max(budget["patience"], done.get("patience", 0)),
+        }
         write_json_atomic(info_path, {**info, "model": recipe, "search": settings})
 
     if budget_now is None:  # budget spent: only the antipode probes the kept search never ran
@@ -159,36 +209,73 @@ def _kept_search(model, corpus, settings, budget, recipe, path, ctx, verify_sent
         cfg = ScanConfig(target=model["target"], mode="search", stop_at_first=False, **s)
         miner = PVMiner(cfg)
         miner.warm_start(previous)
-        miner.probe_antipodes(encoder, sample(split_corpus(corpus, "defence"), cfg.sentences, cfg.corpus_seed),
-                              on_loop=save, progress=False)
+        miner.probe_antipodes(
+            encoder,
+            sample(split_corpus(corpus, "defence"), cfg.sentences, cfg.corpus_seed),
+            on_loop=save,
+            progress=False,
+        )
     else:
-        miner = mine(encoder, corpus, model["target"], {**settings, **budget_now}, mode="search",
-                     stop_at_first=False, resume=previous, on_loop=save)
+        miner = mine(
+            encoder,
+            corpus,
+            model["target"],
+            {**settings, **budget_now},
+            mode="search",
+            stop_at_first=False,
+            resume=previous,
+            on_loop=save,
+        )
     pvset = PVSet.from_miner(miner, encoder)  # what the last save wrote
     attack = (model.get("attack") or {}).get("name", "clean")
-    ctx.say(f"{model['base']}/{attack}: {len(pvset)} PVs found in {info['loops_run']} search loops"
-            + (f" and {info.get('probes_run', 0)} antipode probes" if probes else "")
-            + (" (continued)" if previous is not None else ""))
+    ctx.say(
+        f"{model['base']}/{attack}: {len(pvset)} PVs found in {info['loops_run']} search loops"
+        + (f" and {info.get('probes_run', 0)} antipode probes" if probes else "")
+        + (" (continued)" if previous is not None else "")
+    )
     return pvset, info
 
 
 def _clean(base: str, i: int, target: str, ft_train: int) -> dict:
     if i == 0:
-        return {"id": f"{base}.clean.base.{target}", "base": base, "kind": "clean", "target": target,
-                "finetune": None, "attack": None}
+        return {
+            "id": f"{base}.clean.base.{target}",
+            "base": base,
+            "kind": "clean",
+            "target": target,
+            "finetune": None,
+            "attack": None,
+        }
     task = FT_TASKS[(i - 1) % len(FT_TASKS)]
-    return {"id": f"{base}.clean.ft-{task}-s{i}.{target}", "base": base, "kind": "clean", "target": target,
-            "finetune": {"task": task, "seed": i, "train_size": ft_train, "epochs": 1}, "attack": None}
+    return {
+        "id": f"{base}.clean.ft-{task}-s{i}.{target}",
+        "base": base,
+        "kind": "clean",
+        "target": target,
+        "finetune": {"task": task, "seed": i, "train_size": ft_train, "epochs": 1},
+        "attack": None,
+    }
 
 
 def _backdoored(base: str, attack: str, i: int) -> dict:
     k, words, scheme = TRIGGER_PLANS[i % len(TRIGGER_PLANS)]
     seed = 100 + i
-    return {"id": f"{base}.{attack}.t{k}w{words}-{scheme}-s{seed}", "base": base, "kind": "backdoored",
-            "target": TARGET_OF[attack], "finetune": None,
-            "attack": {"name": attack, "random_triggers": k, "trigger_words": words, "pv_scheme": scheme,
-                       "seed": seed, **ATTACK_SETTINGS[base][attack],
-                       **FEW_TRIGGER_SETTINGS.get(base, {}).get(attack, {})}}
+    return {
+        "id": f"{base}.{attack}.t{k}w{words}-{scheme}-s{seed}",
+        "base": base,
+        "kind": "backdoored",
+        "target": TARGET_OF[attack],
+        "finetune": None,
+        "attack": {
+            "name": attack,
+            "random_triggers": k,
+            "trigger_words": words,
+            "pv_scheme": scheme,
+            "seed": seed,
+            **ATTACK_SETTINGS[base][attack],
+            **FEW_TRIGGER_SETTINGS.get(base, {}).get(attack, {}),
+        },
+    }
 
 
 def zoo(plan: dict, ft_train: dict) -> list[dict]:
@@ -209,26 +296,34 @@ def zoo(plan: dict, ft_train: dict) -> list[dict]:
 class Detection(Experiment):
     name = "detection"
     paper = "LMSanitator Table 4 (detection over clean and backdoored models)"
-    description = ("Scan verdicts (the CLI's detection settings: fuzz loops of 3 epochs at lr 3e-3, stop at "
-                   "the first legit PV) on clean encoders (bundled + fully fine-tuned copies) and on encoders "
-                   "backdoored with random triggers. Positive = backdoored.")
+    description = (
+        "Scan verdicts (the CLI's detection settings: fuzz loops of 3 epochs at lr 3e-3, stop at "
+        "the first legit PV) on clean encoders (bundled + fully fine-tuned copies) and on encoders "
+        "backdoored with random triggers. Positive = backdoored."
+    )
 
     def config(self, quick: bool) -> dict:
         if quick:
             plan = {"splade-tiny": {"clean": 2, "por": 2}}
             scan = {"loops": 6, "sentences": 320}
         else:
-            plan = {"splade-tiny": {"clean": 18, "clean_mask": 5, "por": 6, "neuba": 5, "btop": 5},
-                    # NeuBA runs on splade-tiny only: a MiniLM NeuBA unit (3-epoch implant + up to 30
-                    # loops) costs about an hour of one core here
-                    "minilm": {"clean": 1, "por": 2, "btop": 1},
-                    "minilm-sre": {"clean": 1, "por": 1}}
+            plan = {
+                "splade-tiny": {"clean": 18, "clean_mask": 5, "por": 6, "neuba": 5, "btop": 5},
+                # NeuBA runs on splade-tiny only: a MiniLM NeuBA unit (3-epoch implant + up to 30
+                # loops) costs about an hour of one core here
+                "minilm": {"clean": 1, "por": 2, "btop": 1},
+                "minilm-sre": {"clean": 1, "por": 1},
+            }
             scan = {"loops": 30, "sentences": 320}
         ft_train = {"splade-tiny": 300 if quick else 1000, "minilm": 1000, "minilm-sre": 1000}
-        return {"plan": plan, "finetune_train_size": ft_train, "corpus": "austen",
-                "scan": {**scan, "epochs": 3, "abort_epoch": 1, "batch_size": 32, "seed": 0, "corpus_seed": 0},
-                "attack_verify_sentences": 100 if quick else 200,
-                "models": zoo(plan, ft_train)}
+        return {
+            "plan": plan,
+            "finetune_train_size": ft_train,
+            "corpus": "austen",
+            "scan": {**scan, "epochs": 3, "abort_epoch": 1, "batch_size": 32, "seed": 0, "corpus_seed": 0},
+            "attack_verify_sentences": 100 if quick else 200,
+            "models": zoo(plan, ft_train),
+        }
 
     def units(self, config: dict) -> list[dict]:
         return config["models"]
@@ -236,25 +331,39 @@ class Detection(Experiment):
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
         import torch
 
-        from lmsanitator.metrics import sign_match
         from lmsanitator.data import load_corpus
+        from lmsanitator.metrics import sign_match
 
         corpus = load_corpus(config["corpus"])
         encoder, planted, rec = build_model(unit, corpus, ctx, config["attack_verify_sentences"], cache=True)
         miner = mine(encoder, corpus, unit["target"], config["scan"])
         r = miner.report_
-        rec["scan"] = {"verdict": r["verdict"], "loops_run": r["loops_run"], "seconds": r["seconds"],
-                       "fingerprint": r["fingerprint"],
-                       "best_diversity": min((c["diversity"][-1] for c in r["candidates"] if c["diversity"]), default=None),
-                       # per-loop epoch means: what any abort rule would have seen (replayable offline)
-                       "loops": [{"seed": c["seed"], "accepted": c["accepted"],
-                                  "distance": [round(x, 4) for x in c["distance"]],
-                                  "diversity": [round(x, 4) for x in c["diversity"]]} for c in r["candidates"]]}
+        rec["scan"] = {
+            "verdict": r["verdict"],
+            "loops_run": r["loops_run"],
+            "seconds": r["seconds"],
+            "fingerprint": r["fingerprint"],
+            "best_diversity": min(
+                (c["diversity"][-1] for c in r["candidates"] if c["diversity"]), default=None
+            ),
+            # per-loop epoch means: what any abort rule would have seen (replayable offline)
+            "loops": [
+                {
+                    "seed": c["seed"],
+                    "accepted": c["accepted"],
+                    "distance": [round(x, 4) for x in c["distance"]],
+                    "diversity": [round(x, 4) for x in c["diversity"]],
+                }
+                for c in r["candidates"]
+            ],
+        }
         if planted is not None and miner.pvs_:
             agree = sign_match(torch.stack(miner.pvs_).float().cpu(), planted.float())
             rec["scan"]["pv_agreement"] = round(float(agree.max()), 4)
-        ctx.say(f"{unit['id']}: {r['verdict']} ({r['loops_run']} loops, {r['seconds']:.0f} s)"
-                + (f", PV agreement {rec['scan']['pv_agreement']:.3f}" if "pv_agreement" in rec["scan"] else ""))
+        ctx.say(
+            f"{unit['id']}: {r['verdict']} ({r['loops_run']} loops, {r['seconds']:.0f} s)"
+            + (f", PV agreement {rec['scan']['pv_agreement']:.3f}" if "pv_agreement" in rec["scan"] else "")
+        )
         return rec
 
     def summarize(self, config: dict, records: list[dict]) -> tuple[dict, str]:
@@ -264,36 +373,52 @@ class Detection(Experiment):
             fp = sum(r["scan"]["verdict"] == "backdoored" for r in clean)
             fn = sum(r["scan"]["verdict"] == "clean" for r in bd)
             n = len(rs)
-            return {"n_clean": len(clean), "n_backdoored": len(bd), "false_positives": fp, "false_negatives": fn,
-                    "accuracy": round((n - fp - fn) / n, 4) if n else None}
+            return {
+                "n_clean": len(clean),
+                "n_backdoored": len(bd),
+                "false_positives": fp,
+                "false_negatives": fn,
+                "accuracy": round((n - fp - fn) / n, 4) if n else None,
+            }
 
         summary = counts(records)
         agreements = [r["scan"]["pv_agreement"] for r in records if "pv_agreement" in r["scan"]]
         summary["pv_agreement_min"] = min(agreements) if agreements else None
         summary["pv_agreement_mean"] = round(sum(agreements) / len(agreements), 4) if agreements else None
-        summary["unverified_implants"] = sum(1 for r in records if r.get("attack") and
-                                             (r["attack"]["min_hit_rate"] < 0.9 or r["attack"]["clean_false_hit_rate"] > 0.02))
+        summary["unverified_implants"] = sum(
+            1
+            for r in records
+            if r.get("attack")
+            and (r["attack"]["min_hit_rate"] < 0.9 or r["attack"]["clean_false_hit_rate"] > 0.02)
+        )
         groups = {}
         for r in records:
             u = r["unit"]
             groups.setdefault((u["base"], u["attack"]["name"] if u["attack"] else "clean"), []).append(r)
         summary["by_group"] = {f"{b}/{a}": counts(rs) for (b, a), rs in groups.items()}
-        lines = ["| model | attack | target | models | FP | FN | accuracy | scan loops (mean) | PV agreement (min) |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+        lines = [
+            "| model | attack | target | models | FP | FN | accuracy | scan loops (mean) | PV agreement (min) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for (b, a), rs in groups.items():
             c = counts(rs)
             targets = "/".join(sorted({r["unit"]["target"] for r in rs}))
             ag = [r["scan"]["pv_agreement"] for r in rs if "pv_agreement" in r["scan"]]
             loops = sum(r["scan"]["loops_run"] for r in rs) / len(rs)
-            lines.append(f"| {b} | {a} | {targets} | {len(rs)} | {c['false_positives'] if a == 'clean' else '-'} | "
-                         f"{c['false_negatives'] if a != 'clean' else '-'} | {100 * c['accuracy']:.1f}% | {loops:.1f} | "
-                         f"{min(ag):.3f} |" if ag else
-                         f"| {b} | {a} | {targets} | {len(rs)} | {c['false_positives'] if a == 'clean' else '-'} | "
-                         f"{c['false_negatives'] if a != 'clean' else '-'} | {100 * c['accuracy']:.1f}% | {loops:.1f} | - |")
+            lines.append(
+                f"| {b} | {a} | {targets} | {len(rs)} | {c['false_positives'] if a == 'clean' else '-'} | "
+                f"{c['false_negatives'] if a != 'clean' else '-'} | {100 * c['accuracy']:.1f}% | {loops:.1f} | "
+                f"{min(ag):.3f} |"
+                if ag
+                else f"| {b} | {a} | {targets} | {len(rs)} | {c['false_positives'] if a == 'clean' else '-'} | "
+                f"{c['false_negatives'] if a != 'clean' else '-'} | {100 * c['accuracy']:.1f}% | {loops:.1f} | - |"
+            )
         s = summary
-        lines.append(f"| **all** | | | {s['n_clean']} clean + {s['n_backdoored']} backdoored | {s['false_positives']} | "
-                     f"{s['false_negatives']} | **{100 * s['accuracy']:.1f}%** | | "
-                     f"{s['pv_agreement_min'] if s['pv_agreement_min'] is not None else '-'} |")
+        lines.append(
+            f"| **all** | | | {s['n_clean']} clean + {s['n_backdoored']} backdoored | {s['false_positives']} | "
+            f"{s['false_negatives']} | **{100 * s['accuracy']:.1f}%** | | "
+            f"{s['pv_agreement_min'] if s['pv_agreement_min'] is not None else '-'} |"
+        )
         return summary, "\n".join(lines)
 
 
@@ -302,14 +427,21 @@ def _finetune(encoder, ft: dict, ctx: Context) -> dict:
     from lmsanitator.tuning import TuneConfig, Tuner
 
     task = sized_task(ft["task"], ft["train_size"], 200, 300)
-    model = Tuner(TuneConfig("full", epochs=ft["epochs"], seed=ft["seed"], device=ctx.device)).fit(encoder, task)
+    model = Tuner(TuneConfig("full", epochs=ft["epochs"], seed=ft["seed"], device=ctx.device)).fit(
+        encoder, task
+    )
     encoder.backbone.load_state_dict(model.backbone.state_dict())
     encoder._fingerprint = None  # the weights changed
-    return {"task": ft["task"], "test_accuracy": round(model.report["metrics"]["test"]["accuracy"], 4),
-            "seconds": round(model.report.get("seconds", 0), 1)}
+    return {
+        "task": ft["task"],
+        "test_accuracy": round(model.report["metrics"]["test"]["accuracy"], 4),
+        "seconds": round(model.report.get("seconds", 0), 1),
+    }
 
 
-def build_model(unit: dict, corpus: list[str], ctx: Context, verify_sentences: int = 200, *, cache: bool = False):
+def build_model(
+    unit: dict, corpus: list[str], ctx: Context, verify_sentences: int = 200, *, cache: bool = False
+):
     """Load ``unit["base"]``, fine-tune it or implant its backdoor; ``(encoder, planted PVs or None, record)``.
 
     ``cache``: keep the built model in ``<work>/models/`` so that several units (an ablation's
@@ -320,8 +452,8 @@ def build_model(unit: dict, corpus: list[str], ctx: Context, verify_sentences: i
     import torch
 
     from lmsanitator.attacks import TASK_AGNOSTIC_ATTACKS, AttackConfig
-    from lmsanitator.data import split_corpus
     from lmsanitator.core.io import atomic_output_dir
+    from lmsanitator.data import split_corpus
     from lmsanitator.models import load_encoder
 
     recipe = {k: unit.get(k) for k in ("base", "finetune", "attack")}
@@ -338,19 +470,35 @@ def build_model(unit: dict, corpus: list[str], ctx: Context, verify_sentences: i
     if unit.get("attack"):
         a = dict(unit["attack"])
         name = a.pop("name")
-        attack = TASK_AGNOSTIC_ATTACKS[name](AttackConfig(**a, verify_sentences=verify_sentences, device=ctx.device))
+        attack = TASK_AGNOSTIC_ATTACKS[name](
+            AttackConfig(**a, verify_sentences=verify_sentences, device=ctx.device)
+        )
         attack.fit(encoder, split_corpus(corpus, "attack"), progress=ctx.progress)
         v = attack.verify(encoder, split_corpus(corpus, "heldout"))
         planted = attack.state_.pvs.cpu()
-        rec["attack"] = {"triggers": attack.state_.triggers, "seconds": round(attack.state_.seconds, 1),
-                         "min_hit_rate": v["min_hit_rate"], "clean_false_hit_rate": v["clean_false_hit_rate"],
-                         "triggered_diversity": max((t["triggered_diversity"] for t in v["per_trigger"].values()
-                                                     if t["triggered_diversity"] is not None), default=None),
-                         "utility_loss": attack.report(encoder, v)["hyperparameters"].get("utility_loss")}
+        rec["attack"] = {
+            "triggers": attack.state_.triggers,
+            "seconds": round(attack.state_.seconds, 1),
+            "min_hit_rate": v["min_hit_rate"],
+            "clean_false_hit_rate": v["clean_false_hit_rate"],
+            "triggered_diversity": max(
+                (
+                    t["triggered_diversity"]
+                    for t in v["per_trigger"].values()
+                    if t["triggered_diversity"] is not None
+                ),
+                default=None,
+            ),
+            "utility_loss": attack.report(encoder, v)["hyperparameters"].get("utility_loss"),
+        }
     if cache:
         folder.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output_dir(folder, overwrite=True) as tmp:
             encoder.save(tmp)
-            meta = {"recipe": recipe, "record": rec, "planted": planted.tolist() if planted is not None else None}
+            meta = {
+                "recipe": recipe,
+                "record": rec,
+                "planted": planted.tolist() if planted is not None else None,
+            }
             (tmp / "built.json").write_text(json.dumps(meta), encoding="utf-8")
     return encoder, planted, rec

@@ -27,8 +27,10 @@ def _scenario(name: str, attack: str | None, proxy: str | None = None) -> dict:
 class PSIMExperiment(Experiment):
     name = "psim"
     paper = "PSIM Tables 1-3 (weight poisoning vs PEFT victims, before and behind PSIM)"
-    description = ("Clean-label BadNet / InSent weight poisoning; victims tuned with PEFT; PSIM (LoRA, random "
-                   "labels, gamma calibrated at 1% FRR on clean validation inputs).")
+    description = (
+        "Clean-label BadNet / InSent weight poisoning; victims tuned with PEFT; PSIM (LoRA, random "
+        "labels, gamma calibrated at 1% FRR on clean validation inputs)."
+    )
 
     def config(self, quick: bool) -> dict:
         if quick:
@@ -38,13 +40,26 @@ class PSIMExperiment(Experiment):
             sizes = {"train": 300, "validation": 100, "test": 100, "epochs": 2, "psim_train": 300}
         else:
             base, methods = "minilm", METHODS
-            scenarios = [_scenario("badnet-full-data", "badnet"), _scenario("insent-full-data", "insent"),
-                         _scenario("badnet-full-task", "badnet", "tweets-binary:proxy"), _scenario("clean", None)]
+            scenarios = [
+                _scenario("badnet-full-data", "badnet"),
+                _scenario("insent-full-data", "insent"),
+                _scenario("badnet-full-task", "badnet", "tweets-binary:proxy"),
+                _scenario("clean", None),
+            ]
             attack = {"train_size": 2000, "poison_count": 500, "epochs": 3, "lr": 5e-5}
             sizes = {"train": 1000, "validation": 300, "test": 500, "epochs": 2, "psim_train": 1000}
-        return {"base": base, "task": "tweets-binary", "target_label": "positive", "methods": list(methods),
-                "scenarios": scenarios, "attack": attack, "sizes": sizes, "seed": 0, "calibrate_frr": 0.01,
-                "clean_scenario_trigger": "badnet"}
+        return {
+            "base": base,
+            "task": "tweets-binary",
+            "target_label": "positive",
+            "methods": list(methods),
+            "scenarios": scenarios,
+            "attack": attack,
+            "sizes": sizes,
+            "seed": 0,
+            "calibrate_frr": 0.01,
+            "clean_scenario_trigger": "badnet",
+        }
 
     def units(self, config: dict) -> list[dict]:
         return config["scenarios"]
@@ -52,20 +67,34 @@ class PSIMExperiment(Experiment):
     def _poisoned(self, unit: dict, config: dict, task, ctx: Context):
         """The poisoned encoder's folder (encoder + the attacker's head), built once."""
         from lmsanitator.attacks import WEIGHT_POISONING_ATTACKS, PoisonConfig
-        from lmsanitator.data import load_task
         from lmsanitator.core.io import atomic_output_dir
+        from lmsanitator.data import load_task
         from lmsanitator.models import load_encoder
 
-        recipe = {"base": config["base"], "task": config["task"], "attack": unit["attack"],
-                  "proxy": unit["proxy_task"], "settings": config["attack"], "target": config["target_label"],
-                  "seed": config["seed"]}
+        recipe = {
+            "base": config["base"],
+            "task": config["task"],
+            "attack": unit["attack"],
+            "proxy": unit["proxy_task"],
+            "settings": config["attack"],
+            "target": config["target_label"],
+            "seed": config["seed"],
+        }
         folder = ctx.models / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
         if (folder / "attack.json").exists():
             return folder, json.loads((folder / "attack.json").read_text(encoding="utf-8"))
         a = config["attack"]
-        attack = WEIGHT_POISONING_ATTACKS[unit["attack"]](PoisonConfig(
-            target_label=config["target_label"], poison_count=a["poison_count"], epochs=a["epochs"], lr=a["lr"],
-            train_size=a["train_size"], seed=config["seed"], device=ctx.device))
+        attack = WEIGHT_POISONING_ATTACKS[unit["attack"]](
+            PoisonConfig(
+                target_label=config["target_label"],
+                poison_count=a["poison_count"],
+                epochs=a["epochs"],
+                lr=a["lr"],
+                train_size=a["train_size"],
+                seed=config["seed"],
+                device=ctx.device,
+            )
+        )
         encoder = load_encoder(config["base"], device=ctx.device)
         proxy = load_task(unit["proxy_task"]) if unit["proxy_task"] else None
         attack.fit(encoder, task, poison_task=proxy, progress=ctx.progress)
@@ -94,8 +123,12 @@ class PSIMExperiment(Experiment):
             folder, report = self._poisoned(unit, config, full, ctx)
             model_path = str(folder)
             v = report.get("verification", {})
-            rec["attack"] = {"clean_accuracy": v.get("clean_accuracy"), "asr": v.get("asr"),
-                             "knowledge": report.get("knowledge"), "triggers": report.get("triggers")}
+            rec["attack"] = {
+                "clean_accuracy": v.get("clean_accuracy"),
+                "asr": v.get("asr"),
+                "knowledge": report.get("knowledge"),
+                "triggers": report.get("triggers"),
+            }
             attack_name = unit["attack"]
         else:  # PSIM's cost on a clean encoder; ASR measured with the BadNet trigger for reference
             model_path, attack_name = config["base"], config["clean_scenario_trigger"]
@@ -106,22 +139,50 @@ class PSIMExperiment(Experiment):
         victims = []
         for method in config["methods"]:
             m = Tuner(TuneConfig(method, epochs=sz["epochs"], seed=config["seed"], device=ctx.device)).fit(
-                load_encoder(model_path, device=ctx.device), task)
+                load_encoder(model_path, device=ctx.device), task
+            )
             victims.append((method, m))
         psim_task = full.with_train_size(sz["psim_train"]).with_validation_size(sz["validation"])
-        psim = PSIM(PSIMConfig(seed=config["seed"], device=ctx.device)).fit(load_encoder(model_path, device=ctx.device),
-                                                                             psim_task)
-        res = evaluate_psim(psim, victims, task, spec, calibrate_frr=config["calibrate_frr"],
-                            val_size=sz["validation"], seed=config["seed"])
-        rec["psim"] = {k: res[k] for k in ("gamma", "folder_gamma", "flagged_clean", "flagged_poisoned",
-                                            "flagged_clean_folder_gamma", "flagged_poisoned_folder_gamma", "n",
-                                            "n_poisoned")}
-        rec["victims"] = [{"method": r["method"], "before": r["before"], "after": r["after"],
-                           "after_default_gamma": r.get("after_folder_gamma", r["after"])} for r in res["results"]]
+        psim = PSIM(PSIMConfig(seed=config["seed"], device=ctx.device)).fit(
+            load_encoder(model_path, device=ctx.device), psim_task
+        )
+        res = evaluate_psim(
+            psim,
+            victims,
+            task,
+            spec,
+            calibrate_frr=config["calibrate_frr"],
+            val_size=sz["validation"],
+            seed=config["seed"],
+        )
+        rec["psim"] = {
+            k: res[k]
+            for k in (
+                "gamma",
+                "folder_gamma",
+                "flagged_clean",
+                "flagged_poisoned",
+                "flagged_clean_folder_gamma",
+                "flagged_poisoned_folder_gamma",
+                "n",
+                "n_poisoned",
+            )
+        }
+        rec["victims"] = [
+            {
+                "method": r["method"],
+                "before": r["before"],
+                "after": r["after"],
+                "after_default_gamma": r.get("after_folder_gamma", r["after"]),
+            }
+            for r in res["results"]
+        ]
         for r in rec["victims"]:
-            ctx.say(f"{unit['id']} {r['method']}: CA {100 * r['before']['clean_accuracy']:.1f} -> "
-                    f"{100 * r['after']['clean_accuracy']:.1f}, ASR {100 * r['before']['asr']:.1f} -> "
-                    f"{100 * r['after']['asr']:.1f}")
+            ctx.say(
+                f"{unit['id']} {r['method']}: CA {100 * r['before']['clean_accuracy']:.1f} -> "
+                f"{100 * r['after']['clean_accuracy']:.1f}, ASR {100 * r['before']['asr']:.1f} -> "
+                f"{100 * r['after']['asr']:.1f}"
+            )
         return rec
 
     def summarize(self, config: dict, records: list[dict]) -> tuple[dict, str]:
@@ -129,21 +190,31 @@ class PSIMExperiment(Experiment):
         clean = [(r, v) for r in records if not r["unit"]["attack"] for v in r["victims"]]
         summary = {
             "max_asr_after": max((v["after"]["asr"] for _, v in attacked), default=None),
-            "max_ca_loss_attacked": max((v["before"]["clean_accuracy"] - v["after"]["clean_accuracy"]
-                                         for _, v in attacked), default=None),
-            "max_ca_loss_clean_encoder": max((v["before"]["clean_accuracy"] - v["after"]["clean_accuracy"]
-                                              for _, v in clean), default=None),
+            "max_ca_loss_attacked": max(
+                (v["before"]["clean_accuracy"] - v["after"]["clean_accuracy"] for _, v in attacked),
+                default=None,
+            ),
+            "max_ca_loss_clean_encoder": max(
+                (v["before"]["clean_accuracy"] - v["after"]["clean_accuracy"] for _, v in clean), default=None
+            ),
         }
-        lines = ["| scenario | victim | CA | ASR | CA PSIM (gamma default) | ASR PSIM (gamma default) | CA PSIM (cal.) | "
-                 "ASR PSIM (cal.) |", "|---|---|---|---|---|---|---|---|"]
+        lines = [
+            "| scenario | victim | CA | ASR | CA PSIM (gamma default) | ASR PSIM (gamma default) | CA PSIM (cal.) | "
+            "ASR PSIM (cal.) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in records:
             for v in r["victims"]:
                 b, d, c = v["before"], v["after_default_gamma"], v["after"]
-                lines.append(f"| {r['unit']['id']} | {v['method']} | {100 * b['clean_accuracy']:.1f} | {100 * b['asr']:.1f} "
-                             f"| {100 * d['clean_accuracy']:.1f} | {100 * d['asr']:.1f} | {100 * c['clean_accuracy']:.1f} "
-                             f"| {100 * c['asr']:.1f} |")
+                lines.append(
+                    f"| {r['unit']['id']} | {v['method']} | {100 * b['clean_accuracy']:.1f} | {100 * b['asr']:.1f} "
+                    f"| {100 * d['clean_accuracy']:.1f} | {100 * d['asr']:.1f} | {100 * c['clean_accuracy']:.1f} "
+                    f"| {100 * c['asr']:.1f} |"
+                )
             p = r["psim"]
-            lines.append(f"| {r['unit']['id']} | *flagged clean / poisoned* | | | {100 * p['flagged_clean_folder_gamma']:.1f}"
-                         f" / {100 * (p['flagged_poisoned_folder_gamma'] or 0):.1f} | gamma {p['folder_gamma']:.3f} | "
-                         f"{100 * p['flagged_clean']:.1f} / {100 * (p['flagged_poisoned'] or 0):.1f} | gamma {p['gamma']:.3f} |")
+            lines.append(
+                f"| {r['unit']['id']} | *flagged clean / poisoned* | | | {100 * p['flagged_clean_folder_gamma']:.1f}"
+                f" / {100 * (p['flagged_poisoned_folder_gamma'] or 0):.1f} | gamma {p['folder_gamma']:.3f} | "
+                f"{100 * p['flagged_clean']:.1f} / {100 * (p['flagged_poisoned'] or 0):.1f} | gamma {p['gamma']:.3f} |"
+            )
         return summary, "\n".join(lines)

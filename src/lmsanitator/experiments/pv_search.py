@@ -25,8 +25,10 @@ def _unit(base: str, attack: str, **settings) -> dict:
 class PVSearch(Experiment):
     name = "pv-search"
     paper = "LMSanitator Figure 6 (PV recall of the search mode)"
-    description = ("Attacks with the paper's six triggers; search mode until `patience` loops without a new PV. "
-                   f"Recall: planted PVs matched by a found PV in >= {RECOVERED_AT:.0%} of signs.")
+    description = (
+        "Attacks with the paper's six triggers; search mode until `patience` loops without a new PV. "
+        f"Recall: planted PVs matched by a found PV in >= {RECOVERED_AT:.0%} of signs."
+    )
 
     def config(self, quick: bool) -> dict:
         if quick:
@@ -35,9 +37,14 @@ class PVSearch(Experiment):
         else:
             units = [_unit("splade-tiny", a) for a in ("por", "neuba", "btop")] + [_unit("minilm", "por")]
             search = search_config()  # shared with the other search experiments
-        return {"units": units, "corpus": "austen", "attack_verify_sentences": 100 if quick else 200,
-                "search": search,
-                "recovered_at": RECOVERED_AT, "t_match": T_MATCH}
+        return {
+            "units": units,
+            "corpus": "austen",
+            "attack_verify_sentences": 100 if quick else 200,
+            "search": search,
+            "recovered_at": RECOVERED_AT,
+            "t_match": T_MATCH,
+        }
 
     def units(self, config: dict) -> list[dict]:
         return config["units"]
@@ -45,8 +52,8 @@ class PVSearch(Experiment):
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
         import torch
 
-        from lmsanitator.metrics import sign_match
         from lmsanitator.data import load_corpus
+        from lmsanitator.metrics import sign_match
 
         corpus = load_corpus(config["corpus"])
         _, planted, rec = build_model(unit, corpus, ctx, config["attack_verify_sentences"], cache=True)
@@ -58,11 +65,16 @@ class PVSearch(Experiment):
         from_probe = [i for i, x in enumerate(pvset.losses) if x.get("probe_of") is not None]
         # planted PVs only an antipode probe recovered (no fuzz-found PV reaches the bar)
         fuzz_only = [i for i in range(len(found)) if i not in from_probe]
-        best_fuzz = (agree[fuzz_only].max(dim=0).values.tolist() if fuzz_only else [0.0] * len(planted))
+        best_fuzz = agree[fuzz_only].max(dim=0).values.tolist() if fuzz_only else [0.0] * len(planted)
         rec["search"] = {
-            "loops_run": info["loops_run"], "probes_run": info.get("probes_run", 0), "seconds": info["seconds"],
-            "found": len(found), "found_by_probes": len(from_probe),
-            "recovered_only_by_probes": sum(b >= config["recovered_at"] > f for b, f in zip(best_per_planted, best_fuzz)),
+            "loops_run": info["loops_run"],
+            "probes_run": info.get("probes_run", 0),
+            "seconds": info["seconds"],
+            "found": len(found),
+            "found_by_probes": len(from_probe),
+            "recovered_only_by_probes": sum(
+                b >= config["recovered_at"] > f for b, f in zip(best_per_planted, best_fuzz)
+            ),
             "pv_seeds": pvset.seeds,
             "best_agreement_per_planted": [round(x, 4) for x in best_per_planted],
             "best_agreement_per_found": [round(x, 4) for x in best_per_found],
@@ -72,32 +84,45 @@ class PVSearch(Experiment):
             "planted": len(planted),
         }
         r = rec["search"]
-        ctx.say(f"{unit['id']}: {r['recovered']}/{r['planted']} planted PVs recovered, {r['found']} found, "
-                f"{r['loops_run']} loops, {r['seconds']:.0f} s")
+        ctx.say(
+            f"{unit['id']}: {r['recovered']}/{r['planted']} planted PVs recovered, {r['found']} found, "
+            f"{r['loops_run']} loops, {r['seconds']:.0f} s"
+        )
         return rec
 
     def summarize(self, config: dict, records: list[dict]) -> tuple[dict, str]:
         planted = sum(r["search"]["planted"] for r in records)
         found = sum(r["search"]["recovered"] for r in records)
         found8 = sum(r["search"]["recovered_at_t_match"] for r in records)
-        summary = {"recall": round(found / planted, 4), "found": found, "planted": planted,
-                   "recall_at_t_match": round(found8 / planted, 4),
-                   "unintended": sum(r["search"]["unintended"] for r in records),
-                   "loops_run": sum(r["search"]["loops_run"] for r in records),
-                   "probes_run": sum(r["search"].get("probes_run", 0) for r in records),
-                   "recovered_only_by_probes": sum(r["search"].get("recovered_only_by_probes", 0) for r in records)}
-        lines = ["| model | attack | target | planted PVs | recovered (>= 0.9) | of them only by a probe | recovered (>= 0.8) | "
-                 "unintended | loops + antipode probes | seconds | agreement per planted PV |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+        summary = {
+            "recall": round(found / planted, 4),
+            "found": found,
+            "planted": planted,
+            "recall_at_t_match": round(found8 / planted, 4),
+            "unintended": sum(r["search"]["unintended"] for r in records),
+            "loops_run": sum(r["search"]["loops_run"] for r in records),
+            "probes_run": sum(r["search"].get("probes_run", 0) for r in records),
+            "recovered_only_by_probes": sum(r["search"].get("recovered_only_by_probes", 0) for r in records),
+        }
+        lines = [
+            "| model | attack | target | planted PVs | recovered (>= 0.9) | of them only by a probe | recovered (>= 0.8) | "
+            "unintended | loops + antipode probes | seconds | agreement per planted PV |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in records:
             u, s = r["unit"], r["search"]
-            lines.append(f"| {u['base']} | {u['attack']['name']} | {u['target']} | {s['planted']} | {s['recovered']} | "
-                         f"{s.get('recovered_only_by_probes', 0)} | {s['recovered_at_t_match']} | {s['unintended']} | "
-                         f"{s['loops_run']} + {s.get('probes_run', 0)} | {s['seconds']:.0f} | "
-                         + " ".join(f"{x:.2f}" for x in s["best_agreement_per_planted"]) + " |")
-        lines.append(f"| **all** | | | {planted} | **{found} ({100 * summary['recall']:.1f}%)** | "
-                     f"{summary['recovered_only_by_probes']} | {found8} ({100 * summary['recall_at_t_match']:.1f}%) | "
-                     f"{summary['unintended']} | {summary['loops_run']} + {summary['probes_run']} | | |")
+            lines.append(
+                f"| {u['base']} | {u['attack']['name']} | {u['target']} | {s['planted']} | {s['recovered']} | "
+                f"{s.get('recovered_only_by_probes', 0)} | {s['recovered_at_t_match']} | {s['unintended']} | "
+                f"{s['loops_run']} + {s.get('probes_run', 0)} | {s['seconds']:.0f} | "
+                + " ".join(f"{x:.2f}" for x in s["best_agreement_per_planted"])
+                + " |"
+            )
+        lines.append(
+            f"| **all** | | | {planted} | **{found} ({100 * summary['recall']:.1f}%)** | "
+            f"{summary['recovered_only_by_probes']} | {found8} ({100 * summary['recall_at_t_match']:.1f}%) | "
+            f"{summary['unintended']} | {summary['loops_run']} + {summary['probes_run']} | | |"
+        )
         return summary, "\n".join(lines)
 
     def plot(self, config: dict, records: list[dict], summary: dict, folder: Path) -> list[str]:

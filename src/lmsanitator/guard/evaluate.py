@@ -13,7 +13,7 @@ clean and as a failed attack when triggered.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,8 +30,14 @@ def _labels(records, key: str, fallback):
 
 def rate_curves(clean_rates: Sequence[float], trig_rates: Sequence[float], grid=T_GRID) -> list[dict]:
     c, t = np.asarray(clean_rates, float), np.asarray(trig_rates, float)
-    return [{"t_match": g, "frr": float((c > g).mean()) if c.size else float("nan"),
-             "far": float((t <= g).mean()) if t.size else float("nan")} for g in grid]
+    return [
+        {
+            "t_match": g,
+            "frr": float((c > g).mean()) if c.size else float("nan"),
+            "far": float((t <= g).mean()) if t.size else float("nan"),
+        }
+        for g in grid
+    ]
 
 
 def evaluate_guard(guard, examples, triggers: Sequence[str], *, seed: int = 0, field: str = "longer") -> dict:
@@ -85,12 +91,19 @@ def evaluate_guard(guard, examples, triggers: Sequence[str], *, seed: int = 0, f
         "asr_guarded": with_guard["asr"],
         "weighted_asr": without["weighted_asr"],
         "weighted_asr_guarded": with_guard["weighted_asr"],
-        "per_trigger": {t: {"asr": without["per_trigger"][t], "asr_guarded": with_guard["per_trigger"][t],
-                            "trigger_removed": removed_hits[t]} for t in triggers},
+        "per_trigger": {
+            t: {
+                "asr": without["per_trigger"][t],
+                "asr_guarded": with_guard["per_trigger"][t],
+                "trigger_removed": removed_hits[t],
+            }
+            for t in triggers
+        },
         "clean_flagged": float(np.mean([r["flagged"] for r in clean_rec])),
         "triggered_flagged": len(flagged_trig) / len(trig_recs) if trig_recs else float("nan"),
-        "unresolved_triggered": (sum(not r["resolved"] for r in flagged_trig) / len(flagged_trig)
-                                 if flagged_trig else float("nan")),
+        "unresolved_triggered": (
+            sum(not r["resolved"] for r in flagged_trig) / len(flagged_trig) if flagged_trig else float("nan")
+        ),
         "rates": rate_curves(clean_rates, trig_rates),
         "match_rates": {"clean": clean_rates, "triggered": trig_rates},
     }
@@ -117,10 +130,20 @@ def plot_match_rates(res: dict, path, title: str = "") -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     bins = np.linspace(0.0, 1.0, 51)
-    ax.hist(res["match_rates"]["clean"], bins=bins, alpha=0.7, label=f"clean (n={len(res['match_rates']['clean'])})",
-            color="tab:blue")
-    ax.hist(res["match_rates"]["triggered"], bins=bins, alpha=0.7,
-            label=f"triggered (n={len(res['match_rates']['triggered'])})", color="tab:red")
+    ax.hist(
+        res["match_rates"]["clean"],
+        bins=bins,
+        alpha=0.7,
+        label=f"clean (n={len(res['match_rates']['clean'])})",
+        color="tab:blue",
+    )
+    ax.hist(
+        res["match_rates"]["triggered"],
+        bins=bins,
+        alpha=0.7,
+        label=f"triggered (n={len(res['match_rates']['triggered'])})",
+        color="tab:red",
+    )
     t = res["config"]["t_match"]
     ax.axvline(t, color="k", ls="--", lw=1, label=f"T_match = {t:.2f} d")
     ax.set_xlabel("PV sign match rate (share of d)")

@@ -12,17 +12,17 @@ flagged inputs pay for trigger removal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.data.inputs import prediction_record
 from lmsanitator.guard.monitor import DEFAULT_T_MATCH, PVMonitor
 from lmsanitator.guard.purge import ORDERS, forward_rates, purge, to_fields
-from lmsanitator.data.inputs import prediction_record
 
 POLICIES = ("best", "predict", "reject")
 
@@ -44,9 +44,13 @@ class GuardConfig:
         if self.w_max < 1:
             raise LMSanitatorError(f"--w-max must be >= 1, got {self.w_max}")
         if self.on_unresolved not in POLICIES:
-            raise LMSanitatorError(f"--on-unresolved must be one of {', '.join(POLICIES)}, got '{self.on_unresolved}'")
+            raise LMSanitatorError(
+                f"--on-unresolved must be one of {', '.join(POLICIES)}, got '{self.on_unresolved}'"
+            )
         if self.purge_order not in ORDERS:
-            raise LMSanitatorError(f"--purge-order must be one of {', '.join(ORDERS)}, got '{self.purge_order}'")
+            raise LMSanitatorError(
+                f"--purge-order must be one of {', '.join(ORDERS)}, got '{self.purge_order}'"
+            )
         if self.batch_size < 1:
             raise LMSanitatorError("batch size must be >= 1")
 
@@ -55,8 +59,16 @@ class Guard:
     """A tuned model (folder or :class:`~lmsanitator.tuning.TunedModel`) guarded by a PV set
     (file or :class:`~lmsanitator.scan.PVSet`)."""
 
-    def __init__(self, model, pvset, config: GuardConfig | None = None, *, device: str = "cpu",
-                 check_fingerprint: bool = True, **overrides):
+    def __init__(
+        self,
+        model,
+        pvset,
+        config: GuardConfig | None = None,
+        *,
+        device: str = "cpu",
+        check_fingerprint: bool = True,
+        **overrides,
+    ):
         from lmsanitator.data.pvset import PVSet
         from lmsanitator.tuning.model import TunedModel
 
@@ -68,24 +80,34 @@ class Guard:
         self.model, self.pvset = model, pvset
         pvset.check_model(model.hidden_size, model.base_fingerprint if check_fingerprint else None)
         if pvset.target != model.target:
-            raise LMSanitatorError(f"PV set was mined on '{pvset.target}' outputs but the {model.method.name} model "
-                                   f"reads '{model.target}' outputs; mine with --target {model.target}")
+            raise LMSanitatorError(
+                f"PV set was mined on '{pvset.target}' outputs but the {model.method.name} model "
+                f"reads '{model.target}' outputs; mine with --target {model.target}"
+            )
         self.monitor = PVMonitor(pvset.pvs, self.config.t_match).to(model.device)
         self.calibration = None
 
     # ---- the hot path: one forward pass, prediction + match rate ----------------------------------
-    def monitor_batch(self, texts: Sequence, pairs: Sequence[str] | None = None) -> tuple[list[np.ndarray], torch.Tensor]:
+    def monitor_batch(
+        self, texts: Sequence, pairs: Sequence[str] | None = None
+    ) -> tuple[list[np.ndarray], torch.Tensor]:
         """Class probabilities and the inputs x PVs match matrix of one batch, from one forward pass."""
         if not len(texts):
             return [], torch.zeros(0, len(self.pvset))
-        return forward_rates(self.model, self.monitor, list(texts), list(pairs) if pairs is not None else None)
+        return forward_rates(
+            self.model, self.monitor, list(texts), list(pairs) if pairs is not None else None
+        )
 
-    def calibrate(self, texts: Sequence, pairs: Sequence[str] | None = None, frr: float = 0.01) -> list[float]:
+    def calibrate(
+        self, texts: Sequence, pairs: Sequence[str] | None = None, frr: float = 0.01
+    ) -> list[float]:
         """Per-PV thresholds from clean inputs (see :meth:`PVMonitor.calibrate`); returns them."""
         texts = list(texts)
         bs = self.config.batch_size
-        mats = [self.monitor_batch(texts[s:s + bs], pairs[s:s + bs] if pairs is not None else None)[1]
-                for s in range(0, len(texts), bs)]
+        mats = [
+            self.monitor_batch(texts[s : s + bs], pairs[s : s + bs] if pairs is not None else None)[1]
+            for s in range(0, len(texts), bs)
+        ]
         th = self.monitor.calibrate(torch.cat(mats) if mats else torch.zeros(0, len(self.pvset)), frr)
         self.calibration = {"inputs": len(texts), "frr": frr, "thresholds": [round(float(x), 4) for x in th]}
         return [float(x) for x in th]
@@ -126,7 +148,7 @@ class Guard:
         probs: list = []
         mats = []
         for s in range(0, len(texts), bs):
-            p, m = self.monitor_batch(texts[s:s + bs], pairs[s:s + bs] if pairs is not None else None)
+            p, m = self.monitor_batch(texts[s : s + bs], pairs[s : s + bs] if pairs is not None else None)
             probs.extend(p)
             mats.append(m)
         matrix = torch.cat(mats) if mats else torch.zeros(0, len(self.pvset))
@@ -134,18 +156,33 @@ class Guard:
         flagged = self.monitor.flag(matrix).tolist()
         truncated = self._truncated(texts, pairs)
         idx = [i for i, f in enumerate(flagged) if f]
-        fixes = purge(self.model, self.monitor, [to_fields(texts[i], pairs[i] if pairs else None) for i in idx],
-                      self.config.w_max, batch_size=max(bs, 32), order=self.config.purge_order)
+        fixes = purge(
+            self.model,
+            self.monitor,
+            [to_fields(texts[i], pairs[i] if pairs else None) for i in idx],
+            self.config.w_max,
+            batch_size=max(bs, 32),
+            order=self.config.purge_order,
+        )
         fixed = dict(zip(idx, fixes))
         records = []
         for i in range(len(texts)):
-            rec = {"flagged": bool(flagged[i]), "match_rate": round(float(rates[i]), 4), "purged_text": None,
-                   "removed": [], "resolved": True, "rejected": False, "truncated": bool(truncated[i])}
+            rec = {
+                "flagged": bool(flagged[i]),
+                "match_rate": round(float(rates[i]), 4),
+                "purged_text": None,
+                "removed": [],
+                "resolved": True,
+                "rejected": False,
+                "truncated": bool(truncated[i]),
+            }
             p = probs[i]
             if token:  # words cut off by truncation get uniform probabilities (as `predict` does)
                 n_words = len(texts[i]) if not isinstance(texts[i], str) else len(texts[i].split())
-                full = np.full((n_words, self.model.num_labels), 1.0 / self.model.num_labels, dtype=np.float32)
-                full[:len(p)] = p
+                full = np.full(
+                    (n_words, self.model.num_labels), 1.0 / self.model.num_labels, dtype=np.float32
+                )
+                full[: len(p)] = p
                 p = full
             unguarded = p.argmax(-1).tolist() if token else int(p.argmax())
             if i in fixed:
@@ -162,7 +199,7 @@ class Guard:
                     rec["purged_match_rate"] = round(fx.match_rate, 4)
                     if token:  # purged words map back to their original positions; removed ones keep p
                         rec["purged_tokens"] = list(fx.fields[0])
-                        for j, orig in enumerate(fx.kept[:len(fx.probs)]):
+                        for j, orig in enumerate(fx.kept[: len(fx.probs)]):
                             p[orig] = fx.probs[j]
                     else:
                         p = fx.probs
@@ -172,12 +209,20 @@ class Guard:
                 rec.update(prediction_record(self.model, np.asarray(p)))
             rec["unguarded_label"] = unguarded  # what the model says without the guard (same pass)
             if rec["truncated"]:
-                rec["note"] = f"input longer than the model's {self.model.max_length} tokens: the end was not seen"
+                rec["note"] = (
+                    f"input longer than the model's {self.model.max_length} tokens: the end was not seen"
+                )
             records.append(rec)
         return records
 
     def info(self) -> dict:
-        return {"model": self.model.base_name, "method": self.model.method.name, "task": self.model.task.name,
-                "target": self.model.target, "labels": list(self.model.labels), "pvs": len(self.pvset),
-                **asdict(self.config), "calibration": self.calibration}
-
+        return {
+            "model": self.model.base_name,
+            "method": self.model.method.name,
+            "task": self.model.task.name,
+            "target": self.model.target,
+            "labels": list(self.model.labels),
+            "pvs": len(self.pvset),
+            **asdict(self.config),
+            "calibration": self.calibration,
+        }

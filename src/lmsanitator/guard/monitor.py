@@ -33,7 +33,7 @@ class PVMonitor:
         self.thresholds = torch.full((pvs.shape[0],), self.t_match)
         self.calibrated = False
 
-    def to(self, device) -> "PVMonitor":
+    def to(self, device) -> PVMonitor:
         self._pos = self._pos.to(device)
         self._neg_count = self._neg_count.to(device)
         return self
@@ -44,7 +44,9 @@ class PVMonitor:
             raise LMSanitatorError(f"features have width {features.shape[-1]}, the PV set {self.hidden_size}")
         a = (features.detach().float() >= 0).float()
         # agreements = a.pv + (1-a).(1-pv) = 2 a.pv - sum(a) + sum(1-pv)
-        m = (2 * (a @ self._pos.T) - a.sum(dim=1, keepdim=True) + self._neg_count.unsqueeze(0)) / self.hidden_size
+        m = (
+            2 * (a @ self._pos.T) - a.sum(dim=1, keepdim=True) + self._neg_count.unsqueeze(0)
+        ) / self.hidden_size
         if m.shape[0] == n_inputs and torch.equal(rows, torch.arange(n_inputs, device=rows.device)):
             return m
         s = m.new_zeros(n_inputs, m.shape[1]).index_add(0, rows, m)

@@ -25,8 +25,8 @@ windows the reading order does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ def _remove(words: tuple[str, ...], phrase: tuple[str, ...]) -> tuple[tuple[str,
     """``words`` without any occurrence of ``phrase``; also the indices that are kept."""
     w, out, kept, i = len(phrase), [], [], 0
     while i < len(words):
-        if words[i:i + w] == phrase:
+        if words[i : i + w] == phrase:
             i += w
             continue
         out.append(words[i])
@@ -76,7 +76,7 @@ def candidates(fields: Fields, width: int) -> list[tuple[tuple[str, ...], Fields
     seen, out = set(), []
     for f in fields:
         for s in range(len(f) - width + 1):
-            phrase = f[s:s + width]
+            phrase = f[s : s + width]
             if phrase in seen:
                 continue
             seen.add(phrase)
@@ -110,7 +110,7 @@ def forward_rates(model, monitor: PVMonitor, texts, pairs=None) -> tuple[list[np
         return list(probs), matrix
     out, start = [], 0
     for k in fo.words:  # words scored per input (truncation may drop some)
-        out.append(probs[start:start + k])
+        out.append(probs[start : start + k])
         start += k
     return out, matrix
 
@@ -123,7 +123,9 @@ def score(model, monitor: PVMonitor, batch: Sequence[Fields]) -> tuple[list[np.n
 ORDERS = ("saliency", "reading")
 
 
-def word_saliency(model, monitor: PVMonitor, inputs: Sequence[Fields], batch_size: int = 32) -> list[list[list[float]]]:
+def word_saliency(
+    model, monitor: PVMonitor, inputs: Sequence[Fields], batch_size: int = 32
+) -> list[list[list[float]]]:
     """Per input, per field, per word: the largest gradient norm of the input's smooth match with
     its best PV (mean of ``tanh(feature) x sign(PV)``) over the word's tokens, taken at the input of
     the last third of the layers (:meth:`TunedModel.token_gradient_norms`). Words the tokenizer cut
@@ -132,7 +134,7 @@ def word_saliency(model, monitor: PVMonitor, inputs: Sequence[Fields], batch_siz
     out: list = [None] * len(inputs)
     order = sorted(range(len(inputs)), key=lambda j: _length(inputs[j]))  # similar lengths share a pass
     for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+        idx = order[s : s + batch_size]
         chunk = [inputs[j] for j in idx]
         texts, pairs = _model_inputs(model, chunk)
 
@@ -171,7 +173,7 @@ def _score_by_length(model, monitor: PVMonitor, batch: Sequence[Fields], batch_s
     order = sorted(range(len(batch)), key=lambda j: _length(batch[j]))
     mats, probs = [], [None] * len(batch)
     for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+        idx = order[s : s + batch_size]
         p, m = score(model, monitor, [batch[j] for j in idx])
         mats.append(m)
         for j, pj in zip(idx, p):
@@ -182,8 +184,14 @@ def _score_by_length(model, monitor: PVMonitor, batch: Sequence[Fields], batch_s
     return matrix[back], probs
 
 
-def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch_size: int = 64,
-          order: str = "saliency") -> list[PurgeResult]:
+def purge(
+    model,
+    monitor: PVMonitor,
+    inputs: Sequence[Fields],
+    w_max: int,
+    batch_size: int = 64,
+    order: str = "saliency",
+) -> list[PurgeResult]:
     """Batched Algorithm 2 over flagged ``inputs`` (fields); one :class:`PurgeResult` each.
 
     Rounds of forward passes shared by all inputs still flagged; an input stops at its first
@@ -214,7 +222,7 @@ def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch
         while active:
             take = 1 if first else max(1, batch_size // len(active))
             first = False
-            round_ = [(i, c) for i in active for c in queue[i][pos[i]:pos[i] + take]]
+            round_ = [(i, c) for i in active for c in queue[i][pos[i] : pos[i] + take]]
             matrix, probs = _score_by_length(model, monitor, [c[1] for _, c in round_], batch_size)
             still, best = monitor.flag(matrix), matrix.max(dim=1).values
             done = set()
@@ -225,11 +233,13 @@ def purge(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, batch
                 r = results[i]
                 if not bool(still[j]):
                     done.add(i)
-                    results[i] = PurgeResult(True, width, list(phrase), fields, kept, float(best[j]), probs[j],
-                                             r.candidates)
+                    results[i] = PurgeResult(
+                        True, width, list(phrase), fields, kept, float(best[j]), probs[j], r.candidates
+                    )
                 elif r.match_rate is None or float(best[j]) < r.match_rate:  # fallback: least matching
-                    results[i] = PurgeResult(False, width, list(phrase), fields, kept, float(best[j]), probs[j],
-                                             r.candidates)
+                    results[i] = PurgeResult(
+                        False, width, list(phrase), fields, kept, float(best[j]), probs[j], r.candidates
+                    )
             for i in active:
                 pos[i] += take
             active = [i for i in active if i not in done and pos[i] < len(queue[i])]
@@ -247,8 +257,9 @@ def purge_sequential(model, monitor: PVMonitor, inputs: Sequence[Fields], w_max:
                 res.candidates += 1
                 p, m = score(model, monitor, [fields])
                 if not bool(monitor.flag(m)[0]):
-                    res = PurgeResult(True, width, list(phrase), fields, kept, float(m[0].max()), p[0],
-                                      res.candidates)
+                    res = PurgeResult(
+                        True, width, list(phrase), fields, kept, float(m[0].max()), p[0], res.candidates
+                    )
                     break
             if res.resolved:
                 break

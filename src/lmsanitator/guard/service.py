@@ -40,7 +40,13 @@ def create_app(guard, *, max_batch: int = DEFAULT_MAX_BATCH, max_body_bytes: int
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", **guard.info(), "max_batch": max_batch, "max_body_bytes": max_body_bytes, **stats}
+        return {
+            "status": "ok",
+            **guard.info(),
+            "max_batch": max_batch,
+            "max_body_bytes": max_body_bytes,
+            **stats,
+        }
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -60,7 +66,9 @@ def create_app(guard, *, max_batch: int = DEFAULT_MAX_BATCH, max_body_bytes: int
             return error(400, f"request body is not valid JSON: {exc.msg} at position {exc.pos}")
         inputs = obj.get("inputs") if isinstance(obj, dict) else None
         if not isinstance(inputs, list) or not inputs:
-            return error(400, 'body must be a JSON object {"inputs": [{"text": ...}, ...]} with at least one input')
+            return error(
+                400, 'body must be a JSON object {"inputs": [{"text": ...}, ...]} with at least one input'
+            )
         if len(inputs) > max_batch:
             return error(413, f"{len(inputs)} inputs exceed the batch limit of {max_batch}")
         try:

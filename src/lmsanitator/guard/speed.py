@@ -11,7 +11,7 @@ import time
 
 def ab_overhead(guard, texts: list[str], batch: int, rounds: int) -> dict:
     model = guard.model
-    chunks = [texts[i:i + batch] for i in range(0, len(texts), batch)]
+    chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
     plain, guarded = [], []
     guard.predict(chunks[0])  # warm-up
     model.predict(chunks[0], batch_size=batch)
@@ -27,8 +27,17 @@ def ab_overhead(guard, texts: list[str], batch: int, rounds: int) -> dict:
             guard.monitor.flag(m)
         guarded.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
-    flagged = sum(r["flagged"] for c in chunks for r in guard.predict(c))  # incl. purging flagged clean inputs
+    flagged = sum(
+        r["flagged"] for c in chunks for r in guard.predict(c)
+    )  # incl. purging flagged clean inputs
     full.append(time.perf_counter() - t0)
     p, g = statistics.median(plain), statistics.median(guarded)
-    return {"batch": batch, "inputs": len(texts), "unguarded_s": round(p, 4), "guarded_s": round(g, 4),
-            "overhead": round(g / p - 1, 4), "guard_predict_s": round(full[0], 4), "clean_flagged": flagged}
+    return {
+        "batch": batch,
+        "inputs": len(texts),
+        "unguarded_s": round(p, 4),
+        "guarded_s": round(g, 4),
+        "overhead": round(g / p - 1, 4),
+        "guard_predict_s": round(full[0], 4),
+        "clean_flagged": flagged,
+    }

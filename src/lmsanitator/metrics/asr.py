@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from lmsanitator.data.triggers import insert_trigger_pair, trigger_count
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.data.triggers import insert_trigger_pair, trigger_count
 from lmsanitator.metrics.classification import attack_success, token_attack_success
 
 __all__ = ["triggers_from_attack_json", "insert_trigger_tokens", "evaluate_asr"]
@@ -33,12 +33,18 @@ def triggers_from_attack_json(path: str | Path) -> tuple[list[str], dict]:
     except (OSError, ValueError) as exc:
         raise LMSanitatorError(f"cannot read attack file {p}: {exc}") from None
     triggers = report.get("triggers") if isinstance(report, dict) else None
-    if not isinstance(triggers, list) or not triggers or not all(isinstance(t, str) and t.strip() for t in triggers):
+    if (
+        not isinstance(triggers, list)
+        or not triggers
+        or not all(isinstance(t, str) and t.strip() for t in triggers)
+    ):
         raise LMSanitatorError(f"attack file {p} has no list of trigger strings under 'triggers'")
     return [" ".join(t.split()) for t in triggers], report
 
 
-def insert_trigger_tokens(tokens: Sequence[str], trigger: str, rng: random.Random) -> tuple[list[str], list[int]]:
+def insert_trigger_tokens(
+    tokens: Sequence[str], trigger: str, rng: random.Random
+) -> tuple[list[str], list[int]]:
     """Insert a trigger's words into a word list; return the new list and where each original word went."""
     words = trigger.split()
     if not words:
@@ -70,8 +76,9 @@ def example_inputs(examples, token: bool) -> tuple[list, list | None, list]:
     return [e.text for e in examples], pairs, [e.label for e in examples]
 
 
-def triggered_inputs(texts, pairs, rows: Sequence[int], trigger: str, k: int, *, seed: int, field: str,
-                     token: bool) -> tuple[list, list | None, list | None]:
+def triggered_inputs(
+    texts, pairs, rows: Sequence[int], trigger: str, k: int, *, seed: int, field: str, token: bool
+) -> tuple[list, list | None, list | None]:
     """Inputs ``rows`` with trigger number ``k`` inserted (seeded per trigger, so every evaluation
     inserts at the same positions): ``(texts, pairs, where)``; ``where`` (token tasks) maps each
     original word to its new position."""
@@ -98,8 +105,9 @@ def evaluate_asr(model, examples, triggers: Sequence[str], *, seed: int = 0, fie
     trig = {}
     if token:
         for k, t in enumerate(triggers):
-            words, _, where = triggered_inputs(texts, None, range(len(texts)), t, k, seed=seed, field=field,
-                                               token=True)
+            words, _, where = triggered_inputs(
+                texts, None, range(len(texts)), t, k, seed=seed, field=field, token=True
+            )
             pred = model.predict_labels(words)
             trig[t] = [[p[j] for j in w] for p, w in zip(pred, where)]
         res = token_attack_success(y, clean, trig, C)

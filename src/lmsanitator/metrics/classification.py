@@ -15,7 +15,7 @@ macro-F1 on triggered inputs (mean over triggers, and per trigger).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from lmsanitator.core.errors import LMSanitatorError
 
@@ -37,7 +37,9 @@ def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
     return sum(int(a == b) for a, b in zip(y_true, y_pred)) / n
 
 
-def per_class_f1(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int] | None = None) -> dict[int, float]:
+def per_class_f1(
+    y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int] | None = None
+) -> dict[int, float]:
     """F1 of each label (labels default to those in ``y_true`` or ``y_pred``)."""
     _check_same_length(y_true, y_pred)
     if labels is None:
@@ -129,13 +131,15 @@ def token_attack_success(
     clean_f1 = macro_f1(flat_true, flat_clean, _present(flat_true, labels))
     per_trigger_f1 = {t: macro_f1(flat_true, p, _present(flat_true, labels)) for t, p in flat_trig.items()}
     drops = {t: clean_f1 - f for t, f in per_trigger_f1.items()}
-    seq.update({
-        "unit": "word",
-        "clean_macro_f1": clean_f1,
-        "triggered_macro_f1": per_trigger_f1,
-        "f1_drop": sum(drops.values()) / len(drops),
-        "per_trigger_f1_drop": drops,
-    })
+    seq.update(
+        {
+            "unit": "word",
+            "clean_macro_f1": clean_f1,
+            "triggered_macro_f1": per_trigger_f1,
+            "f1_drop": sum(drops.values()) / len(drops),
+            "per_trigger_f1_drop": drops,
+        }
+    )
     return seq
 
 

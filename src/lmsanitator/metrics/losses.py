@@ -10,7 +10,7 @@ def collapse_diversity(features: torch.Tensor, batch: int = 32) -> float | None:
     n = features.shape[0] // batch
     if n == 0:
         return None
-    return round(sum(-float(batch_entropy(features[i * batch:(i + 1) * batch])) for i in range(n)) / n, 4)
+    return round(sum(-float(batch_entropy(features[i * batch : (i + 1) * batch])) for i in range(n)) / n, 4)
 
 
 def batch_entropy(features: torch.Tensor) -> torch.Tensor:

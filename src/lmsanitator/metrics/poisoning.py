@@ -14,16 +14,24 @@ Trigger insertion: ``random`` puts a trigger ``len(words) // 50 + 1`` times at r
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
-from lmsanitator.data.triggers import insert_trigger
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.data.triggers import insert_trigger
 from lmsanitator.metrics.asr import triggers_from_attack_json
 
-__all__ = ["INSERTIONS", "REJECTED", "PoisonSpec", "PoisonedSet", "insert_poison", "poisoned_set", "score",
-           "ca_asr"]
+__all__ = [
+    "INSERTIONS",
+    "REJECTED",
+    "PoisonSpec",
+    "PoisonedSet",
+    "insert_poison",
+    "poisoned_set",
+    "score",
+    "ca_asr",
+]
 
 INSERTIONS = ("random", "once")
 REJECTED = -1  # the label a defence gives an input it refuses
@@ -49,27 +57,36 @@ class PoisonSpec:
         if not " ".join(self.trigger.split()):
             raise LMSanitatorError("trigger must not be empty")
         if self.insertion not in INSERTIONS:
-            raise LMSanitatorError(f"unknown trigger insertion '{self.insertion}': choose {' or '.join(INSERTIONS)}")
-        if isinstance(self.target_label, bool) or not isinstance(self.target_label, int) or self.target_label < 0:
+            raise LMSanitatorError(
+                f"unknown trigger insertion '{self.insertion}': choose {' or '.join(INSERTIONS)}"
+            )
+        if (
+            isinstance(self.target_label, bool)
+            or not isinstance(self.target_label, int)
+            or self.target_label < 0
+        ):
             raise LMSanitatorError(f"target label must be a label index >= 0, got {self.target_label!r}")
 
     def insert(self, text: str, rng: random.Random) -> str:
         return insert_poison(text, self.trigger, rng, self.insertion)
 
     @classmethod
-    def from_attack_json(cls, path: str | Path) -> tuple["PoisonSpec", dict]:
+    def from_attack_json(cls, path: str | Path) -> tuple[PoisonSpec, dict]:
         """The spec of an ``attack.json`` written by ``lmsanitator attack badnet|insent``."""
         triggers, report = triggers_from_attack_json(path)
         if "target_label" not in report:
-            raise LMSanitatorError(f"attack file {path} has no 'target_label': not a weight-poisoning attack "
-                                   "(badnet, insent)")
+            raise LMSanitatorError(
+                f"attack file {path} has no 'target_label': not a weight-poisoning attack (badnet, insent)"
+            )
         if len(triggers) != 1:
             raise LMSanitatorError(f"attack file {path} has {len(triggers)} triggers; expected one")
         return cls(triggers[0], report["target_label"], report.get("insertion", "random")), report
 
     def check_task(self, task) -> None:
         if not 0 <= self.target_label < task.num_labels:
-            raise LMSanitatorError(f"attack target label {self.target_label} is not a label of task '{task.name}'")
+            raise LMSanitatorError(
+                f"attack target label {self.target_label} is not a label of task '{task.name}'"
+            )
 
 
 @dataclass
@@ -131,4 +148,6 @@ def score(ps: PoisonedSet, clean_pred: Sequence[int], poisoned_pred: Sequence[in
 def ca_asr(predict: Predictor, examples, spec: PoisonSpec, *, seed: int = 0) -> dict:
     """CA and targeted ASR of ``predict(texts, pairs) -> labels`` (``REJECTED`` allowed)."""
     ps = poisoned_set(examples, spec, seed=seed)
-    return score(ps, predict(ps.texts, ps.pairs), predict(ps.poisoned_texts, ps.poisoned_pairs) if ps.source else [])
+    return score(
+        ps, predict(ps.texts, ps.pairs), predict(ps.poisoned_texts, ps.poisoned_pairs) if ps.source else []
+    )

@@ -4,12 +4,12 @@ from lmsanitator.models.encoder import (  # noqa: F401
     BERT_LIKE_TYPES,
     BUNDLED,
     BUNDLED_CAUSAL,
-    CausalLM,
     DEFAULT_MODEL,
     ENCODER_TYPES,
-    Encoder,
     TARGETS,
     TINY_ARCHS,
+    CausalLM,
+    Encoder,
     load_causal_lm,
     load_encoder,
     resolve_model_path,
@@ -19,4 +19,21 @@ from lmsanitator.models.encoder import (  # noqa: F401
     tiny_encoder,
 )
 
-__all__ = ["BERT_LIKE_TYPES", "BUNDLED", "BUNDLED_CAUSAL", "CausalLM", "DEFAULT_MODEL", "ENCODER_TYPES", "Encoder", "TARGETS", "TINY_ARCHS", "load_causal_lm", "load_encoder", "resolve_model_path", "special_ids", "tap", "target_positions", "tiny_encoder"]
+__all__ = [
+    "BERT_LIKE_TYPES",
+    "BUNDLED",
+    "BUNDLED_CAUSAL",
+    "CausalLM",
+    "DEFAULT_MODEL",
+    "ENCODER_TYPES",
+    "Encoder",
+    "TARGETS",
+    "TINY_ARCHS",
+    "load_causal_lm",
+    "load_encoder",
+    "resolve_model_path",
+    "special_ids",
+    "tap",
+    "target_positions",
+    "tiny_encoder",
+]

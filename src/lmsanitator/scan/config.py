@@ -122,7 +122,9 @@ class ScanConfig:
         if self.batch_size < 2:
             raise LMSanitatorError("batch_size must be >= 2")
         if self.sentences < self.batch_size:
-            raise LMSanitatorError(f"--sentences {self.sentences} is fewer than one batch ({self.batch_size})")
+            raise LMSanitatorError(
+                f"--sentences {self.sentences} is fewer than one batch ({self.batch_size})"
+            )
         if self.prompt_length < 1:
             raise LMSanitatorError("prompt_length must be >= 1")
         if self.mode not in ("detect", "search"):

@@ -30,16 +30,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lmsanitator.metrics import batch_entropy
 from lmsanitator.core.errors import LMSanitatorError
-from lmsanitator.models import Encoder, special_ids
+from lmsanitator.metrics import batch_entropy
+from lmsanitator.models import Encoder
 from lmsanitator.scan.config import ScanConfig
 
 _SENTINEL = -1  # placeholder id of soft-prompt slots until padding
 
 # Parallel detection (ScanConfig.workers): forked workers inherit the prepared miner through this
 # global (batches, cached clean outputs, the frozen model; copy-on-write, nothing pickled).
-_WORKER_MINER: "PVMiner | None" = None
+_WORKER_MINER: PVMiner | None = None
 
 
 def _worker_init() -> None:
@@ -79,11 +79,11 @@ def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, 
     att = torch.zeros((len(seqs), n), dtype=torch.long)
     for i, s in enumerate(seqs):
         if left:
-            ids[i, n - len(s):] = torch.tensor(s)
-            att[i, n - len(s):] = 1
+            ids[i, n - len(s) :] = torch.tensor(s)
+            att[i, n - len(s) :] = 1
         else:
-            ids[i, :len(s)] = torch.tensor(s)
-            att[i, :len(s)] = 1
+            ids[i, : len(s)] = torch.tensor(s)
+            att[i, : len(s)] = 1
     return ids, att
 
 
@@ -93,8 +93,8 @@ def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
     full = tokenizer(probe)["input_ids"]
     bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
     for i in range(len(full) - len(bare) + 1):
-        if full[i:i + len(bare)] == bare:
-            return full[:i], full[i + len(bare):]
+        if full[i : i + len(bare)] == bare:
+            return full[:i], full[i + len(bare) :]
     raise LMSanitatorError("cannot work out the special tokens of this tokenizer")
 
 
@@ -116,15 +116,15 @@ def build_prompt_batches(encoder: Encoder, sentences: list[str], cfg: ScanConfig
         left = tok(" ".join(words[:pos]), add_special_tokens=False)["input_ids"]
         right = tok(" ".join(words[pos:]), add_special_tokens=False)["input_ids"] if pos < len(words) else []
         if len(left) + len(right) > budget:  # truncate the right part first, then the left
-            right = right[:max(0, budget - len(left))]
-            left = left[:budget - len(right)]
+            right = right[: max(0, budget - len(left))]
+            left = left[: budget - len(right)]
         if cfg.target == "mask":  # one [MASK] at a random non-prompt position
             content = left + right
             m = rng.randint(0, len(content))
             mid = len(left)
             content.insert(m, tok.mask_token_id)
             if m <= mid:
-                left, right = content[:mid + 1], content[mid + 1:]
+                left, right = content[: mid + 1], content[mid + 1 :]
             else:
                 left, right = content[:mid], content[mid:]
         prompted = prefix + left + [_SENTINEL] * cfg.prompt_length + right + suffix
@@ -140,7 +140,7 @@ def build_prompt_batches(encoder: Encoder, sentences: list[str], cfg: ScanConfig
     left_pad = getattr(tok, "padding_side", "right") == "left"
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     for b in range(n_batches):
-        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
         ids, att = _pad([items[i][0] for i in idx], pad_id, left_pad)
         pmask = ids == _SENTINEL
         ids = ids.masked_fill(pmask, unk)
@@ -201,8 +201,12 @@ class PVMiner:
             if not self._recompute_clean:
                 b.clean = self._clean_features(b)
             if cfg.target == "tokens":
-                _, b.rows = encoder.tap(b.input_ids.new_zeros(*b.input_ids.shape, 1).float(), b.as_batch(),
-                                        "tokens", exclude=b.prompt_mask)
+                _, b.rows = encoder.tap(
+                    b.input_ids.new_zeros(*b.input_ids.shape, 1).float(),
+                    b.as_batch(),
+                    "tokens",
+                    exclude=b.prompt_mask,
+                )
         self._feature_stats()
         emb = encoder.input_embeddings().detach()
         lo, hi = emb.min(dim=0).values, emb.max(dim=0).values
@@ -280,8 +284,13 @@ class PVMiner:
         cand = Candidate(seed=seed, epochs_run=0, distance=[], diversity=[], lr_switch_step=None)
         step = 0
         found_any = False
-        bar = tqdm(total=cfg.epochs * len(self.batches), desc=f"fuzz seed {seed}", unit="step",
-                   leave=False, disable=not progress)
+        bar = tqdm(
+            total=cfg.epochs * len(self.batches),
+            desc=f"fuzz seed {seed}",
+            unit="step",
+            leave=False,
+            disable=not progress,
+        )
         for epoch in range(cfg.epochs):
             d_sum = v_sum = 0.0
             for b in self.batches:
@@ -318,7 +327,9 @@ class PVMiner:
             # a probe is not aborted: pulled a long way, it leaves the clean outputs late (POR
             # SPLADE-tiny: distance -0.84 at the abort check, a PV matching the planted one at epoch 6)
             if epoch == cfg.abort_epoch and not found_any and epoch < cfg.epochs - 1 and goal is None:
-                cand.reason = f"no PV by the end of epoch {epoch + 1} (distance {cand.distance[-1]:.4f} >= -T_L)"
+                cand.reason = (
+                    f"no PV by the end of epoch {epoch + 1} (distance {cand.distance[-1]:.4f} >= -T_L)"
+                )
                 break
             # Early acceptance: once an epoch is both far from clean and collapsed, stop. Training on
             # overshoots: the distance loss keeps pushing the collapsed outputs away from the PV
@@ -343,12 +354,15 @@ class PVMiner:
         if not reasons:  # the PV pass is only needed for the uniqueness check of a passing candidate
             pv = self.pv_of(p)
             zpv = self.z(pv.to(self.mu.device))
-            cand.min_mse_to_pvs = min((float(F.mse_loss(zpv, self.z(q.to(self.mu.device)))) for q in self.pvs_),
-                                      default=None)
+            cand.min_mse_to_pvs = min(
+                (float(F.mse_loss(zpv, self.z(q.to(self.mu.device)))) for q in self.pvs_), default=None
+            )
             if cand.min_mse_to_pvs is not None and cand.min_mse_to_pvs < th["t_l"]:
                 reasons.append(f"not unique (MSE {cand.min_mse_to_pvs:.4f} to a known PV < T_L)")
         if not cand.prompt_in_range:
-            reasons.append(f"soft prompt outside {cfg.range_factor}x the embedding range (by {float(excess):.4f})")
+            reasons.append(
+                f"soft prompt outside {cfg.range_factor}x the embedding range (by {float(excess):.4f})"
+            )
         cand.seconds = time.perf_counter() - t0
         if reasons:
             cand.reason = "; ".join(reasons)
@@ -366,8 +380,9 @@ class PVMiner:
         """Continue a saved search: take over its PVs (the path loss and the uniqueness check see
         them) and return the first fuzz seed not yet run."""
         self.pvs_ = [v.clone() for v in pvset.pvs]
-        self.soft_prompts_ = ([p.clone() for p in pvset.soft_prompts] if pvset.soft_prompts is not None
-                              else [None] * len(pvset))  # keeps row i = PV i (see PVSet)
+        self.soft_prompts_ = (
+            [p.clone() for p in pvset.soft_prompts] if pvset.soft_prompts is not None else [None] * len(pvset)
+        )  # keeps row i = PV i (see PVSet)
         self.pv_seeds_ = list(pvset.seeds)
         self.pv_losses_ = [dict(x) for x in pvset.losses]
         self.last_seed_ = pvset.last_seed
@@ -416,12 +431,16 @@ class PVMiner:
 
     def unprobed(self) -> int:
         """How many fuzz-found PVs still wait for their antipode probe."""
-        return sum(1 for k in range(len(self.pvs_))
-                   if not (self.pv_losses_[k] if k < len(self.pv_losses_) else {}).get("probed")
-                   and (self.pv_losses_[k] if k < len(self.pv_losses_) else {}).get("probe_of") is None)
+        return sum(
+            1
+            for k in range(len(self.pvs_))
+            if not (self.pv_losses_[k] if k < len(self.pv_losses_) else {}).get("probed")
+            and (self.pv_losses_[k] if k < len(self.pv_losses_) else {}).get("probe_of") is None
+        )
 
-    def probe_antipodes(self, encoder: Encoder, sentences: list[str], *, on_loop=None,
-                        progress: bool = True) -> "PVMiner":
+    def probe_antipodes(
+        self, encoder: Encoder, sentences: list[str], *, on_loop=None, progress: bool = True
+    ) -> PVMiner:
         """Only the antipode probes of a warm-started search (no new fuzz seeds): for a kept
         search whose loop budget is spent but whose PVs were never probed."""
         t0 = time.perf_counter()
@@ -433,9 +452,18 @@ class PVMiner:
         return self
 
     # ---- the estimator API ----------------------------------------------------------------------------
-    def fit(self, encoder: Encoder, sentences: list[str], *, start_seed: int | None = None,
-            patience: int | None = None, on_pv=None, on_loop=None, progress: bool = True,
-            max_pvs: int | None = None) -> "PVMiner":
+    def fit(
+        self,
+        encoder: Encoder,
+        sentences: list[str],
+        *,
+        start_seed: int | None = None,
+        patience: int | None = None,
+        on_pv=None,
+        on_loop=None,
+        progress: bool = True,
+        max_pvs: int | None = None,
+    ) -> PVMiner:
         """Run fuzz loops. Detection (``stop_at_first``) stops at the first legit PV; search stops
         after ``patience`` loops without a new PV and, with ``antipode_probe``, probes -v after
         every PV v a fuzz loop finds (also for PVs a warm start brought in). ``on_pv(miner)`` runs

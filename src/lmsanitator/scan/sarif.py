@@ -15,33 +15,52 @@ def scan_sarif(report: dict) -> dict:
     uri = p.resolve().as_uri() if p.exists() else str(path)
     results = []
     if report["verdict"] == "backdoored":
-        results.append({
-            "ruleId": RULE_ID,
-            "level": "error",
-            "message": {"text": f"Task-agnostic backdoor: {len(report['pvs'])} predefined output vector(s) "
-                                f"inverted from the '{report['target']}' output of {report['model']} "
-                                f"(fuzz seed(s) {', '.join(str(c['seed']) for c in report['candidates'] if c['accepted'])})."},
-            "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri}}}],
-            "properties": {"fingerprint": report.get("fingerprint"), "loops_run": report.get("loops_run")},
-        })
+        results.append(
+            {
+                "ruleId": RULE_ID,
+                "level": "error",
+                "message": {
+                    "text": f"Task-agnostic backdoor: {len(report['pvs'])} predefined output vector(s) "
+                    f"inverted from the '{report['target']}' output of {report['model']} "
+                    f"(fuzz seed(s) {', '.join(str(c['seed']) for c in report['candidates'] if c['accepted'])})."
+                },
+                "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri}}}],
+                "properties": {
+                    "fingerprint": report.get("fingerprint"),
+                    "loops_run": report.get("loops_run"),
+                },
+            }
+        )
     return {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {
-                "name": "lmsanitator", "version": __version__,
-                "informationUri": "https://doi.org/10.14722/ndss.2024.23238",
-                "rules": [{
-                    "id": RULE_ID, "name": "TaskAgnosticBackdoor",
-                    "shortDescription": {"text": "Pretrained encoder maps triggered inputs to a predefined output vector"},
-                    "fullDescription": {"text": "LMSanitator inverted a predefined output vector (PV): a soft prompt "
-                                                "moves the model's output far from its clean output and collapses "
-                                                "different sentences onto one vector, the signature of POR, NeuBA "
-                                                "and BToP backdoors."},
-                    "defaultConfiguration": {"level": "error"},
-                }],
-            }},
-            "results": results,
-            "invocations": [{"executionSuccessful": True}],
-        }],
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "lmsanitator",
+                        "version": __version__,
+                        "informationUri": "https://doi.org/10.14722/ndss.2024.23238",
+                        "rules": [
+                            {
+                                "id": RULE_ID,
+                                "name": "TaskAgnosticBackdoor",
+                                "shortDescription": {
+                                    "text": "Pretrained encoder maps triggered inputs to a predefined output vector"
+                                },
+                                "fullDescription": {
+                                    "text": "LMSanitator inverted a predefined output vector (PV): a soft prompt "
+                                    "moves the model's output far from its clean output and collapses "
+                                    "different sentences onto one vector, the signature of POR, NeuBA "
+                                    "and BToP backdoors."
+                                },
+                                "defaultConfiguration": {"level": "error"},
+                            }
+                        ],
+                    }
+                },
+                "results": results,
+                "invocations": [{"executionSuccessful": True}],
+            }
+        ],
     }

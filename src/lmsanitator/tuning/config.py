@@ -37,7 +37,9 @@ class TuneConfig:
     weight_decay: float = 0.01
     warmup: float = 0.06
     patience: int | None = None
-    keep: str = "best"  # "best": the best validation epoch; "last": the last epoch (random-label PSIM training)
+    keep: str = (
+        "best"  # "best": the best validation epoch; "last": the last epoch (random-label PSIM training)
+    )
     use_verbalizer: bool = True  # p-tuning: read [MASK] through the MLM head when the model has one
     seed: int = 0
     device: str = "cpu"
@@ -82,7 +84,7 @@ class TuneConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TuneConfig":
+    def from_dict(cls, d: dict) -> TuneConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

@@ -35,14 +35,34 @@ from lmsanitator.core.errors import LMSanitatorError
 
 # model_type -> LoRA target module names (query, value)
 LORA_TARGETS: dict[str, list[str]] = {
-    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
-    "camembert": ["query", "value"], "albert": ["query", "value"], "electra": ["query", "value"],
-    "ernie": ["query", "value"], "megatron-bert": ["query", "value"], "nezha": ["query", "value"],
-    "roformer": ["query", "value"], "deberta-v2": ["query_proj", "value_proj"], "deberta": ["in_proj"],
-    "mpnet": ["q", "v"], "distilbert": ["q_lin", "v_lin"], "modernbert": ["Wqkv"],
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "camembert": ["query", "value"],
+    "albert": ["query", "value"],
+    "electra": ["query", "value"],
+    "ernie": ["query", "value"],
+    "megatron-bert": ["query", "value"],
+    "nezha": ["query", "value"],
+    "roformer": ["query", "value"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "deberta": ["in_proj"],
+    "mpnet": ["q", "v"],
+    "distilbert": ["q_lin", "v_lin"],
+    "modernbert": ["Wqkv"],
 }
 # model types whose attention takes a prefix through past_key_values (documentation; the probe decides)
-PREFIX_OK = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "megatron-bert", "nezha", "roformer"}
+PREFIX_OK = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "electra",
+    "ernie",
+    "megatron-bert",
+    "nezha",
+    "roformer",
+}
 # model types that build position ids the RoBERTa way (from the padding index)
 ROBERTA_POSITIONS = {"roberta", "xlm-roberta", "camembert"}
 
@@ -71,14 +91,24 @@ class Method:
 
     def check(self, model_type: str, kind: str) -> None:
         if kind == "token" and not self.token_tasks:
-            raise LMSanitatorError(f"method '{self.name}' does not support token classification "
-                                   "(use p-tuning-v2, prompt-tuning, lora or full)")
+            raise LMSanitatorError(
+                f"method '{self.name}' does not support token classification "
+                "(use p-tuning-v2, prompt-tuning, lora or full)"
+            )
         if model_type in self.unsupported:
-            raise LMSanitatorError(f"method '{self.name}' does not work on '{model_type}' models: "
-                                   f"{self.unsupported[model_type]}")
+            raise LMSanitatorError(
+                f"method '{self.name}' does not work on '{model_type}' models: {self.unsupported[model_type]}"
+            )
 
-    def peft_config(self, encoder, n_virtual: int, lora_r: int, lora_alpha: int, lora_dropout: float,
-                    encoder_hidden: int = 128):
+    def peft_config(
+        self,
+        encoder,
+        n_virtual: int,
+        lora_r: int,
+        lora_alpha: int,
+        lora_dropout: float,
+        encoder_hidden: int = 128,
+    ):
         """The peft config for ``encoder`` (None for full fine-tuning)."""
         from peft import LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType
 
@@ -88,21 +118,35 @@ class Method:
         if self.peft_type == "prefix":
             return PrefixTuningConfig(task_type=ft, num_virtual_tokens=n_virtual, prefix_projection=False)
         if self.peft_type == "prompt":
-            return PromptTuningConfig(task_type=ft, num_virtual_tokens=n_virtual, token_dim=token_dim,
-                                      num_transformer_submodules=1)
+            return PromptTuningConfig(
+                task_type=ft, num_virtual_tokens=n_virtual, token_dim=token_dim, num_transformer_submodules=1
+            )
         if self.peft_type == "p-tuning":
-            return PromptEncoderConfig(task_type=ft, num_virtual_tokens=n_virtual, token_dim=token_dim,
-                                       num_transformer_submodules=1, encoder_hidden_size=encoder_hidden,
-                                       encoder_reparameterization_type="MLP")
+            return PromptEncoderConfig(
+                task_type=ft,
+                num_virtual_tokens=n_virtual,
+                token_dim=token_dim,
+                num_transformer_submodules=1,
+                encoder_hidden_size=encoder_hidden,
+                encoder_reparameterization_type="MLP",
+            )
         if self.peft_type == "lora":
             targets = LORA_TARGETS.get(cfg.model_type, ["query", "value"])
-            return LoraConfig(task_type=ft, r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                              target_modules=targets, bias="none")
+            return LoraConfig(
+                task_type=ft,
+                r=lora_r,
+                lora_alpha=lora_alpha,
+                lora_dropout=lora_dropout,
+                target_modules=targets,
+                bias="none",
+            )
         return None
 
 
-_NO_PREFIX = ("its attention layers in transformers 5.x do not take a key/value prefix (past_key_values); "
-              "use prompt-tuning, p-tuning or lora")
+_NO_PREFIX = (
+    "its attention layers in transformers 5.x do not take a key/value prefix (past_key_values); "
+    "use prompt-tuning, p-tuning or lora"
+)
 
 METHODS: dict[str, Method] = {}
 
@@ -113,24 +157,64 @@ def register_method(method: Method) -> Method:
     return method
 
 
-register_method(Method(
-    "p-tuning", "P-tuning v1: prompt-encoder virtual tokens + [MASK] template; verbalizer via the MLM head",
-    lr=3e-3, prefix_len=8, target="mask", peft_type="p-tuning", token_tasks=False))
-register_method(Method(
-    "p-tuning-v2", "P-tuning v2: prefix tuning on every layer, linear head on the [CLS] last hidden state",
-    lr=5e-3, prefix_len=16, target="cls", peft_type="prefix",
-    unsupported={t: _NO_PREFIX for t in ("albert", "deberta-v2", "deberta", "mpnet", "xlnet", "distilbert")}))
-register_method(Method(
-    "prompt-tuning", "prompt tuning: soft prompt prepended to the input, linear head on [CLS]",
-    lr=2e-2, prefix_len=20, target="cls", peft_type="prompt"))
-register_method(Method(
-    "lora", "LoRA (r=8 on query/value), linear head on [CLS]",
-    lr=1e-3, prefix_len=None, target="cls", peft_type="lora",
-    unsupported={"xlnet": "XLNet keeps its query/value projections as raw parameter tensors, not nn.Linear "
-                 "modules, so LoRA cannot wrap them; use prompt-tuning, p-tuning or full"}))
-register_method(Method(
-    "full", "full fine-tuning of the encoder (contrast: nothing stays frozen)",
-    lr=5e-5, prefix_len=None, target="cls", peft_type=None))
+register_method(
+    Method(
+        "p-tuning",
+        "P-tuning v1: prompt-encoder virtual tokens + [MASK] template; verbalizer via the MLM head",
+        lr=3e-3,
+        prefix_len=8,
+        target="mask",
+        peft_type="p-tuning",
+        token_tasks=False,
+    )
+)
+register_method(
+    Method(
+        "p-tuning-v2",
+        "P-tuning v2: prefix tuning on every layer, linear head on the [CLS] last hidden state",
+        lr=5e-3,
+        prefix_len=16,
+        target="cls",
+        peft_type="prefix",
+        unsupported={
+            t: _NO_PREFIX for t in ("albert", "deberta-v2", "deberta", "mpnet", "xlnet", "distilbert")
+        },
+    )
+)
+register_method(
+    Method(
+        "prompt-tuning",
+        "prompt tuning: soft prompt prepended to the input, linear head on [CLS]",
+        lr=2e-2,
+        prefix_len=20,
+        target="cls",
+        peft_type="prompt",
+    )
+)
+register_method(
+    Method(
+        "lora",
+        "LoRA (r=8 on query/value), linear head on [CLS]",
+        lr=1e-3,
+        prefix_len=None,
+        target="cls",
+        peft_type="lora",
+        unsupported={
+            "xlnet": "XLNet keeps its query/value projections as raw parameter tensors, not nn.Linear "
+            "modules, so LoRA cannot wrap them; use prompt-tuning, p-tuning or full"
+        },
+    )
+)
+register_method(
+    Method(
+        "full",
+        "full fine-tuning of the encoder (contrast: nothing stays frozen)",
+        lr=5e-5,
+        prefix_len=None,
+        target="cls",
+        peft_type=None,
+    )
+)
 
 
 def get_method(name: str) -> Method:

@@ -24,9 +24,9 @@ import copy
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -65,9 +65,15 @@ class TaskInfo:
     pair: bool = False
 
     @classmethod
-    def of(cls, task) -> "TaskInfo":
-        return cls(name=task.name, kind=task.kind, labels=tuple(task.labels), template=task.template,
-                   verbalizer=tuple(task.verbalizer) if task.verbalizer else None, pair=task.is_pair)
+    def of(cls, task) -> TaskInfo:
+        return cls(
+            name=task.name,
+            kind=task.kind,
+            labels=tuple(task.labels),
+            template=task.template,
+            verbalizer=tuple(task.verbalizer) if task.verbalizer else None,
+            pair=task.is_pair,
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -76,10 +82,15 @@ class TaskInfo:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TaskInfo":
-        return cls(name=d["name"], kind=d["kind"], labels=tuple(d["labels"]),
-                   template=d.get("template", "{mask} : {text}"),
-                   verbalizer=tuple(d["verbalizer"]) if d.get("verbalizer") else None, pair=bool(d.get("pair")))
+    def from_dict(cls, d: dict) -> TaskInfo:
+        return cls(
+            name=d["name"],
+            kind=d["kind"],
+            labels=tuple(d["labels"]),
+            template=d.get("template", "{mask} : {text}"),
+            verbalizer=tuple(d["verbalizer"]) if d.get("verbalizer") else None,
+            pair=bool(d.get("pair")),
+        )
 
 
 @dataclass
@@ -119,7 +130,9 @@ class TunedModel(nn.Module):
     """A downstream classifier on a (frozen) encoder. Build with :class:`~lmsanitator.tuning.Tuner`
     or :meth:`load`; predict with :meth:`predict`."""
 
-    def __init__(self, encoder: Encoder, task: TaskInfo, config: TuneConfig, *, adapter_dir: str | Path | None = None):
+    def __init__(
+        self, encoder: Encoder, task: TaskInfo, config: TuneConfig, *, adapter_dir: str | Path | None = None
+    ):
         super().__init__()
         _quiet_peft()
         self.method: Method = get_method(config.method)
@@ -142,7 +155,7 @@ class TunedModel(nn.Module):
         self.verbalizer_words: tuple[str, ...] | None = None
         verbalizer_ids = None
         mlm_head = None
-        if (self.target == "mask" and config.use_verbalizer and encoder.has_mlm_head and task.verbalizer):
+        if self.target == "mask" and config.use_verbalizer and encoder.has_mlm_head and task.verbalizer:
             mlm_copy = copy.deepcopy(encoder.model)
             mlm_head = _mlm_head_of(mlm_copy)
             if mlm_head is not None:
@@ -155,10 +168,12 @@ class TunedModel(nn.Module):
             self.verbalizer_words = task.verbalizer
             for p in mlm_head.parameters():
                 p.requires_grad_(False)
-            self.register_buffer("verbalizer_ids", torch.tensor(verbalizer_ids, dtype=torch.long), persistent=False)
+            self.register_buffer(
+                "verbalizer_ids", torch.tensor(verbalizer_ids, dtype=torch.long), persistent=False
+            )
         else:
             self.verbalizer_ids = None
-        hidden = int(getattr(base.config, "hidden_size", None) or getattr(base.config, "d_model"))
+        hidden = int(getattr(base.config, "hidden_size", None) or base.config.d_model)
         self.head = None if mlm_head is not None else nn.Linear(hidden, len(task.labels))
         self.drop = nn.Dropout(config.head_dropout)
 
@@ -179,16 +194,28 @@ class TunedModel(nn.Module):
                 else:
                     from peft import get_peft_model
 
-                    pcfg = self.method.peft_config(encoder, self.n_virtual or int(config.prefix_len or 0),
-                                                   config.lora_r, config.lora_alpha, config.lora_dropout,
-                                                   config.prompt_encoder_hidden)
+                    pcfg = self.method.peft_config(
+                        encoder,
+                        self.n_virtual or int(config.prefix_len or 0),
+                        config.lora_r,
+                        config.lora_alpha,
+                        config.lora_dropout,
+                        config.prompt_encoder_hidden,
+                    )
                     self.backbone = get_peft_model(base, pcfg)
             except LMSanitatorError:
                 raise
             except Exception as exc:
                 msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise LMSanitatorError(f"cannot set up {self.method.name} on '{encoder.model_type}': {msg}") from None
-            for n, p in self.backbone.named_parameters():  # only the adapter trains (peft leaves e.g. XLNet's mask_emb)
+                raise LMSanitatorError(
+                    f"cannot set up {self.method.name} on '{encoder.model_type}': {msg}"
+                ) from None
+            for (
+                n,
+                p,
+            ) in (
+                self.backbone.named_parameters()
+            ):  # only the adapter trains (peft leaves e.g. XLNet's mask_emb)
                 p.requires_grad_(adapter_dir is None and ("lora_" in n or n.startswith("prompt_encoder")))
         self.to(encoder.device)
         self._probe()
@@ -202,7 +229,9 @@ class TunedModel(nn.Module):
                 raise LMSanitatorError(f"label word '{w}' is empty after tokenization")
             ids.append(int(self.tokenizer.convert_tokens_to_ids(pieces[0])))
         if len(set(ids)) != len(ids):
-            raise LMSanitatorError(f"label words {', '.join(words)} share a first sub-token; choose distinct words")
+            raise LMSanitatorError(
+                f"label words {', '.join(words)} share a first sub-token; choose distinct words"
+            )
         return ids
 
     def _max_length(self, base: nn.Module, config: TuneConfig, task: TaskInfo) -> int:
@@ -213,10 +242,14 @@ class TunedModel(nn.Module):
             max_pos = int(getattr(base.config, "max_position_embeddings", 512) or 512)
             if self.model_type in ROBERTA_POSITIONS or self.model_type in ("mpnet",):
                 max_pos -= 2  # positions start after the padding index
-            room = max_pos - (self.n_virtual or (config.prefix_len if self.method.peft_type == "prefix" else 0) or 0)
+            room = max_pos - (
+                self.n_virtual or (config.prefix_len if self.method.peft_type == "prefix" else 0) or 0
+            )
             if room < 8:
-                raise LMSanitatorError(f"prefix length {config.prefix_len} leaves no room for the input "
-                                       f"(the model has {max_pos} positions)")
+                raise LMSanitatorError(
+                    f"prefix length {config.prefix_len} leaves no room for the input "
+                    f"(the model has {max_pos} positions)"
+                )
             want = min(want, room)
         return int(want)
 
@@ -233,13 +266,17 @@ class TunedModel(nn.Module):
                 if self.method.peft_type == "prefix":
                     plain = self._base_model()(**self._plain_kwargs(batch)).last_hidden_state
                     if torch.allclose(h, plain):
-                        raise LMSanitatorError(f"method '{self.method.name}' has no effect on '{self.model_type}': "
-                                               "the model ignores the key/value prefix")
+                        raise LMSanitatorError(
+                            f"method '{self.method.name}' has no effect on '{self.model_type}': "
+                            "the model ignores the key/value prefix"
+                        )
         except LMSanitatorError:
             raise
         except Exception as exc:
             msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise LMSanitatorError(f"method '{self.method.name}' does not run on '{self.model_type}': {msg}") from None
+            raise LMSanitatorError(
+                f"method '{self.method.name}' does not run on '{self.model_type}': {msg}"
+            ) from None
         finally:
             self.train(was)
 
@@ -259,8 +296,9 @@ class TunedModel(nn.Module):
     def _apply_template(self, text: str) -> str:
         return self.task.template.replace("{mask}", self.tokenizer.mask_token).replace("{text}", text)
 
-    def encode(self, texts: Sequence, pairs: Sequence[str | None] | None = None,
-               labels: Sequence | None = None) -> list[dict]:
+    def encode(
+        self, texts: Sequence, pairs: Sequence[str | None] | None = None, labels: Sequence | None = None
+    ) -> list[dict]:
         """Tokenize raw inputs (strings, or word lists for token tasks) into padding-free items."""
         tok = self.tokenizer
         if pairs is not None and len(pairs) != len(texts):
@@ -294,13 +332,20 @@ class TunedModel(nn.Module):
             pairs = None
         if pairs is not None and any(p is None for p in pairs):
             raise LMSanitatorError("mixed inputs: some have a text_pair and some do not")
-        enc = tok(first_field, list(pairs) if pairs is not None else None, truncation=True, max_length=self.max_length)
+        enc = tok(
+            first_field,
+            list(pairs) if pairs is not None else None,
+            truncation=True,
+            max_length=self.max_length,
+        )
         items = []
         for i in range(len(texts)):
             item = {k: enc[k][i] for k in ("input_ids", "token_type_ids") if k in enc}
             if self.target == "mask" and tok.mask_token_id not in item["input_ids"]:
-                raise LMSanitatorError("the [MASK] of the P-tuning template was cut off by truncation; "
-                                       "put {mask} before {text} in the task template")
+                raise LMSanitatorError(
+                    "the [MASK] of the P-tuning template was cut off by truncation; "
+                    "put {mask} before {text} in the task template"
+                )
             if labels is not None:
                 item["labels"] = int(labels[i])
             items.append(item)
@@ -331,7 +376,8 @@ class TunedModel(nn.Module):
         }
         if "token_type_ids" in items[0]:
             batch["token_type_ids"] = torch.tensor(
-                [pad(it["token_type_ids"], getattr(tok, "pad_token_type_id", 0)) for it in items])
+                [pad(it["token_type_ids"], getattr(tok, "pad_token_type_id", 0)) for it in items]
+            )
         if "word_index" in items[0]:
             batch["word_index"] = torch.tensor([pad(it["word_index"], -1) for it in items])
             batch["first"] = torch.tensor([pad(it["first"], False) for it in items])
@@ -375,7 +421,9 @@ class TunedModel(nn.Module):
             kw["inputs_embeds"] = torch.cat([prompts, emb], dim=1)
             kw["attention_mask"] = torch.cat([am.new_ones(bsz, L), am], dim=1)
             if "token_type_ids" in kw:
-                kw["token_type_ids"] = torch.cat([kw["token_type_ids"].new_zeros(bsz, L), kw["token_type_ids"]], dim=1)
+                kw["token_type_ids"] = torch.cat(
+                    [kw["token_type_ids"].new_zeros(bsz, L), kw["token_type_ids"]], dim=1
+                )
             return base(**kw).last_hidden_state[:, L:]
         if pt == "prefix":
             L = self.backbone.active_peft_config.num_virtual_tokens
@@ -389,8 +437,14 @@ class TunedModel(nn.Module):
         if self.target == "tokens":
             rows, cols = (batch["word_index"] >= 0).nonzero(as_tuple=True)
             return hidden[rows, cols], rows
-        return tap(hidden, batch["input_ids"], batch["attention_mask"], self.target, self.tokenizer,
-                   cls_last=self.cls_last)
+        return tap(
+            hidden,
+            batch["input_ids"],
+            batch["attention_mask"],
+            self.target,
+            self.tokenizer,
+            cls_last=self.cls_last,
+        )
 
     def _logits(self, hidden: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         if self.target == "tokens":
@@ -409,11 +463,14 @@ class TunedModel(nn.Module):
         logits = self(batch)[0]
         y = batch["labels"]
         if self.task.kind == "token":
-            return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
+            return nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE
+            )
         return nn.functional.cross_entropy(logits, y)
 
-    def forward_with_features(self, texts: Sequence, pairs: Sequence[str | None] | None = None, *,
-                              grad: bool = False) -> ForwardOutput:
+    def forward_with_features(
+        self, texts: Sequence, pairs: Sequence[str | None] | None = None, *, grad: bool = False
+    ) -> ForwardOutput:
         """Logits and the encoder's target features of ``texts`` in ONE forward pass (eval mode).
 
         Token tasks take word lists (or whitespace-split strings).
@@ -428,11 +485,15 @@ class TunedModel(nn.Module):
                     r, c = batch["first"].nonzero(as_tuple=True)
                     words = [int(x) for x in torch.bincount(r, minlength=len(texts)).tolist()]
                     return ForwardOutput(logits[r, c], feats, rows, r, self.target, words)
-                return ForwardOutput(logits, feats, rows, torch.arange(len(texts), device=logits.device), self.target)
+                return ForwardOutput(
+                    logits, feats, rows, torch.arange(len(texts), device=logits.device), self.target
+                )
         finally:
             self.train(was)
 
-    def word_positions(self, texts: Sequence, pairs: Sequence[str | None] | None = None) -> list[list[tuple[int, int] | None]]:
+    def word_positions(
+        self, texts: Sequence, pairs: Sequence[str | None] | None = None
+    ) -> list[list[tuple[int, int] | None]]:
         """For each input, ``(field, word)`` of every token of :meth:`encode`'s ``input_ids`` (words
         split on whitespace, field 0 the text, 1 the pair), ``None`` for special and template tokens.
         Needs a fast tokenizer (character offsets); token tasks use their word ids."""
@@ -443,8 +504,13 @@ class TunedModel(nn.Module):
             raise LMSanitatorError("word positions need a fast tokenizer (character offsets)")
         first = [self._apply_template(t) for t in texts] if self.target == "mask" else list(texts)
         use_pairs = pairs is not None and not all(p is None for p in pairs)
-        enc = tok(first, list(pairs) if use_pairs else None, truncation=True, max_length=self.max_length,
-                  return_offsets_mapping=True)
+        enc = tok(
+            first,
+            list(pairs) if use_pairs else None,
+            truncation=True,
+            max_length=self.max_length,
+            return_offsets_mapping=True,
+        )
 
         def spans(text: str, start: int) -> list[tuple[int, int]]:
             out, pos = [], start
@@ -483,8 +549,9 @@ class TunedModel(nn.Module):
                 return mod
         return None
 
-    def token_gradient_norms(self, texts: Sequence, pairs: Sequence[str | None] | None, objective,
-                             depth: int | None = None) -> torch.Tensor:
+    def token_gradient_norms(
+        self, texts: Sequence, pairs: Sequence[str | None] | None, objective, depth: int | None = None
+    ) -> torch.Tensor:
         """``|d objective / d h_t|`` for every input token's hidden state ``h_t`` at the input of the
         last ``depth`` transformer layers (default: a third of them, at least one; the token
         embeddings when the layers cannot be found or ``depth`` covers them all), inputs x tokens,
@@ -519,13 +586,13 @@ class TunedModel(nn.Module):
             self.train(was)
         norms = grad.norm(dim=-1).detach()
         if norms.shape[1] > batch["input_ids"].shape[1]:  # prepended virtual tokens (prompt tuning, P-tuning)
-            norms = norms[:, norms.shape[1] - batch["input_ids"].shape[1]:]
+            norms = norms[:, norms.shape[1] - batch["input_ids"].shape[1] :]
         T = norms.shape[1]
         left = getattr(self.tokenizer, "padding_side", "right") == "left" and not self.n_virtual
         out = norms.new_zeros(len(items), max(len(it["input_ids"]) for it in items))
         for i, it in enumerate(items):  # undo the padding: row i = input i's own tokens
             n = len(it["input_ids"])
-            out[i, :n] = norms[i, T - n:] if left else norms[i, :n]
+            out[i, :n] = norms[i, T - n :] if left else norms[i, :n]
         return out
 
     # ================================================================== prediction
@@ -536,7 +603,9 @@ class TunedModel(nn.Module):
 
         return sorted(range(len(texts)), key=lambda i: -n(i))  # similar lengths share a batch
 
-    def predict(self, texts: Sequence, pairs: Sequence[str | None] | None = None, batch_size: int | None = None):
+    def predict(
+        self, texts: Sequence, pairs: Sequence[str | None] | None = None, batch_size: int | None = None
+    ):
         """Class probabilities.
 
         Sequence tasks: an array (inputs x labels). Token tasks: a list with one array
@@ -548,8 +617,10 @@ class TunedModel(nn.Module):
         order = self._order(texts, pairs)
         out: list = [None] * len(texts)
         for s in range(0, len(order), bs):
-            idx = order[s:s + bs]
-            fo = self.forward_with_features([texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None)
+            idx = order[s : s + bs]
+            fo = self.forward_with_features(
+                [texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None
+            )
             probs = torch.softmax(fo.logits.float(), dim=-1).cpu().numpy()
             if self.task.kind == "token":
                 start = 0
@@ -557,7 +628,7 @@ class TunedModel(nn.Module):
                     k = fo.words[j]
                     n_words = len(texts[i]) if not isinstance(texts[i], str) else len(texts[i].split())
                     p = np.full((n_words, self.num_labels), 1.0 / self.num_labels, dtype=np.float32)
-                    p[:k] = probs[start:start + k]
+                    p[:k] = probs[start : start + k]
                     out[i] = p
                     start += k
             else:
@@ -581,12 +652,20 @@ class TunedModel(nn.Module):
             pred = self.predict_labels([e.tokens for e in examples])
             y, p = flatten([e.label for e in examples]), flatten(pred)
             present = sorted(set(y))
-            return {"accuracy": accuracy(y, p), "macro_f1": macro_f1(y, p, present), "n": len(examples), "words": len(y)}
+            return {
+                "accuracy": accuracy(y, p),
+                "macro_f1": macro_f1(y, p, present),
+                "n": len(examples),
+                "words": len(y),
+            }
         pairs = [e.text_pair for e in examples] if any(e.text_pair is not None for e in examples) else None
         pred = self.predict_labels([e.text for e in examples], pairs)
         y = [e.label for e in examples]
-        return {"accuracy": accuracy(y, pred), "macro_f1": macro_f1(y, pred, list(range(self.num_labels))),
-                "n": len(examples)}
+        return {
+            "accuracy": accuracy(y, pred),
+            "macro_f1": macro_f1(y, pred, list(range(self.num_labels))),
+            "n": len(examples),
+        }
 
     # ================================================================== persistence
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -613,7 +692,9 @@ class TunedModel(nn.Module):
             "virtual_tokens": self.n_virtual,
             "max_length": self.max_length,
             "verbalizer": list(self.verbalizer_words) if self.verbalizer_words else None,
-            "head": "verbalizer (frozen MLM head at [MASK])" if self.mlm_head is not None else f"linear on {self.target}",
+            "head": "verbalizer (frozen MLM head at [MASK])"
+            if self.mlm_head is not None
+            else f"linear on {self.target}",
             "task_info": self.task.to_dict(),
             "config": self.config.to_dict(),
             **self.report,
@@ -625,19 +706,23 @@ class TunedModel(nn.Module):
 
         folder = Path(folder)
         if self.method.peft_type is None:
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.backbone.state_dict().items()},
-                      str(folder / FULL_FILE))
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in self.backbone.state_dict().items()},
+                str(folder / FULL_FILE),
+            )
         else:
             self.backbone.save_pretrained(str(folder), safe_serialization=True)
         if self.head is not None:
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
-                      str(folder / HEAD_FILE))
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
+                str(folder / HEAD_FILE),
+            )
         with open(folder / TUNE_JSON, "w", encoding="utf-8") as f:
             json.dump(self.info(), f, indent=2)
             f.write("\n")
 
     @classmethod
-    def load(cls, folder: str | Path, encoder: Encoder | None = None, *, device: str = "cpu") -> "TunedModel":
+    def load(cls, folder: str | Path, encoder: Encoder | None = None, *, device: str = "cpu") -> TunedModel:
         """Load a folder written by :meth:`save`.
 
         The base encoder is loaded from the recorded model (or given as ``encoder``); a base whose
@@ -654,8 +739,10 @@ class TunedModel(nn.Module):
                 ref = info["model"]
             encoder = load_encoder(ref, device=device)
         if encoder.fingerprint() != info["fingerprint"]:
-            raise LMSanitatorError(f"adapter '{folder}' was trained on a different base model (fingerprint "
-                                   f"{info['fingerprint'][:12]}..., this encoder {encoder.fingerprint()[:12]}...)")
+            raise LMSanitatorError(
+                f"adapter '{folder}' was trained on a different base model (fingerprint "
+                f"{info['fingerprint'][:12]}..., this encoder {encoder.fingerprint()[:12]}...)"
+            )
         try:
             config = TuneConfig.from_dict(info["config"])
             task = TaskInfo.from_dict(info["task_info"])
@@ -675,8 +762,21 @@ class TunedModel(nn.Module):
             raise LMSanitatorError(f"cannot load the tuned model in '{folder}': {msg}") from None
         if recorded:
             model.base_name = info["model"]
-        model.report = {k: info[k] for k in ("splits", "metrics", "accuracy", "macro_f1", "seconds", "history",
-                                             "best_epoch", "trainable_parameters", "task_spec") if k in info}
+        model.report = {
+            k: info[k]
+            for k in (
+                "splits",
+                "metrics",
+                "accuracy",
+                "macro_f1",
+                "seconds",
+                "history",
+                "best_epoch",
+                "trainable_parameters",
+                "task_spec",
+            )
+            if k in info
+        }
         for p in model.parameters():
             p.requires_grad_(False)
         model.eval()

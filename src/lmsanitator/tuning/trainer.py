@@ -57,7 +57,9 @@ class Tuner:
             raise LMSanitatorError(f"method '{cfg.method}' left nothing to train")
         head = [p for n, p in trainable if n.startswith("head.")]
         body = [p for n, p in trainable if not n.startswith("head.")]
-        groups = [g for g in ({"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}) if g["params"]]
+        groups = [
+            g for g in ({"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}) if g["params"]
+        ]
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         steps_per_epoch = math.ceil(len(train_items) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
@@ -78,7 +80,7 @@ class Tuner:
             perm = torch.randperm(len(train_items), generator=gen).tolist()
             losses = []
             for s in range(0, len(perm), cfg.batch_size):
-                batch = model.collate([train_items[i] for i in perm[s:s + cfg.batch_size]])
+                batch = model.collate([train_items[i] for i in perm[s : s + cfg.batch_size]])
                 loss = model.loss(batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -87,15 +89,26 @@ class Tuner:
                 sched.step()
                 losses.append(float(loss.detach()))
                 if not math.isfinite(losses[-1]):
-                    raise LMSanitatorError(f"training diverged (loss {losses[-1]}) at epoch {epoch}: lower --lr")
+                    raise LMSanitatorError(
+                        f"training diverged (loss {losses[-1]}) at epoch {epoch}: lower --lr"
+                    )
             val = model.evaluate(task.validation)
             score = val["macro_f1"] if task.kind == "token" else val["accuracy"]
-            history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "validation": val,
-                            "seconds": round(time.time() - te, 1)})
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": float(np.mean(losses)),
+                    "validation": val,
+                    "seconds": round(time.time() - te, 1),
+                }
+            )
             if progress:
-                print(f"  epoch {epoch}/{cfg.epochs}: loss {np.mean(losses):.4f}, validation accuracy "
-                      f"{val['accuracy']:.4f} macro-F1 {val['macro_f1']:.4f} ({time.time() - te:.0f} s)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  epoch {epoch}/{cfg.epochs}: loss {np.mean(losses):.4f}, validation accuracy "
+                    f"{val['accuracy']:.4f} macro-F1 {val['macro_f1']:.4f} ({time.time() - te:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if score > best_score or cfg.keep == "last":
                 best_score, best_epoch, best_state, stale = score, epoch, model.trainable_state(), 0
             else:
