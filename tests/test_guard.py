@@ -13,6 +13,7 @@ from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data.pvset import PVSet
 from lmsanitator.guard import Guard, GuardConfig, PVMonitor, purge, purge_sequential
 from lmsanitator.guard.purge import candidates, to_fields
+from lmsanitator.guard.saliency import word_positions
 from lmsanitator.metrics import sign_match
 
 D = 64
@@ -389,7 +390,7 @@ def test_word_positions_follow_whitespace_words_through_subwords_and_pairs(tiny_
     model = TunedModel.load(tiny_guard_files / "adapter")
     texts, pairs = ["a gooood, film!", "x"], ["second field here", "y z"]
     items = model.encode(texts, pairs)
-    pos = model.word_positions(texts, pairs)
+    pos = word_positions(model, texts, pairs)
     tok = model.tokenizer
     for it, row, t, p in zip(items, pos, texts, pairs):
         assert len(row) == len(it["input_ids"])

@@ -216,7 +216,7 @@ def test_prefix_changes_the_encoder_output_and_keeps_positions():
     batch = model.collate(model.encode(TEXTS[:2]))
     with torch.no_grad():
         with_prefix = model._hidden(batch)
-        plain = model._base_model()(**model._plain_kwargs(batch)).last_hidden_state
+        plain = model.base_model()(**model._plain_kwargs(batch)).last_hidden_state
     assert not torch.allclose(with_prefix, plain, atol=1e-4)
     assert model._positions(batch["input_ids"])[0].tolist() == list(range(batch["input_ids"].shape[1]))
 

@@ -127,7 +127,7 @@ class Guard:
             if words:
                 n = len(tok(words, is_split_into_words=True, truncation=False)["input_ids"])
             else:
-                first = m._apply_template(t) if m.target == "mask" else t
+                first = m.apply_template(t) if m.target == "mask" else t
                 n = len(tok(first, pairs[i] if pairs else None, truncation=False)["input_ids"])
             out.append(n > m.max_length)
         return out

@@ -33,6 +33,8 @@ import torch
 
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.guard.monitor import PVMonitor
+from lmsanitator.guard.saliency import token_gradient_norms, word_positions
+from lmsanitator.tuning import TunedModel
 
 Fields = tuple[tuple[str, ...], ...]  # one word tuple per text field
 
@@ -128,7 +130,7 @@ def word_saliency(
 ) -> list[list[list[float]]]:
     """Per input, per field, per word: the largest gradient norm of the input's smooth match with
     its best PV (mean of ``tanh(feature) x sign(PV)``) over the word's tokens, taken at the input of
-    the last third of the layers (:meth:`TunedModel.token_gradient_norms`). Words the tokenizer cut
+    the last third of the layers (:func:`lmsanitator.guard.saliency.token_gradient_norms`). Words the tokenizer cut
     off (truncation) get -inf; they are tried last."""
     signs = monitor._pos * 2 - 1
     out: list = [None] * len(inputs)
@@ -142,8 +144,8 @@ def word_saliency(
             k = monitor.match_matrix(feats, rows, n).argmax(dim=1)
             return (torch.tanh(feats.float()) * signs[k[rows]]).mean(dim=-1).sum()
 
-        norms = model.token_gradient_norms(texts, pairs, objective).cpu()
-        where = model.word_positions(texts, pairs)
+        norms = token_gradient_norms(model, texts, pairs, objective).cpu()
+        where = word_positions(model, texts, pairs)
         for i, fields in enumerate(chunk):
             sal = [[float("-inf")] * len(f) for f in fields]
             for t, fw in enumerate(where[i]):
@@ -205,7 +207,7 @@ def purge(
     results = [PurgeResult(resolved=False) for _ in inputs]
     pending = list(range(len(inputs)))
     sal = None
-    if order == "saliency" and inputs and hasattr(model, "token_gradient_norms"):
+    if order == "saliency" and inputs and isinstance(model, TunedModel):
         try:
             sal = word_saliency(model, monitor, list(inputs), batch_size=batch_size)
         except LMSanitatorError:  # no character offsets (slow tokenizer): reading order

@@ -264,7 +264,7 @@ class TunedModel(nn.Module):
                 batch = self.collate(self.encode(texts, pairs))
                 h = self._hidden(batch)
                 if self.method.peft_type == "prefix":
-                    plain = self._base_model()(**self._plain_kwargs(batch)).last_hidden_state
+                    plain = self.base_model()(**self._plain_kwargs(batch)).last_hidden_state
                     if torch.allclose(h, plain):
                         raise LMSanitatorError(
                             f"method '{self.method.name}' has no effect on '{self.model_type}': "
@@ -293,7 +293,7 @@ class TunedModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
-    def _apply_template(self, text: str) -> str:
+    def apply_template(self, text: str) -> str:
         return self.task.template.replace("{mask}", self.tokenizer.mask_token).replace("{text}", text)
 
     def encode(
@@ -327,7 +327,7 @@ class TunedModel(nn.Module):
                     item["labels"] = [int(y[w]) if f else IGNORE for w, f in zip(word_index, first)]
                 items.append(item)
             return items
-        first_field = [self._apply_template(t) for t in texts] if self.target == "mask" else list(texts)
+        first_field = [self.apply_template(t) for t in texts] if self.target == "mask" else list(texts)
         if pairs is not None and all(p is None for p in pairs):
             pairs = None
         if pairs is not None and any(p is None for p in pairs):
@@ -390,7 +390,7 @@ class TunedModel(nn.Module):
         return {k: v.to(dev) for k, v in batch.items()}
 
     # ================================================================== forward
-    def _base_model(self) -> nn.Module:
+    def base_model(self) -> nn.Module:
         return self.backbone if self.method.peft_type is None else self.backbone.get_base_model()
 
     def _plain_kwargs(self, batch) -> dict:
@@ -402,14 +402,14 @@ class TunedModel(nn.Module):
     def _positions(self, ids: torch.Tensor) -> torch.Tensor:
         """Position ids the model would use without a prefix (the cache would shift them)."""
         if self.model_type in ROBERTA_POSITIONS:
-            pad = int(self._base_model().config.pad_token_id)
+            pad = int(self.base_model().config.pad_token_id)
             m = (ids != pad).long()
             return torch.cumsum(m, dim=1) * m + pad
         return torch.arange(ids.shape[1], device=ids.device).unsqueeze(0).expand_as(ids)
 
     def _hidden(self, batch) -> torch.Tensor:
         """Last hidden state aligned with ``batch["input_ids"]`` (virtual positions removed)."""
-        base = self._base_model()
+        base = self.base_model()
         kw = self._plain_kwargs(batch)
         ids, am = kw["input_ids"], kw["attention_mask"]
         bsz = ids.shape[0]
@@ -490,110 +490,6 @@ class TunedModel(nn.Module):
                 )
         finally:
             self.train(was)
-
-    def word_positions(
-        self, texts: Sequence, pairs: Sequence[str | None] | None = None
-    ) -> list[list[tuple[int, int] | None]]:
-        """For each input, ``(field, word)`` of every token of :meth:`encode`'s ``input_ids`` (words
-        split on whitespace, field 0 the text, 1 the pair), ``None`` for special and template tokens.
-        Needs a fast tokenizer (character offsets); token tasks use their word ids."""
-        tok = self.tokenizer
-        if self.task.kind == "token":
-            return [[None if w < 0 else (0, w) for w in it["word_index"]] for it in self.encode(texts, pairs)]
-        if not getattr(tok, "is_fast", False):
-            raise LMSanitatorError("word positions need a fast tokenizer (character offsets)")
-        first = [self._apply_template(t) for t in texts] if self.target == "mask" else list(texts)
-        use_pairs = pairs is not None and not all(p is None for p in pairs)
-        enc = tok(
-            first,
-            list(pairs) if use_pairs else None,
-            truncation=True,
-            max_length=self.max_length,
-            return_offsets_mapping=True,
-        )
-
-        def spans(text: str, start: int) -> list[tuple[int, int]]:
-            out, pos = [], start
-            for w in text.split():
-                a = text.index(w, pos - start) + start
-                out.append((a, a + len(w)))
-                pos = a + len(w)
-            return out
-
-        result = []
-        for i in range(len(texts)):
-            text_at = first[i].find(texts[i]) if self.target == "mask" else 0
-            fields = [spans(texts[i], max(text_at, 0))]
-            if use_pairs:
-                fields.append(spans(pairs[i], 0))
-            seq = enc.sequence_ids(i)
-            row = []
-            for (a, b), f in zip(enc["offset_mapping"][i], seq):
-                hit = None
-                if f is not None and b > a and f < len(fields):
-                    for w, (ws, we) in enumerate(fields[f]):
-                        if ws <= a < we:
-                            hit = (f, w)
-                            break
-                row.append(hit)
-            result.append(row)
-        return result
-
-    def _layer_stack(self) -> nn.ModuleList | None:
-        """The encoder's list of transformer layers (None when it cannot be found, e.g. ALBERT's
-        shared layer)."""
-        base = self._base_model()
-        n = getattr(base.config, "num_hidden_layers", None) or getattr(base.config, "n_layer", None)
-        for mod in base.modules():
-            if isinstance(mod, nn.ModuleList) and n and len(mod) == n:
-                return mod
-        return None
-
-    def token_gradient_norms(
-        self, texts: Sequence, pairs: Sequence[str | None] | None, objective, depth: int | None = None
-    ) -> torch.Tensor:
-        """``|d objective / d h_t|`` for every input token's hidden state ``h_t`` at the input of the
-        last ``depth`` transformer layers (default: a third of them, at least one; the token
-        embeddings when the layers cannot be found or ``depth`` covers them all), inputs x tokens,
-        aligned with :meth:`encode` before padding. ``objective`` maps ``(features, rows)`` to a
-        scalar. One forward pass, and a backward pass through those layers only; no parameter
-        gradient is kept. Not thread-safe: a hook sits on the model while it runs (the service
-        serialises predictions)."""
-        layers = self._layer_stack()
-        n_layers = len(layers) if layers is not None else 0
-        depth = max(1, -(-n_layers // 3)) if depth is None else depth
-        at = n_layers - depth - 1  # the layer whose output feeds the last `depth` layers
-        module = layers[at] if layers is not None and at >= 0 else self._base_model().get_input_embeddings()
-        seen: list[torch.Tensor] = []
-
-        def cut(_module, _inputs, out):  # the backward pass stops here
-            h = out[0] if isinstance(out, tuple) else out
-            h = h.detach().requires_grad_(True)
-            seen.append(h)
-            return (h, *out[1:]) if isinstance(out, tuple) else h
-
-        was = self.training
-        self.eval()
-        handle = module.register_forward_hook(cut)
-        try:
-            with torch.enable_grad():
-                items = self.encode(texts, pairs)
-                batch = self.collate(items)
-                _, feats, rows, _ = self(batch)
-                (grad,) = torch.autograd.grad(objective(feats, rows), [seen[-1]])
-        finally:
-            handle.remove()
-            self.train(was)
-        norms = grad.norm(dim=-1).detach()
-        if norms.shape[1] > batch["input_ids"].shape[1]:  # prepended virtual tokens (prompt tuning, P-tuning)
-            norms = norms[:, norms.shape[1] - batch["input_ids"].shape[1] :]
-        T = norms.shape[1]
-        left = getattr(self.tokenizer, "padding_side", "right") == "left" and not self.n_virtual
-        out = norms.new_zeros(len(items), max(len(it["input_ids"]) for it in items))
-        for i, it in enumerate(items):  # undo the padding: row i = input i's own tokens
-            n = len(it["input_ids"])
-            out[i, :n] = norms[i, T - n :] if left else norms[i, :n]
-        return out
 
     # ================================================================== prediction
     def _order(self, texts, pairs) -> list[int]:
