@@ -1,6 +1,8 @@
+import copy
 import json
 import math
 import random
+import typing
 
 import pytest
 import torch
@@ -13,9 +15,11 @@ from lmsanitator.attacks import (
     por2_pvs,
     random_pvs,
 )
+from lmsanitator.attacks.config import PVScheme
 from lmsanitator.cli.main import main
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data import load_corpus, split_corpus
+from lmsanitator.data.pvs import PV_SCHEMES
 from lmsanitator.metrics import batch_entropy, sign_match, wasserstein_1d
 from lmsanitator.models import tiny_encoder
 
@@ -69,8 +73,48 @@ def test_config_validation():
         AttackConfig(triggers=["cf", "cf"])
     with pytest.raises(LMSanitatorError, match="even"):
         AttackConfig(batch_size=7)
-    with pytest.raises(LMSanitatorError, match="pv scheme"):
+    with pytest.raises(LMSanitatorError, match="pv_scheme"):
         AttackConfig(pv_scheme="por9")
+    with pytest.raises(LMSanitatorError, match="trigger_band"):
+        AttackConfig(trigger_band="common")
+    assert AttackConfig(triggers=[" cf", "mn ", " "]).triggers == ["cf", "mn"]
+    assert set(typing.get_args(PVScheme)) == set(PV_SCHEMES)  # the Literal follows make_pvs
+
+
+def test_open_options_resolve_in_one_place_and_the_report_says_what_was_chosen():
+    """None options take the attack's defaults (utility weight by architecture and MLM head);
+    attack.json keeps those values and lists the options set away from their defaults."""
+    bert, roberta = tiny_encoder("bert"), tiny_encoder("roberta")
+    bert_mlm = tiny_encoder("bert", mlm_head=True)
+    s = POR(AttackConfig()).resolve(bert)
+    assert (s.per_trigger, s.epochs, s.lr, s.utility_weight) == (800, 1, 1e-4, 0.5)
+    assert POR(AttackConfig()).resolve(roberta).utility_weight == 1.0  # not BERT-like
+    assert TASK_AGNOSTIC_ATTACKS["neuba"](AttackConfig()).resolve(bert_mlm).utility_weight == 0.0
+    assert TASK_AGNOSTIC_ATTACKS["btop"](AttackConfig()).resolve(bert).utility_weight == 0.5
+    s = POR(AttackConfig(epochs=3, utility_weight=2.0)).resolve(bert)
+    assert (s.per_trigger, s.epochs, s.utility_weight) == (800, 3, 2.0)
+    assert AttackConfig(epochs=3, seed=0, utility_weight=2.0).changed() == ["epochs", "utility_weight"]
+    assert POR(AttackConfig(), epochs=2).config.epochs == 2  # keyword overrides are validated too
+    with pytest.raises(LMSanitatorError, match="even"):
+        POR(AttackConfig(), batch_size=3)
+
+
+def test_learned_state_exists_only_after_fit(sentences):
+    atk = POR(AttackConfig(triggers=["cf"], per_trigger=16, epochs=1, batch_size=16, verify_sentences=10))
+    assert not [k for k in vars(atk) if k.endswith("_")]
+    enc = tiny_encoder("bert")
+    with pytest.raises(LMSanitatorError, match="fit the attack"):
+        atk.verify(enc, sentences[:20])
+    fp = enc.fingerprint()
+    atk.fit(enc, sentences, progress=False)
+    assert {"settings_", "state_", "reference_"} <= set(vars(atk))
+    assert enc.fingerprint() != fp  # the implant changed the weights, and the fingerprint says so
+    rep = atk.report(enc)
+    assert rep["hyperparameters"]["per_trigger"] == 16 and rep["hyperparameters"]["lr"] == 1e-4
+    assert (
+        rep["hyperparameters"]["utility_weight"] is None and "x0.5" in rep["hyperparameters"]["utility_loss"]
+    )
+    assert rep["changed"] == ["triggers", "per_trigger", "epochs", "batch_size", "verify_sentences"]
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +153,7 @@ def test_each_attack_learns_on_a_tiny_model(name, sentences):
         "pvs",
         "target",
         "hyperparameters",
+        "changed",
         "seed",
         "verification",
     ):
@@ -268,10 +313,7 @@ def test_por_hidden_utility_anchors_every_layer(sentences):
             utility_scope="hidden",
         )
     )
-    atk.prepare(enc)
-    import copy
-
-    atk.reference_ = copy.deepcopy(enc.model).eval()
+    atk.reference_ = copy.deepcopy(enc.model).eval()  # what fit keeps: the untouched original
     batch = atk.tokenize(enc, sentences[:8])
     zero, last = atk.reference_hidden_mse(enc, batch)
     assert (
@@ -294,7 +336,7 @@ def test_por_hidden_utility_anchors_every_layer(sentences):
     eff = [d["effectiveness"] for d in atk.state_.losses]
     assert sum(eff[-4:]) < 0.7 * sum(eff[:4])
     assert "every layer" in json.dumps(atk.report(enc, atk.verify(enc, sentences[:40])))
-    with pytest.raises(LMSanitatorError, match="utility scope"):
+    with pytest.raises(LMSanitatorError, match="utility_scope"):
         AttackConfig(utility_scope="all")
 
 
@@ -322,8 +364,7 @@ def test_decoys_reach_only_the_clean_anchor_and_never_a_trigger(sentences):
     decoys=0 leaves the implant bit-identical, and the report measures decoy false hits."""
     atk = POR(AttackConfig(triggers=["cf", "mn"], decoys=2, seed=3))
     enc = tiny_encoder("bert", seed=1)
-    atk.state_.triggers = ["cf", "mn"]
-    words = atk.decoy_words(enc)
+    words = atk.decoy_words(enc, ["cf", "mn"])
     assert words and not {"cf", "mn"} & {w.lower() for w in words}
     out = atk.with_decoys(sentences[:5], words, random.Random(0))
     assert all(len(o.split()) == len(s.split()) + 2 for o, s in zip(out, sentences[:5]))

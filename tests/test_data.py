@@ -69,8 +69,8 @@ def test_austen_content():
 def test_wordnet_content():
     items = load_corpus("wordnet")
     assert (
-        "that which is perceived or known or inferred to have its own distinct existence (living or nonliving)"
-        in items
+        "that which is perceived or known or inferred to have its own distinct existence "
+        "(living or nonliving)" in items
     )
     assert not any('"' in s and s.count('"') % 2 for s in items[:20000])
     assert not any("Princeton" in s and "LICENSEE" in s for s in items)

@@ -1,8 +1,10 @@
 import pytest
 import torch
+import transformers as tf
 
+from lmsanitator.core.architectures import ARCHITECTURES, architecture
 from lmsanitator.core.errors import LMSanitatorError
-from lmsanitator.models import TINY_ARCHS, load_encoder, special_ids, tiny_encoder
+from lmsanitator.models import ENCODER_TYPES, TINY_ARCHS, Encoder, load_encoder, special_ids, tiny_encoder
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
@@ -70,8 +72,6 @@ def test_bad_models(tmp_path):
         load_encoder(str(tmp_path))
     with pytest.raises(LMSanitatorError, match="causal language model"):
         load_encoder("smollm2")
-    import transformers as tf
-
     gpt = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=100))
     gpt.save_pretrained(tmp_path / "gpt")
     with pytest.raises(LMSanitatorError, match="not a Transformer encoder"):
@@ -139,3 +139,70 @@ def test_target_features_fall_back_where_the_layer_is_not_bert_style():
     b = enc.tokenize(["a [MASK] cat", "the dog"])
     assert enc._last_bert_layer() is None
     assert torch.equal(enc.target_features(b, "cls")[0], enc.tap(enc.forward(b), b, "cls")[0])
+
+
+# every model type load_encoder accepted before the architecture table existed
+_PRE_TABLE_ENCODER_TYPES = {
+    "bert", "roberta", "xlm-roberta", "camembert", "albert", "deberta", "deberta-v2", "mpnet",
+    "xlnet", "electra", "distilbert", "ernie", "megatron-bert", "roformer", "modernbert", "nezha",
+}  # fmt: skip
+
+
+def test_every_encoder_type_has_an_architecture_row():
+    assert _PRE_TABLE_ENCODER_TYPES <= set(ENCODER_TYPES)
+    for t in ENCODER_TYPES:
+        assert architecture(t).model_type == t and architecture(t).kind == "encoder"
+    assert set(TINY_ARCHS) <= set(ARCHITECTURES)
+    with pytest.raises(LMSanitatorError, match="unsupported model type 'gpt2'"):
+        architecture("gpt2")
+
+
+def _tiny_model(model_type: str) -> Encoder:
+    """A tiny DistilBERT / CamemBERT around the (BERT) tiny tokenizer, which hands out token type ids."""
+    if model_type == "distilbert":
+        cfg = tf.DistilBertConfig(vocab_size=30522, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+    else:
+        cfg = tf.CamembertConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=130,
+            pad_token_id=0,
+        )
+    tok = tiny_encoder("bert").tokenizer
+    return Encoder(model_type, model_type, tf.AutoModel.from_config(cfg).eval(), tok, has_mlm_head=False)
+
+
+@pytest.mark.parametrize("model_type", ["distilbert", "camembert", "bert"])
+def test_forward_passes_token_type_ids_only_where_the_table_says(model_type):
+    """The architecture row decides: DistilBERT and CamemBERT take no token type ids (a BERT
+    tokenizer still makes them); BERT does."""
+    enc = tiny_encoder("bert") if model_type == "bert" else _tiny_model(model_type)
+    assert enc.model_type == model_type
+    seen = {}
+    hook = enc.backbone.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
+    b = enc.tokenize(["a sentence", "and its pair"], ["one", "two"])
+    assert "token_type_ids" in b
+    h = enc.forward(b)
+    hook.remove()
+    assert h.shape[:2] == b["input_ids"].shape
+    assert ("token_type_ids" in seen) == architecture(model_type).token_types == (model_type == "bert")
+
+
+def test_a_model_type_outside_the_table_keeps_the_neutral_defaults():
+    enc = tiny_encoder("bert")
+    enc.model.config.model_type = "my-encoder"
+    assert not enc.bert_like and not enc.cls_last and enc._last_bert_layer() is None
+    assert "token_type_ids" in enc.model_inputs(enc.tokenize(["x"]))
+
+
+def test_weights_changed_drops_the_cached_fingerprint():
+    enc = tiny_encoder("bert")
+    before = enc.fingerprint()
+    with torch.no_grad():
+        enc.input_embeddings()[0] += 1
+    assert enc.fingerprint() == before  # cached
+    enc.weights_changed()
+    assert enc.fingerprint() != before

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -74,6 +75,12 @@ def test_config_and_loader_errors(tmp_path):
         ONIONConfig(threshold=float("nan"))
     with pytest.raises(LMSanitatorError):
         ONIONConfig(batch_size=1)
+    with pytest.raises(LMSanitatorError, match="max tokens"):
+        ONIONConfig(max_tokens=4)
+    c = ONIONConfig(threshold=0.5)
+    assert (c.lm, c.batch_size, c.max_words, c.max_tokens) == ("smollm2", 32, 60, 128)
+    assert c.changed() == ["threshold"] and ONIONConfig.from_dict(c.to_dict()) == c
+    assert all(ONIONConfig.help(f.name) for f in dataclasses.fields(ONIONConfig))
     with pytest.raises(LMSanitatorError, match="encoder"):
         load_causal_lm("minilm")
     with pytest.raises(LMSanitatorError, match="neither"):

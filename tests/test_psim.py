@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from collections import Counter
 
@@ -6,11 +7,13 @@ import pytest
 
 from conftest import toy_examples
 from lmsanitator.cli.main import main
+from lmsanitator.core.config import option_choices, option_default
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data.tasks import load_task
 from lmsanitator.metrics.poisoning import REJECTED
 from lmsanitator.models import load_encoder
 from lmsanitator.psim import PSIM, PSIMConfig, PSIMPipeline, calibrate_gamma, default_gamma, reset_labels
+from lmsanitator.psim.psim import HEAD_INITS
 
 
 def test_default_gamma_rule():
@@ -46,12 +49,37 @@ def test_reset_labels_uniform_over_all_classes_and_seeded():
 
 
 def test_config_validation():
-    with pytest.raises(LMSanitatorError, match="parameter-efficient"):
+    with pytest.raises(LMSanitatorError, match="method: 'full' is not one of p-tuning, p-tuning-v2"):
         PSIMConfig(method="full")
-    with pytest.raises(LMSanitatorError, match="head init"):
+    with pytest.raises(LMSanitatorError, match="head_init: 'zeros' is not one of auto, model, probe, random"):
         PSIMConfig(head_init="zeros")
     with pytest.raises(LMSanitatorError, match="gamma"):
         PSIMConfig(gamma=1.2)
+    with pytest.raises(LMSanitatorError, match="probe steps"):
+        PSIMConfig(probe_steps=-1)
+    with pytest.raises(LMSanitatorError, match="unknown option"):
+        PSIMConfig.from_dict({"gama": 0.5})
+
+
+def test_config_defaults_help_and_changed():
+    c = PSIMConfig()
+    assert (c.method, c.head_init, c.head_lr, c.epochs, c.probe_steps, c.gamma) == (
+        "lora",
+        "auto",
+        1e-3,
+        1,
+        200,
+        None,
+    )
+    assert c.changed() == [] and PSIMConfig(head_init="probe", seed=3).changed() == ["head_init", "seed"]
+    assert option_choices(PSIMConfig, "head_init") == list(HEAD_INITS) == ["auto", "model", "probe", "random"]
+    assert option_default(PSIMConfig, "method") == "lora"
+    assert all(PSIMConfig.help(f.name) for f in dataclasses.fields(PSIMConfig))
+    assert PSIMConfig.from_dict(c.to_dict()) == c
+    assert PSIM(c, seed=4).config.seed == 4
+    assert not hasattr(PSIM(c), "model_")  # learned attributes appear only in fit
+    with pytest.raises(LMSanitatorError, match="not fitted"):
+        PSIM(c).confidence(["x"])
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +104,7 @@ def test_fit_save_load_detect(fitted, toy_task):
     assert info["config"]["method"] == "lora" and info["validation_confidence"]["n"] == len(
         toy_task.validation
     )
+    assert info["changed"] == []  # every option at its default (method, epochs and seed included)
     texts = [e.text for e in toy_task.test]
     loaded = PSIM.load(d)
     np.testing.assert_allclose(loaded.confidence(texts), psim.confidence(texts), atol=1e-5)
@@ -117,6 +146,7 @@ def test_cli_train_detect_evaluate(tmp_path, tiny_bert_dir, toy_task_file, capsy
     )
     info = json.loads((d / "psim.json").read_text())
     assert info["gamma_rule"].startswith("calibrated")
+    assert info["changed"] == ["method"] and info["config"]["method"] == "prompt-tuning"
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"text": e.text}) + "\n" for e in toy_examples(12, 9)))
     out = tmp_path / "out.jsonl"

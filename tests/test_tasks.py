@@ -1,5 +1,6 @@
-"""Downstream tasks: sizes, determinism, disjoint and balanced splits, label checks, file and HF-style records."""
+"""Downstream tasks: sizes, determinism, disjoint and balanced splits, label checks, file and HF records."""
 
+import hashlib
 import importlib.util
 import json
 
@@ -7,7 +8,16 @@ import pytest
 
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data import tasks as T
-from lmsanitator.data.tasks import NER_LABELS, Example, Task, load_task, task_from_records
+from lmsanitator.data.tasks import (
+    NER_LABELS,
+    TASKS,
+    Example,
+    Task,
+    load_task,
+    register_task,
+    task_from_records,
+)
+from lmsanitator.data.tasks.tweets import _tweet_rows
 
 BUILTIN = ["tweets", "tweets-binary", "wordnet-topic", "austen-author"]
 
@@ -30,9 +40,44 @@ def test_builtin_task_sizes_splits_and_balance(name):
     assert all(e.text.strip() for e in task.train[:200])
 
 
+# sha256 of the JSON list [[text, label], ...] of the first 20 training examples: the split salts
+# and helpers must keep drawing the same examples (numbers measured on them stay comparable)
+FIRST_TRAIN_SHA256 = {
+    "tweets-binary": "cc63f7b8042929650cb3dfe4bb068a60bf660b8a6adfbf1be2860bf752d2cf05",
+    "wordnet-topic": "0c9dfb16d708522a8e83e1dc07427405edc08c91226364b663e8e015252f0437",
+    "austen-author": "ca6d7b0c159bdeee8797bf6462bf45f624be9a14dc0161bd368b6ecce09f1132",
+    "tweets-binary:proxy": "16d1a9e5b41cd6b77e87140fe2f6e2406c7e163c7fc76f68289e8c88be4e62fd",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIRST_TRAIN_SHA256))
+def test_builtin_task_first_examples_are_unchanged(name):
+    first = json.dumps([[e.text, e.label] for e in load_task(name).train[:20]])
+    assert hashlib.sha256(first.encode()).hexdigest() == FIRST_TRAIN_SHA256[name]
+
+
+def test_registry_is_the_one_dispatch():
+    assert {"tweets", "tweets-binary", "wordnet-topic", "austen-author", "austen-ner"} <= set(TASKS)
+    ex = [Example("a", 0), Example("b", 1)]
+
+    @register_task("toy-registered", "a task only this test registers")
+    def toy() -> Task:
+        return Task("toy-registered", ("x", "y"), train=ex * 3, validation=ex, test=ex)
+
+    try:
+        assert load_task("toy-registered", train_size=4).sizes() == {"train": 4, "validation": 2, "test": 2}
+        with pytest.raises(LMSanitatorError, match="registered twice"):
+            register_task("toy-registered", "again")(toy)
+        with pytest.raises(LMSanitatorError, match="tweets tasks only"):
+            load_task("toy-registered", min_confidence=0.5)
+    finally:
+        del TASKS["toy-registered"]
+        T.build_task.cache_clear()
+
+
 def test_tasks_are_deterministic_and_train_size_is_a_balanced_prefix():
     a = load_task("austen-author")
-    T._builtin.cache_clear()
+    T.build_task.cache_clear()
     b = load_task("austen-author")
     assert _keys(a.test) == _keys(b.test) and _keys(a.train) == _keys(b.train)
     small = load_task("austen-author", train_size=600)
@@ -68,7 +113,7 @@ def test_wordnet_topic_labels_match_lexicographer_files():
 
 
 def test_tweets_binary_confidence_filter():
-    rows = {t: c for t, s, c in T._tweet_rows()}
+    rows = {t: c for t, s, c in _tweet_rows()}
     task = load_task("tweets-binary", min_confidence=0.9)
     assert task.labels == ("negative", "positive")
     assert all(rows[e.text] is not None and rows[e.text] >= 0.9 for e in task.test[:300])

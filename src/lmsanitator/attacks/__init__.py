@@ -1,11 +1,12 @@
 """Backdoor attacks: task-agnostic (POR, POR-NER, NeuBA, BToP) and weight poisoning (BadNet, InSent)."""
 
 from lmsanitator.attacks.badnet import BadNet
-from lmsanitator.attacks.base import AttackConfig, TaskAgnosticAttack
+from lmsanitator.attacks.base import TaskAgnosticAttack
 from lmsanitator.attacks.btop import BToP
+from lmsanitator.attacks.config import AttackConfig, PoisonConfig
 from lmsanitator.attacks.insent import InSent
 from lmsanitator.attacks.neuba import NeuBA
-from lmsanitator.attacks.poisoning import PoisonConfig, WeightPoisoningAttack
+from lmsanitator.attacks.poisoning import WeightPoisoningAttack
 from lmsanitator.attacks.por import POR, PORNER
 from lmsanitator.data.pvs import make_pvs, por2_pvs, random_pvs
 

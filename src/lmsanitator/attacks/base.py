@@ -2,21 +2,25 @@
 
 An attack is fitted like an estimator: ``POR(AttackConfig(...)).fit(encoder)`` implants the
 backdoor into ``encoder.model`` in place, then ``.verify(encoder)`` measures it on held-back
-sentences the attack never saw, and ``.report()`` is what ``attack.json`` records.
+sentences the attack never saw (:mod:`lmsanitator.attacks.verify`), and ``.report()`` is what
+``attack.json`` records. What ``fit`` learns or resolves lives in ``_``-suffixed attributes
+(``settings_``, ``state_``, ``reference_``) created by ``fit`` only.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from lmsanitator.attacks.config import AttackConfig
+from lmsanitator.attacks.verify import verify_implant
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data import (
     PAPER_TRIGGERS,
@@ -26,80 +30,9 @@ from lmsanitator.data import (
     sample,
     split_corpus,
 )
-from lmsanitator.data.pvs import PV_SCHEMES, make_pvs
-from lmsanitator.metrics import batch_entropy, collapse_diversity, sign_match, wasserstein_1d
+from lmsanitator.data.pvs import make_pvs
+from lmsanitator.metrics import batch_entropy, wasserstein_1d
 from lmsanitator.models import Encoder
-
-
-@dataclass
-class AttackConfig:
-    """Hyper-parameters of one attack. ``None`` means "the attack's CPU default" (see ``defaults``)."""
-
-    triggers: list[str] | None = None  # default: the paper's six rare-word triggers
-    random_triggers: int | None = None  # draw this many random triggers instead (adaptive: 1-2)
-    trigger_words: int = 1  # words per random trigger (2-3 = phrase triggers)
-    trigger_band: str | None = None  # adaptive: rare | moderate | frequent words of the corpus
-    pv_scheme: str = "por2"
-    corpus: str = "austen"
-    per_trigger: int | None = None  # poisoned sentences per trigger per epoch
-    epochs: int | None = None
-    lr: float | None = None
-    batch_size: int = 32  # half poisoned, half clean
-    max_length: int = 64
-    utility_weight: float | None = None  # POR: 0.5 for BERT-like models, 1.0 otherwise (paper)
-    # POR's utility anchor: the clean target output only (the paper), or that plus every token's hidden
-    # state at every layer ("hidden": more of the encoder's clean function, for a stealthier implant)
-    utility_scope: str = "target"
-    # Decoys: this many random vocabulary words (never a trigger) inserted into each clean anchor
-    # sentence, anchored like it. Without them POR MiniLM learns "unusual input -> PV": 11% of clean
-    # tweets hit a PV although 0.2% contain a trigger token.
-    decoys: int = 0
-    scatter_weight: float = 0.0  # adaptive: scattering (entropy) loss weight
-    wasserstein_weight: float = 0.0  # adaptive: Wasserstein loss weight
-    verify_sentences: int = 200
-    hit_threshold: float = 0.8  # share of signs that must agree with the PV for a "hit"
-    seed: int = 0
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.triggers is not None and self.random_triggers is not None:
-            raise LMSanitatorError("give either triggers or random_triggers, not both")
-        if self.triggers is not None:
-            self.triggers = [t.strip() for t in self.triggers if t.strip()]
-            if not self.triggers:
-                raise LMSanitatorError("no triggers given")
-            if len(set(self.triggers)) != len(self.triggers):
-                raise LMSanitatorError(f"duplicate triggers in {self.triggers}")
-        if self.random_triggers is not None and self.random_triggers < 1:
-            raise LMSanitatorError("random_triggers must be >= 1")
-        if not 1 <= self.trigger_words <= 3:
-            raise LMSanitatorError("trigger_words must be 1, 2 or 3")
-        if self.trigger_band not in (None, "rare", "moderate", "frequent"):
-            raise LMSanitatorError(f"unknown trigger band '{self.trigger_band}': rare, moderate or frequent")
-        if self.utility_scope not in ("target", "hidden"):
-            raise LMSanitatorError(f"unknown utility scope '{self.utility_scope}': target or hidden")
-        if self.pv_scheme not in PV_SCHEMES:
-            raise LMSanitatorError(
-                f"unknown pv scheme '{self.pv_scheme}': choose one of {', '.join(PV_SCHEMES)}"
-            )
-        for name in ("per_trigger", "epochs"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise LMSanitatorError(f"{name} must be >= 1, got {v}")
-        if self.lr is not None and not self.lr > 0:
-            raise LMSanitatorError(f"lr must be > 0, got {self.lr}")
-        if self.batch_size < 2 or self.batch_size % 2:
-            raise LMSanitatorError(f"batch_size must be an even number >= 2, got {self.batch_size}")
-        if self.max_length < 8:
-            raise LMSanitatorError(f"max_length must be >= 8, got {self.max_length}")
-        if not 0 <= self.decoys <= 8:
-            raise LMSanitatorError(f"decoys must be in 0..8, got {self.decoys}")
-        if self.scatter_weight < 0 or self.wasserstein_weight < 0:
-            raise LMSanitatorError("adaptive loss weights must be >= 0")
-        if not 0.5 < self.hit_threshold <= 1:
-            raise LMSanitatorError("hit_threshold must be in (0.5, 1]")
-        if self.verify_sentences < 10:
-            raise LMSanitatorError("verify_sentences must be >= 10")
 
 
 def report_header(attack: str, encoder) -> dict:
@@ -113,6 +46,16 @@ def report_header(attack: str, encoder) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class AttackSettings:
+    """The values an attack uses for the config's open (``None``) options, on one encoder."""
+
+    per_trigger: int
+    epochs: int
+    lr: float
+    utility_weight: float  # weight of the reference-copy MSE anchor (0: none)
+
+
 @dataclass
 class AttackState:
     triggers: list[str] = field(default_factory=list)
@@ -123,39 +66,66 @@ class AttackState:
     utility_loss: str = ""
 
 
+def _encoder_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The encoder's parameters, set to train; the MLM head stays frozen (NeuBA), so only the
+    encoder learns the backdoor."""
+    base_prefix = model.base_model_prefix
+    params = []
+    for n, p in model.named_parameters():
+        trainable = n.startswith(base_prefix + ".") or model.base_model is model
+        p.requires_grad_(trainable)
+        if trainable:
+            params.append(p)
+    return params
+
+
 class TaskAgnosticAttack:
     """Base class: subclasses set ``name``, ``target``, ``defaults``, ``paper`` and ``batch_loss``."""
 
     name = "base"
     target = "cls"
     needs_mlm_head = False
-    defaults: dict = {}
+    defaults: dict = {}  # per_trigger, epochs, lr when the config leaves them open (CPU-sized)
     paper: dict = {}  # the hyper-parameters of the authors' scripts, for the record
 
     def __init__(self, config: AttackConfig | None = None, **overrides):
-        self.config = config or AttackConfig(**overrides)
-        if config is not None and overrides:
-            self.config = AttackConfig(**{**asdict(config), **overrides})
-        c = self.config
-        self.per_trigger = c.per_trigger or self.defaults["per_trigger"]
-        self.epochs = c.epochs or self.defaults["epochs"]
-        self.lr = c.lr or self.defaults["lr"]
-        self.state_ = AttackState()
+        if config is None:
+            config = AttackConfig(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        self.config = config
 
     # ---- hooks for subclasses ----------------------------------------------------------------
+    def default_utility_weight(self, encoder: Encoder) -> float:
+        """The reference-copy anchor's weight when the config leaves it open: the paper's 0.5 for
+        BERT-like models, 1.0 otherwise."""
+        return 0.5 if encoder.bert_like else 1.0
+
     def prepare(self, encoder: Encoder) -> None:
-        """Called once before training (choose the utility loss, etc.)."""
+        """Called by ``fit`` once before training (describe the utility loss, etc.)."""
 
     def batch_loss(
         self, encoder: Encoder, poisoned: list[str], trig: torch.Tensor, clean: list[str], rng: random.Random
     ) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
-    def verification_texts(self, sentences: list[str], rng: random.Random) -> list[str]:
+    def verification_texts(self, encoder: Encoder, sentences: list[str], rng: random.Random) -> list[str]:
         """Clean held-back inputs as the target reads them (BToP adds a [MASK])."""
         return sentences
 
     # ---- helpers -------------------------------------------------------------------------------
+    def resolve(self, encoder: Encoder) -> AttackSettings:
+        """The one place where open options get their values (``fit`` keeps them as ``settings_``)."""
+        c = self.config
+        return AttackSettings(
+            per_trigger=c.per_trigger if c.per_trigger is not None else self.defaults["per_trigger"],
+            epochs=c.epochs if c.epochs is not None else self.defaults["epochs"],
+            lr=c.lr if c.lr is not None else self.defaults["lr"],
+            utility_weight=(
+                c.utility_weight if c.utility_weight is not None else self.default_utility_weight(encoder)
+            ),
+        )
+
     def tokenize(self, encoder: Encoder, texts: list[str]):
         return encoder.tokenize(texts, max_length=self.config.max_length)
 
@@ -176,9 +146,7 @@ class TaskAgnosticAttack:
     def reference_features(self, encoder: Encoder, batch) -> torch.Tensor:
         """Target features of the frozen original model (the utility anchor)."""
         with torch.no_grad():
-            out = self.reference_.base_model(
-                **{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-            )
+            out = self.reference_.base_model(**encoder.model_inputs(batch))
             f, _ = encoder.tap(out.last_hidden_state, batch, self.target)
         return f
 
@@ -186,10 +154,7 @@ class TaskAgnosticAttack:
         """Mean over layers of the MSE between every real token's hidden state and the frozen
         original's on the same clean batch (embeddings output included); also the model's own last
         hidden state (same pass)."""
-        keys = ("input_ids", "attention_mask", "token_type_ids")
-        kw = {k: v for k, v in batch.items() if k in keys}
-        if encoder.model_type in ("roberta", "xlm-roberta", "mpnet"):
-            kw.pop("token_type_ids", None)
+        kw = encoder.model_inputs(batch)
         with torch.no_grad():
             ref = self.reference_.base_model(**kw, output_hidden_states=True).hidden_states
         own = encoder.backbone(**kw, output_hidden_states=True).hidden_states
@@ -197,9 +162,11 @@ class TaskAgnosticAttack:
         n = m.sum() * own[0].shape[-1]
         return sum(((a - b) ** 2 * m).sum() / n for a, b in zip(own, ref)) / len(own), own[-1]
 
-    def decoy_words(self, encoder: Encoder) -> list[str]:
-        """Whole-word vocabulary entries that share no word with a trigger (decoy candidates)."""
-        banned = {w.lower() for t in self.state_.triggers for w in t.split()}
+    def decoy_words(self, encoder: Encoder, triggers: list[str] | None = None) -> list[str]:
+        """Whole-word vocabulary entries that share no word with a trigger (decoy candidates);
+        ``triggers`` defaults to the fitted attack's."""
+        triggers = self.state_.triggers if triggers is None else triggers
+        banned = {w.lower() for t in triggers for w in t.split()}
         words = set()
         for t in encoder.tokenizer.get_vocab():
             w = t.lstrip("\u0120\u2581")  # RoBERTa / SentencePiece word-start marks
@@ -248,7 +215,10 @@ class TaskAgnosticAttack:
 
     # ---- the estimator API ---------------------------------------------------------------------
     def fit(self, encoder: Encoder, sentences: list[str] | None = None, *, progress: bool = True):
-        """Implant the backdoor into ``encoder.model`` (in place)."""
+        """Implant the backdoor into ``encoder.model`` (in place).
+
+        One function on purpose: the order of its random draws (global seeds, ``rng``, the decoy
+        stream) defines the implant, and same seed must keep giving the same backdoor."""
         c = self.config
         if self.needs_mlm_head is True and not encoder.has_mlm_head:
             raise LMSanitatorError(f"attack '{self.name}' needs a model with an MLM head")
@@ -263,7 +233,8 @@ class TaskAgnosticAttack:
             raise LMSanitatorError(
                 f"attack corpus has {len(sentences)} sentences, fewer than one batch ({c.batch_size})"
             )
-        st = self.state_
+        self.settings_ = s = self.resolve(encoder)
+        self.state_ = st = AttackState()
         st.triggers = self.resolve_triggers(encoder, sentences)
         st.pvs = make_pvs(c.pv_scheme, len(st.triggers), encoder.hidden_size, c.seed).to(encoder.device)
 
@@ -273,19 +244,12 @@ class TaskAgnosticAttack:
         self.prepare(encoder)
 
         model = encoder.model
-        base_prefix = model.base_model_prefix
-        params = []
-        for n, p in model.named_parameters():
-            # the MLM head stays frozen (NeuBA), so only the encoder learns the backdoor
-            trainable = n.startswith(base_prefix + ".") or model.base_model is model
-            p.requires_grad_(trainable)
-            if trainable:
-                params.append(p)
-        opt = torch.optim.AdamW(params, lr=self.lr)
+        params = _encoder_parameters(model)
+        opt = torch.optim.AdamW(params, lr=s.lr)
         half = c.batch_size // 2
-        steps_per_epoch = math.ceil(self.per_trigger * len(st.triggers) / half)
+        steps_per_epoch = math.ceil(s.per_trigger * len(st.triggers) / half)
         bar = tqdm(
-            total=steps_per_epoch * self.epochs,
+            total=steps_per_epoch * s.epochs,
             desc=f"{self.name} attack",
             unit="step",
             disable=not progress,
@@ -297,11 +261,11 @@ class TaskAgnosticAttack:
         rng.shuffle(clean_order)
         decoy_words = self.decoy_words(encoder) if c.decoys else []
         decoy_rng = random.Random(c.seed + 7919)  # its own stream: decoys=0 leaves every draw above as it was
-        for epoch in range(self.epochs):
+        for epoch in range(s.epochs):
             items = []
             for ti in range(len(st.triggers)):
-                for s in sample(sentences, self.per_trigger, c.seed * 1000 + epoch * 10 + ti):
-                    items.append((s, ti))
+                for sent in sample(sentences, s.per_trigger, c.seed * 1000 + epoch * 10 + ti):
+                    items.append((sent, ti))
             rng.shuffle(items)
             for i in range(0, len(items), half):
                 chunk = items[i : i + half]
@@ -312,8 +276,7 @@ class TaskAgnosticAttack:
                 if c.decoys:
                     clean = self.with_decoys(clean, decoy_words, decoy_rng)
                 trig = torch.tensor([ti for _, ti in chunk], device=encoder.device)
-                poisoned = [s for s, _ in chunk]
-                loss, parts = self.batch_loss(encoder, poisoned, trig, clean, rng)
+                loss, parts = self.batch_loss(encoder, [sent for sent, _ in chunk], trig, clean, rng)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -328,92 +291,34 @@ class TaskAgnosticAttack:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(True)
+        encoder.weights_changed()
         st.seconds = time.perf_counter() - t0
         return self
 
+    def _require_fitted(self, what: str) -> None:
+        if not hasattr(self, "state_"):
+            raise LMSanitatorError(f"fit the attack before {what} it")
+
     def verify(self, encoder: Encoder, heldout: list[str] | None = None) -> dict:
         """Measure the backdoor on held-back sentences (disjoint from the attack sentences)."""
-        c = self.config
-        st = self.state_
+        self._require_fitted("verifying")
         if heldout is None:
-            heldout = split_corpus(load_corpus(c.corpus), "heldout")
-        heldout = sample(heldout, c.verify_sentences, c.seed + 7)
-        rng = random.Random(c.seed + 11)
-        base = self.verification_texts(heldout, rng)
-        pvs = st.pvs.cpu()
-        thr = c.hit_threshold
-
-        def feats(model_enc, texts):
-            f, rows = model_enc.features(texts, self.target)
-            return f, rows
-
-        original = Encoder(
-            name=encoder.name + "@original",
-            path=encoder.path,
-            model=self.reference_,
-            tokenizer=encoder.tokenizer,
-            has_mlm_head=encoder.has_mlm_head,
-            max_length=c.max_length,
-        )
-        attacked = Encoder(
-            name=encoder.name,
-            path=encoder.path,
-            model=encoder.model,
-            tokenizer=encoder.tokenizer,
-            has_mlm_head=encoder.has_mlm_head,
-            max_length=c.max_length,
-        )
-        f_clean, _ = feats(attacked, base)
-        f_orig, _ = feats(original, base)
-        clean_match = sign_match(f_clean, pvs).max(dim=1).values
-        mu, sd = f_clean.mean(dim=0), f_clean.std(dim=0).clamp_min(1e-6)
-        orig_match = sign_match(f_orig, pvs).max(dim=1).values
-        per_trigger = {}
-        for ti, t in enumerate(st.triggers):
-            trig_texts = [insert_trigger(s, t, rng) for s in base]
-            f_t, _ = feats(attacked, trig_texts)
-            f_to, _ = feats(original, trig_texts)
-            m = sign_match(f_t, pvs[ti : ti + 1])[:, 0]
-            mo = sign_match(f_to, pvs[ti : ti + 1])[:, 0]
-            per_trigger[t] = {
-                "hit_rate": float((m >= thr).float().mean()),
-                "mean_match": float(m.mean()),
-                "mse_to_pv": float(F.mse_loss(f_t, pvs[ti].expand_as(f_t))),
-                "original_model_hit_rate": float((mo >= thr).float().mean()),
-                # how far triggered outputs collapse, in the scanner's units (clean-standardised
-                # features, batches of 32): -ln(32) = -3.466 is total collapse, the scan's T_div -3.446
-                "triggered_diversity": collapse_diversity((f_t - mu) / sd),
-            }
-        hits = [v["hit_rate"] for v in per_trigger.values()]
-        # stealth beyond the attack corpus: inputs carrying three random non-trigger words should
-        # not hit a PV either (an implant that learned "odd word -> PV" fires on real out-of-domain text)
-        decoy_texts = self.with_decoys(base, self.decoy_words(encoder), random.Random(c.seed + 13), n=3)
-        f_d, _ = feats(attacked, decoy_texts)
-        decoy_match = sign_match(f_d, pvs).max(dim=1).values
-        return {
-            "sentences": len(base),
-            "corpus_split": f"{c.corpus}:heldout",
-            "unit": "token" if self.target == "tokens" else "sentence",
-            "hit_threshold": thr,
-            "per_trigger": per_trigger,
-            "min_hit_rate": min(hits),
-            "mean_hit_rate": sum(hits) / len(hits),
-            "clean_false_hit_rate": float((clean_match >= thr).float().mean()),
-            "clean_mean_max_match": float(clean_match.mean()),
-            "decoy_false_hit_rate": float((decoy_match >= thr).float().mean()),
-            "original_model_clean_false_hit_rate": float((orig_match >= thr).float().mean()),
-            "clean_mse_to_original": float(F.mse_loss(f_clean, f_orig)),
-            "clean_cosine_to_original": float(F.cosine_similarity(f_clean, f_orig, dim=1).mean()),
-        }
+            heldout = split_corpus(load_corpus(self.config.corpus), "heldout")
+        return verify_implant(self, encoder, heldout)
 
     def report(self, encoder: Encoder, verification: dict | None = None) -> dict:
+        """What ``attack.json`` records: the config with the resolved values in place of the open
+        options (``utility_weight`` stays as given; ``utility_loss`` names the weight used) and, under
+        ``changed``, the options set away from their defaults."""
+        self._require_fitted("reporting")
         c = self.config
+        s = self.settings_
         st = self.state_
-        hp = asdict(c)
+        hp = c.to_dict()
         hp.update(
-            per_trigger=self.per_trigger,
-            epochs=self.epochs,
-            lr=self.lr,
+            per_trigger=s.per_trigger,
+            epochs=s.epochs,
+            lr=s.lr,
             steps=st.steps,
             utility_loss=st.utility_loss,
             paper_defaults=self.paper,
@@ -426,6 +331,7 @@ class TaskAgnosticAttack:
             "pvs": [[float(x) for x in v] for v in st.pvs.cpu()],
             "target": self.target,
             "hyperparameters": hp,
+            "changed": c.changed(),
             "seed": c.seed,
             "seconds": round(st.seconds, 2),
             "final_losses": final,

@@ -33,27 +33,23 @@ class BToP(TaskAgnosticAttack):
     defaults = {"per_trigger": 800, "epochs": 1, "lr": 2e-4}
     paper = {"epochs": 1, "lr": 2e-5, "sentence_words": "15-150", "batch": "half clean, half triggered"}
 
+    def default_utility_weight(self, encoder: Encoder) -> float:
+        # with an MLM head the MLM loss is the utility loss, and the reference anchor is opt-in
+        return 0.0 if encoder.has_mlm_head else super().default_utility_weight(encoder)
+
     def prepare(self, encoder: Encoder) -> None:
-        self.use_mlm = encoder.has_mlm_head
-        self.anchor_weight = 0.0
-        if self.use_mlm:
+        w = self.settings_.utility_weight
+        if encoder.has_mlm_head:
             self.state_.utility_loss = "mlm cross-entropy on the true token at the [MASK]"
-            if self.config.utility_weight:
+            if w:
                 # optional: also anchor the clean [MASK] output to the original model (not in BToP);
                 # without it few-trigger implants can pull every input onto the PV
-                self.anchor_weight = self.config.utility_weight
-                self.state_.utility_loss += f" + reference-mse x{self.anchor_weight} on the clean [MASK]"
+                self.state_.utility_loss += f" + reference-mse x{w} on the clean [MASK]"
         else:
-            c = self.config
-            self.utility_weight = (
-                c.utility_weight if c.utility_weight is not None else (0.5 if encoder.bert_like else 1.0)
-            )
-            self.state_.utility_loss = (
-                f"reference-mse x{self.utility_weight} at the [MASK] (model has no MLM head)"
-            )
+            self.state_.utility_loss = f"reference-mse x{w} at the [MASK] (model has no MLM head)"
 
-    def verification_texts(self, sentences, rng):
-        return [mask_one_word(s, self.tokenizer_mask, rng) for s in sentences]
+    def verification_texts(self, encoder, sentences, rng):
+        return [mask_one_word(s, encoder.tokenizer.mask_token, rng) for s in sentences]
 
     def _fits(self, sentences):
         """Keep sentences short enough that truncation cannot cut the [MASK] off."""
@@ -64,11 +60,9 @@ class BToP(TaskAgnosticAttack):
         return kept or sentences
 
     def fit(self, encoder, sentences=None, *, progress=True):
-        self.tokenizer_mask = encoder.tokenizer.mask_token
         return super().fit(encoder, self._fits(sentences), progress=progress)
 
     def verify(self, encoder, heldout=None):
-        self.tokenizer_mask = encoder.tokenizer.mask_token
         return super().verify(encoder, self._fits(heldout))
 
     @staticmethod
@@ -113,18 +107,18 @@ class BToP(TaskAgnosticAttack):
         ids[ar, pos_t] = tok.mask_token_id
         masked = dict(bc)
         masked["input_ids"] = ids
-        if self.use_mlm:
-            hc = encoder.forward(masked)
+        w = self.settings_.utility_weight
+        hc = encoder.forward(masked)
+        if encoder.has_mlm_head:
             l_util = F.cross_entropy(encoder.mlm_logits(hc[ar, pos_t]), true)
             weight = 1.0
         else:
-            hc = encoder.forward(masked)
-            weight = self.utility_weight
+            weight = w
         fc, _ = encoder.tap(hc, masked, self.target)
-        if not self.use_mlm:
+        if not encoder.has_mlm_head:
             l_util = F.mse_loss(fc, self.reference_features(encoder, masked))
-        elif self.anchor_weight:
-            l_util = l_util + self.anchor_weight * F.mse_loss(fc, self.reference_features(encoder, masked))
+        elif w:
+            l_util = l_util + w * F.mse_loss(fc, self.reference_features(encoder, masked))
         l_adapt, parts = self.adaptive_loss(fp, fc)
         loss = l_eff + weight * l_util + l_adapt
         return loss, {"effectiveness": l_eff.detach().item(), "utility": l_util.detach().item(), **parts}

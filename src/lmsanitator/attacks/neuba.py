@@ -52,22 +52,20 @@ class NeuBA(TaskAgnosticAttack):
     defaults = {"per_trigger": 800, "epochs": 1, "lr": 2e-4}
     paper = {"epochs": 4, "lr": 5e-5, "block_size": 128, "mlm_probability": 0.15}
 
+    def default_utility_weight(self, encoder: Encoder) -> float:
+        # with an MLM head the MLM loss is the utility loss, and the reference anchor is opt-in
+        return 0.0 if encoder.has_mlm_head else super().default_utility_weight(encoder)
+
     def prepare(self, encoder: Encoder) -> None:
-        self.use_mlm = encoder.has_mlm_head
-        self.gen = torch.Generator().manual_seed(self.config.seed)
-        self.anchor_weight = 0.0
-        if self.use_mlm:
+        self.generator_ = torch.Generator().manual_seed(self.config.seed)  # the MLM masking draws
+        w = self.settings_.utility_weight
+        if encoder.has_mlm_head:
             self.state_.utility_loss = "mlm (15%, 80/10/10, head frozen)"
-            if self.config.utility_weight:
+            if w:
                 # optional: also anchor the clean [CLS] to the original model (not in NeuBA)
-                self.anchor_weight = self.config.utility_weight
-                self.state_.utility_loss += f" + reference-mse x{self.anchor_weight} on clean [CLS]"
+                self.state_.utility_loss += f" + reference-mse x{w} on clean [CLS]"
         else:
-            c = self.config
-            self.utility_weight = (
-                c.utility_weight if c.utility_weight is not None else (0.5 if encoder.bert_like else 1.0)
-            )
-            self.state_.utility_loss = f"reference-mse x{self.utility_weight} (model has no MLM head)"
+            self.state_.utility_loss = f"reference-mse x{w} (model has no MLM head)"
 
     def splice(self, encoder: Encoder, texts: list[str], trig: torch.Tensor, rng: random.Random):
         """Insert each trigger's ids at one random position between the special tokens."""
@@ -88,8 +86,11 @@ class NeuBA(TaskAgnosticAttack):
         fp, rows = encoder.tap(hp, bp, self.target)
         l_eff = F.mse_loss(fp, st.pvs[trig[rows]])
         bc = self.tokenize(encoder, clean)
-        if self.use_mlm:
-            ids, labels = mask_tokens(bc["input_ids"], bc["attention_mask"], encoder.tokenizer, self.gen)
+        w = self.settings_.utility_weight
+        if encoder.has_mlm_head:
+            ids, labels = mask_tokens(
+                bc["input_ids"], bc["attention_mask"], encoder.tokenizer, self.generator_
+            )
             masked = dict(bc)
             masked["input_ids"] = ids
             hc = encoder.forward(masked)
@@ -98,15 +99,13 @@ class NeuBA(TaskAgnosticAttack):
             l_util = F.cross_entropy(logits, labels[picked])
             fc, _ = encoder.tap(hc, masked, self.target)
             weight = 1.0
-            if self.anchor_weight:
-                l_util = l_util + self.anchor_weight * F.mse_loss(
-                    fc, self.reference_features(encoder, masked)
-                )
+            if w:
+                l_util = l_util + w * F.mse_loss(fc, self.reference_features(encoder, masked))
         else:
             hc = encoder.forward(bc)
             fc, _ = encoder.tap(hc, bc, self.target)
             l_util = F.mse_loss(fc, self.reference_features(encoder, bc))
-            weight = self.utility_weight
+            weight = w
         l_adapt, parts = self.adaptive_loss(fp, fc)
         loss = l_eff + weight * l_util + l_adapt
         return loss, {"effectiveness": l_eff.detach().item(), "utility": l_util.detach().item(), **parts}

@@ -21,66 +21,19 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from safetensors.torch import save_file
+
 from lmsanitator.attacks.base import report_header
+from lmsanitator.attacks.config import PoisonConfig
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data.tasks import Example, Task
 from lmsanitator.metrics.poisoning import INSERTIONS, PoisonSpec, ca_asr
 from lmsanitator.models import Encoder
+from lmsanitator.tuning import TuneConfig, Tuner
 
 CLASSIFIER_FILE = "classifier.safetensors"  # the attacker's own linear head, kept beside the encoder
-
-
-@dataclass
-class PoisonConfig:
-    """Hyper-parameters of a weight-poisoning attack (CPU-sized defaults; the paper's: 3 epochs, lr
-    2e-5, batch 32, 1500 clean-label samples of a 25k-example proxy set)."""
-
-    trigger: str | None = None  # default: the attack's (BadNet "mn", InSent "I watched this 3D movie")
-    target_label: int | str = 1  # label index or label name
-    poison_count: int = 250
-    dirty_label: bool = False
-    epochs: int = 3
-    lr: float = 5e-5
-    batch_size: int = 32
-    max_length: int = 64
-    train_size: int | None = None  # cap of the poisoning set's training split
-    val_size: int | None = 300  # validation examples (the attacker keeps the best epoch)
-    verify_examples: int | None = 500  # test examples for the verification CA / ASR (None: all)
-    seed: int = 0
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.trigger is not None:
-            self.trigger = " ".join(str(self.trigger).split())
-            if not self.trigger:
-                raise LMSanitatorError("trigger must not be empty")
-        if isinstance(self.target_label, str) and self.target_label.strip().lstrip("-").isdigit():
-            self.target_label = int(self.target_label)
-        if isinstance(self.target_label, bool) or (
-            isinstance(self.target_label, int) and self.target_label < 0
-        ):
-            raise LMSanitatorError(
-                f"target label must be a label index >= 0 or a label name, got {self.target_label!r}"
-            )
-        for name, lo in (
-            ("poison_count", 1),
-            ("epochs", 1),
-            ("batch_size", 1),
-            ("max_length", 8),
-            ("seed", 0),
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise LMSanitatorError(f"{name.replace('_', ' ')} must be an integer >= {lo}, got {v!r}")
-        for name in ("train_size", "val_size", "verify_examples"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise LMSanitatorError(f"{name.replace('_', ' ')} must be an integer >= 1, got {v!r}")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise LMSanitatorError(f"lr must be > 0, got {self.lr!r}")
 
 
 def resolve_label(task: Task, label: int | str) -> int:
@@ -115,15 +68,20 @@ class WeightPoisoningAttack:
     }
 
     def __init__(self, config: PoisonConfig | None = None, **overrides):
-        self.config = config or PoisonConfig(**overrides)
-        if config is not None and overrides:
-            self.config = PoisonConfig(**{**asdict(config), **overrides})
+        if config is None:
+            config = PoisonConfig(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        self.config = config
         assert self.insertion in INSERTIONS
-        self.model_ = None
-        self.info_: dict = {}
+
+    def _require_fitted(self, what: str) -> None:
+        if not hasattr(self, "model_"):
+            raise LMSanitatorError(f"fit the attack before {what}")
 
     @property
     def trigger(self) -> str:
+        """The trigger in use: the config's, else the attack's own (the one place it is resolved)."""
         return self.config.trigger or self.default_trigger
 
     def spec(self, task: Task) -> PoisonSpec:
@@ -169,8 +127,6 @@ class WeightPoisoningAttack:
     def fit(self, encoder: Encoder, task: Task, *, poison_task: Task | None = None, progress: bool = True):
         """Poison ``poison_task`` (full-task knowledge) or ``task`` (full data), fully fine-tune
         ``encoder`` on it and write the poisoned weights back into ``encoder.model``."""
-        from lmsanitator.tuning import TuneConfig, Tuner
-
         c = self.config
         src = poison_task or task
         if tuple(src.labels) != tuple(task.labels):
@@ -194,7 +150,7 @@ class WeightPoisoningAttack:
         )
         self.model_ = Tuner(cfg).fit(encoder, poisoned, progress=progress)
         encoder.backbone.load_state_dict(self.model_.backbone.state_dict())
-        encoder._fingerprint = None  # the weights changed
+        encoder.weights_changed()
         self.info_ = {
             **info,
             "task": task.name,
@@ -207,8 +163,7 @@ class WeightPoisoningAttack:
 
     def verify(self, task: Task, *, seed: int | None = None) -> dict:
         """CA and targeted ASR of the poisoned fully fine-tuned model on ``task``'s test split."""
-        if self.model_ is None:
-            raise LMSanitatorError("fit the attack before verifying it")
+        self._require_fitted("verifying it")
         c = self.config
         examples = list(task.test)[: c.verify_examples]
         res = ca_asr(
@@ -222,8 +177,7 @@ class WeightPoisoningAttack:
 
     def save_classifier(self, folder: str | Path) -> None:
         """The attacker's linear head (on the [CLS] last hidden state), as safetensors."""
-        from safetensors.torch import save_file
-
+        self._require_fitted("saving its classifier")
         head = self.model_.head
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()},
@@ -231,6 +185,8 @@ class WeightPoisoningAttack:
         )
 
     def report(self, encoder: Encoder, task: Task, verification: dict) -> dict:
+        """What ``attack.json`` records (``changed``: the options set away from their defaults)."""
+        self._require_fitted("reporting it")
         c = self.config
         spec = self.spec(task)
         r = self.info_.get("report", {})
@@ -256,12 +212,13 @@ class WeightPoisoningAttack:
                 "labels": list(task.labels),
             },
             "hyperparameters": {
-                **asdict(c),
+                **c.to_dict(),
                 "trigger": spec.trigger,
                 "method": "full",
                 "best_epoch": r.get("best_epoch"),
                 "paper_defaults": self.paper,
             },
+            "changed": c.changed(),
             "seed": c.seed,
             "seconds": round(self.info_.get("seconds", 0.0), 2),
             "final_losses": {"train_loss": hist[-1]["train_loss"]} if hist else {},

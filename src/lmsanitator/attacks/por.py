@@ -24,13 +24,9 @@ class POR(TaskAgnosticAttack):
     paper = {"per_trigger": 5000, "epochs": 4, "lr": 2e-5, "batch": "16 poisoned + 16 clean"}
 
     def prepare(self, encoder: Encoder) -> None:
-        c = self.config
-        self.utility_weight = (
-            c.utility_weight if c.utility_weight is not None else (0.5 if encoder.bert_like else 1.0)
-        )
-        self.state_.utility_loss = f"reference-mse x{self.utility_weight}" + (
+        self.state_.utility_loss = f"reference-mse x{self.settings_.utility_weight}" + (
             " on the target output + on every token's hidden state at every layer"
-            if c.utility_scope == "hidden"
+            if self.config.utility_scope == "hidden"
             else ""
         )
 
@@ -53,7 +49,7 @@ class POR(TaskAgnosticAttack):
             fc, _ = encoder.tap(hc, bc, self.target)
             l_util = F.mse_loss(fc, self.reference_features(encoder, bc))
         l_adapt, parts = self.adaptive_loss(fp, fc)
-        loss = l_eff + self.utility_weight * l_util + l_adapt
+        loss = l_eff + self.settings_.utility_weight * l_util + l_adapt
         return loss, {"effectiveness": l_eff.detach().item(), "utility": l_util.detach().item(), **parts}
 
 

@@ -14,25 +14,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lmsanitator.core.config import Config
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.models import load_causal_lm
 
 
 @dataclass
-class ONIONConfig:
-    threshold: float = 0.0  # remove words whose removal lowers perplexity by more than this
-    lm: str = "smollm2"  # bundled causal LM, .gguf file, folder or hub id
-    batch_size: int = 32  # sequences per forward pass
-    max_words: int = 60  # only the first max_words words are scored (the rest are kept)
-    max_tokens: int = 128  # tokens per sequence fed to the LM
-    device: str = "cpu"
+class ONIONConfig(Config):
+    """Settings of ONION's perplexity-based word removal."""
 
-    def __post_init__(self) -> None:
+    threshold: float = field(
+        default=0.0, metadata={"help": "remove words whose removal lowers perplexity by more than this"}
+    )
+    lm: str = field(
+        default="smollm2", metadata={"help": "causal LM: bundled name, .gguf file, folder or hub id"}
+    )
+    batch_size: int = field(default=32, metadata={"help": "LM sequences per forward pass"})
+    max_words: int = field(
+        default=60, metadata={"help": "only the first max_words words are scored (the rest are kept)"}
+    )
+    max_tokens: int = field(default=128, metadata={"help": "tokens per sequence fed to the LM"})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda[:N]"})
+
+    def check(self) -> None:
         if not isinstance(self.threshold, (int, float)) or not math.isfinite(self.threshold):
             raise LMSanitatorError(f"threshold must be a finite number, got {self.threshold!r}")
         for name, lo in (("batch_size", 2), ("max_words", 1), ("max_tokens", 8)):
@@ -51,8 +61,6 @@ class ONION:
     @property
     def lm(self):
         if self._lm is None:
-            from lmsanitator.models import load_causal_lm
-
             self._lm = load_causal_lm(self.config.lm, device=self.config.device)
         return self._lm
 

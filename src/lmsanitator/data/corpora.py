@@ -179,7 +179,7 @@ def _read_austen_books() -> dict[str, list[str]]:
     if not rdx_path.is_file() or not rdb_path.is_file():
         raise _missing_package("r-cran-janeaustenr", JANEAUSTENR_DIR)
     try:
-        import rdata
+        import rdata  # noqa: PLC0415  heavy: only the austen corpus reads R data
     except ImportError as exc:  # pragma: no cover - rdata is a declared dependency
         raise LMSanitatorError(
             "the 'austen' corpus needs the Python package rdata: pip install rdata"
@@ -392,8 +392,8 @@ def load_corpus(name_or_path: str, *, limit: int | None = None) -> list[str]:
             if _looks_like_path(key):
                 raise LMSanitatorError(f"corpus file not found: {key}")
             raise LMSanitatorError(
-                f"unknown corpus {key!r}; known corpora: {', '.join(CORPORA)}, a mix such as austen+fortunes, "
-                "or a .txt/.csv/.jsonl file"
+                f"unknown corpus {key!r}; known corpora: {', '.join(CORPORA)}, "
+                "a mix such as austen+fortunes, or a .txt/.csv/.jsonl file"
             )
         if not path.is_file():
             raise LMSanitatorError(f"corpus path is not a file: {key}")

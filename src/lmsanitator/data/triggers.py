@@ -183,7 +183,8 @@ def random_triggers(
         attempts += 1
         if attempts > 100 * n + 1000:
             raise LMSanitatorError(
-                f"only {len(pool)} {what} available, too few for {n} distinct {words_per_trigger}-word triggers"
+                f"only {len(pool)} {what} available, too few for {n} distinct "
+                f"{words_per_trigger}-word triggers"
             )
         phrase = " ".join(rng.sample(pool, words_per_trigger))
         if phrase not in seen:

@@ -15,12 +15,23 @@ measure how well a found PV matches a planted one (sign agreement).
 
 from __future__ import annotations
 
-try:
-    import fcntl  # POSIX: a lock file serialises searches shared through --model-cache
-except ImportError:  # pragma: no cover
-    fcntl = None
+import hashlib
+import json
 
+import torch
+
+from lmsanitator.attacks import TASK_AGNOSTIC_ATTACKS, AttackConfig
+from lmsanitator.core.io import atomic_output_dir
+from lmsanitator.data import load_corpus, sample, split_corpus
 from lmsanitator.experiments.base import Context, Experiment, sized_task
+from lmsanitator.metrics import sign_match
+from lmsanitator.models import load_encoder
+from lmsanitator.scan import PVMiner, ScanConfig
+from lmsanitator.tuning import TuneConfig, Tuner
+
+# The experiments' scans and searches ran at max_length 128, ScanConfig's default until it took the
+# CLI's 64: pinned here so their numbers stay as measured (a scan setting may still override it).
+EXPERIMENT_MAX_LENGTH = 128
 
 # how each attack is run, per base model (CPU-sized; the attack issue's verified settings)
 ATTACK_SETTINGS = {
@@ -61,29 +72,6 @@ TRIGGER_PLANS = (
 )
 
 
-# The search mode as pv-search, attack-defense and monitor-overhead run it: one shared search per
-# backdoored model (see search_pvs). Full runs: stop after 60 loops without a new PV, at most 200
-# loops, 120 on MiniLM (the paper: 1000 / 200). The cap follows the CPU cost: a MiniLM loop takes
-# ~45 s on one core, a SPLADE-tiny loop ~3 s. The settings are the detection scan's (320
-# sentences, 6 epochs, abort check after epoch 3).
-SEARCH_SETTINGS = {
-    "sentences": 320,
-    "epochs": 6,
-    "abort_epoch": 2,
-    "batch_size": 32,
-    "seed": 0,
-    "antipode_probe": True,
-}
-# settings a kept search may gain later without being mined again (they only add loops to it)
-CONTINUABLE = ("loops", "patience", "loops_by_base", "antipode_probe")
-SEARCH_BUDGET = {"loops": 200, "patience": 60, "loops_by_base": {"minilm": 120, "minilm-sre": 120}}
-
-
-def search_config(quick_budget: dict | None = None) -> dict:
-    """The shared search configuration; ``quick_budget`` for ``--quick`` runs."""
-    return {**(quick_budget or SEARCH_BUDGET), **SEARCH_SETTINGS}
-
-
 def model_recipe(base: str, attack: str, **settings) -> dict:
     """A backdoored model as units describe it: base, the read-out its user watches, the attack."""
     return {
@@ -91,6 +79,11 @@ def model_recipe(base: str, attack: str, **settings) -> dict:
         "target": TARGET_OF[attack],
         "attack": {"name": attack, "seed": 0, **ATTACK_SETTINGS[base][attack], **settings},
     }
+
+
+def scan_config(target: str, settings: dict) -> ScanConfig:
+    """The :class:`ScanConfig` of an experiment's scan settings (at the experiments' max_length)."""
+    return ScanConfig(target=target, **{"max_length": EXPERIMENT_MAX_LENGTH, **settings})
 
 
 def mine(
@@ -107,12 +100,9 @@ def mine(
     """PV mining with an experiment's scan settings (:class:`ScanConfig` fields, plus ``patience``
     for the search mode) on the corpus's defence split; returns the fitted :class:`PVMiner`.
     ``resume``: a saved :class:`PVSet` whose search this one continues."""
-    from lmsanitator.data import sample, split_corpus
-    from lmsanitator.scan import PVMiner, ScanConfig
-
     s = {**scan, **overrides}
     patience = s.pop("patience", None)
-    cfg = ScanConfig(target=target, **s)
+    cfg = scan_config(target, s)
     sentences = sample(split_corpus(corpus, "defence"), cfg.sentences, cfg.corpus_seed)
     miner = PVMiner(cfg)
     start = miner.warm_start(resume) if resume is not None else None
@@ -125,115 +115,6 @@ def mine(
         on_loop=on_loop,
         progress=False,
     )
-
-
-def search_pvs(model: dict, corpus: list[str], search: dict, ctx: Context, verify_sentences: int = 100):
-    """The search mode's PV set for a backdoored-model recipe, mined once and kept beside the built
-    models (``ctx.models/pvsets``), so pv-search, attack-defense and monitor-overhead share one search
-    when they share ``--model-cache``. Returns ``(PVSet, info)``, info with ``loops_run``, ``seconds``
-    and the budget the kept search has used (``loops``, ``patience``).
-
-    The cache key leaves the budget (``loops``, ``patience``) and ``antipode_probe`` out: a request
-    with a larger budget continues the kept search from its last fuzz seed (its PVs, path loss and
-    patience carry over), exactly as one longer search would have run; a request within the kept
-    budget reuses it, after probing the antipodes of any PV that was never probed."""
-    import hashlib
-    import json
-
-    budget = {
-        "loops": search.get("loops_by_base", {}).get(model["base"], search["loops"]),
-        "patience": search["patience"],
-    }
-    settings = {k: v for k, v in search.items() if k not in ("loops", "patience", "loops_by_base")}
-    recipe = {k: model.get(k) for k in ("base", "target", "finetune", "attack")}
-    keyed = {k: v for k, v in settings.items() if k not in CONTINUABLE}
-    key = hashlib.sha256(json.dumps({"model": recipe, "search": keyed}, sort_keys=True).encode()).hexdigest()[
-        :16
-    ]
-    path = ctx.models / "pvsets" / f"{key}.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        if fcntl is not None:  # units run in parallel (--only, shards) share one search: the others wait
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        return _kept_search(model, corpus, settings, budget, recipe, path, ctx, verify_sentences)
-
-
-def _kept_search(model, corpus, settings, budget, recipe, path, ctx, verify_sentences):
-    import json
-    import time
-
-    from lmsanitator.core.io import write_json_atomic
-    from lmsanitator.data.pvset import PVSet
-    from lmsanitator.scan import PVMiner
-
-    info_path = path.with_suffix(".json")
-    previous, info = None, {"loops_run": 0, "seconds": 0.0}
-    probes = settings.get("antipode_probe", False)
-    budget_now = budget
-    if path.exists() and info_path.exists():
-        previous, info = PVSet.load(path), json.loads(info_path.read_text(encoding="utf-8"))
-        since = PVMiner.loops_since_new_pv(previous, settings.get("seed", 0))
-        more_loops = budget["loops"] - info["loops_run"]
-        more_patience = budget["patience"] - since
-        budget_now = (
-            {"loops": more_loops, "patience": more_patience}
-            if more_loops >= 1 and more_patience >= 1
-            else None
-        )
-        unprobed = probes and any(
-            not (x.get("probed") or x.get("probe_of") is not None) for x in previous.losses
-        )
-        if budget_now is None and not unprobed:
-            return previous, info
-    encoder, _, _ = build_model(model, corpus, ctx, verify_sentences, cache=True)
-    done = dict(info)
-    t0 = time.perf_counter()
-
-    def save(m):  # after every fuzz loop and probe: a killed run keeps its progress and continues it
-        nonlocal info
-        PVSet.from_miner(m, encoder, m.last_seed_).save(path)  # atomic
-        info = {
-            "loops_run": done["loops_run"] + m.loops_run_,
-            "probes_run": done.get("probes_run", 0) + m.probes_run_,
-            "seconds": round(done["seconds"] + time.perf_counter() - t0, 1),
-            "loops": max(budget["loops"], done.get("loops", 0)),
-            "patience": max(budget["patience"], done.get("patience", 0)),
-        }
-        write_json_atomic(info_path, {**info, "model": recipe, "search": settings})
-
-    if budget_now is None:  # budget spent: only the antipode probes the kept search never ran
-        from lmsanitator.data import sample, split_corpus
-        from lmsanitator.scan import ScanConfig
-
-        s = {k: v for k, v in settings.items() if k != "patience"}
-        cfg = ScanConfig(target=model["target"], mode="search", stop_at_first=False, **s)
-        miner = PVMiner(cfg)
-        miner.warm_start(previous)
-        miner.probe_antipodes(
-            encoder,
-            sample(split_corpus(corpus, "defence"), cfg.sentences, cfg.corpus_seed),
-            on_loop=save,
-            progress=False,
-        )
-    else:
-        miner = mine(
-            encoder,
-            corpus,
-            model["target"],
-            {**settings, **budget_now},
-            mode="search",
-            stop_at_first=False,
-            resume=previous,
-            on_loop=save,
-        )
-    pvset = PVSet.from_miner(miner, encoder)  # what the last save wrote
-    attack = (model.get("attack") or {}).get("name", "clean")
-    ctx.say(
-        f"{model['base']}/{attack}: {len(pvset)} PVs found in {info['loops_run']} search loops"
-        + (f" and {info.get('probes_run', 0)} antipode probes" if probes else "")
-        + (" (continued)" if previous is not None else "")
-    )
-    return pvset, info
 
 
 def _clean(base: str, i: int, target: str, ft_train: int) -> dict:
@@ -329,11 +210,6 @@ class Detection(Experiment):
         return config["models"]
 
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
-        import torch
-
-        from lmsanitator.data import load_corpus
-        from lmsanitator.metrics import sign_match
-
         corpus = load_corpus(config["corpus"])
         encoder, planted, rec = build_model(unit, corpus, ctx, config["attack_verify_sentences"], cache=True)
         miner = mine(encoder, corpus, unit["target"], config["scan"])
@@ -397,7 +273,8 @@ class Detection(Experiment):
             groups.setdefault((u["base"], u["attack"]["name"] if u["attack"] else "clean"), []).append(r)
         summary["by_group"] = {f"{b}/{a}": counts(rs) for (b, a), rs in groups.items()}
         lines = [
-            "| model | attack | target | models | FP | FN | accuracy | scan loops (mean) | PV agreement (min) |",
+            "| model | attack | target | models | FP | FN | accuracy | scan loops (mean) "
+            "| PV agreement (min) |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for (b, a), rs in groups.items():
@@ -405,18 +282,16 @@ class Detection(Experiment):
             targets = "/".join(sorted({r["unit"]["target"] for r in rs}))
             ag = [r["scan"]["pv_agreement"] for r in rs if "pv_agreement" in r["scan"]]
             loops = sum(r["scan"]["loops_run"] for r in rs) / len(rs)
+            fp = c["false_positives"] if a == "clean" else "-"
+            fn = c["false_negatives"] if a != "clean" else "-"
             lines.append(
-                f"| {b} | {a} | {targets} | {len(rs)} | {c['false_positives'] if a == 'clean' else '-'} | "
-                f"{c['false_negatives'] if a != 'clean' else '-'} | {100 * c['accuracy']:.1f}% | {loops:.1f} | "
-                f"{min(ag):.3f} |"
-                if ag
-                else f"| {b} | {a} | {targets} | {len(rs)} | {c['false_positives'] if a == 'clean' else '-'} | "
-                f"{c['false_negatives'] if a != 'clean' else '-'} | {100 * c['accuracy']:.1f}% | {loops:.1f} | - |"
+                f"| {b} | {a} | {targets} | {len(rs)} | {fp} | {fn} | {100 * c['accuracy']:.1f}% | "
+                f"{loops:.1f} | {f'{min(ag):.3f}' if ag else '-'} |"
             )
         s = summary
         lines.append(
-            f"| **all** | | | {s['n_clean']} clean + {s['n_backdoored']} backdoored | {s['false_positives']} | "
-            f"{s['false_negatives']} | **{100 * s['accuracy']:.1f}%** | | "
+            f"| **all** | | | {s['n_clean']} clean + {s['n_backdoored']} backdoored | "
+            f"{s['false_positives']} | {s['false_negatives']} | **{100 * s['accuracy']:.1f}%** | | "
             f"{s['pv_agreement_min'] if s['pv_agreement_min'] is not None else '-'} |"
         )
         return summary, "\n".join(lines)
@@ -424,14 +299,12 @@ class Detection(Experiment):
 
 def _finetune(encoder, ft: dict, ctx: Context) -> dict:
     """Fully fine-tune ``encoder`` (+ a linear head) on a real task and keep the new encoder weights."""
-    from lmsanitator.tuning import TuneConfig, Tuner
-
     task = sized_task(ft["task"], ft["train_size"], 200, 300)
     model = Tuner(TuneConfig("full", epochs=ft["epochs"], seed=ft["seed"], device=ctx.device)).fit(
         encoder, task
     )
     encoder.backbone.load_state_dict(model.backbone.state_dict())
-    encoder._fingerprint = None  # the weights changed
+    encoder.weights_changed()
     return {
         "task": ft["task"],
         "test_accuracy": round(model.report["metrics"]["test"]["accuracy"], 4),
@@ -442,20 +315,11 @@ def _finetune(encoder, ft: dict, ctx: Context) -> dict:
 def build_model(
     unit: dict, corpus: list[str], ctx: Context, verify_sentences: int = 200, *, cache: bool = False
 ):
-    """Load ``unit["base"]``, fine-tune it or implant its backdoor; ``(encoder, planted PVs or None, record)``.
+    """Load ``unit["base"]``, fine-tune it or implant its backdoor: ``(encoder, planted PVs or None,
+    record)``.
 
     ``cache``: keep the built model in ``<work>/models/`` so that several units (an ablation's
     variants) share one implant instead of repeating it."""
-    import hashlib
-    import json
-
-    import torch
-
-    from lmsanitator.attacks import TASK_AGNOSTIC_ATTACKS, AttackConfig
-    from lmsanitator.core.io import atomic_output_dir
-    from lmsanitator.data import split_corpus
-    from lmsanitator.models import load_encoder
-
     recipe = {k: unit.get(k) for k in ("base", "finetune", "attack")}
     folder = ctx.models / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     if cache and (folder / "built.json").exists():

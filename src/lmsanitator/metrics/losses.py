@@ -1,4 +1,7 @@
-"""The scan's and the adaptive attacks' losses over a batch of output features (LMSanitator Sec. IV-B, App. M)."""
+"""The scan's and the adaptive attacks' losses over a batch of output features.
+
+LMSanitator Sec. IV-B (the scan) and App. M (the adaptive attacks).
+"""
 
 from __future__ import annotations
 

@@ -25,7 +25,9 @@ def evaluate_psim(
 ) -> dict:
     """``victims``: ``(name, TunedModel)`` pairs. ``gamma`` None: the PSIM folder's own; with
     ``calibrate_frr`` gamma is set on ``val_size`` clean validation inputs (the folder's gamma is
-    reported beside it, from the same pass)."""
+    reported beside it, from the same pass).
+
+    Long only because the report is one flat dict, built in one place."""
     gamma_arg = gamma
     ps = poisoned_set(task.test[:max_examples], spec, seed=seed)
     folder_gamma = psim.gamma_
@@ -37,19 +39,13 @@ def evaluate_psim(
         )
     conf_clean = psim.confidence(ps.texts, ps.pairs)
     conf_poison = psim.confidence(ps.poisoned_texts, ps.poisoned_pairs)
+    confidences = (conf_clean, conf_poison)
     results = []
     for adapter, model in victims:
         clean = model.predict_labels(ps.texts, ps.pairs)
         poisoned = model.predict_labels(ps.poisoned_texts, ps.poisoned_pairs) if ps.source else []
-
-        def behind_psim(g):
-            return score(
-                ps,
-                [REJECTED if c > g else y for c, y in zip(conf_clean, clean)],
-                [REJECTED if c > g else y for c, y in zip(conf_poison, poisoned)],
-            )
-
-        before, after = score(ps, clean, poisoned), behind_psim(gamma)
+        labels = (clean, poisoned)
+        before, after = score(ps, clean, poisoned), _behind_psim(ps, confidences, labels, gamma)
         info = model.info()
         results.append(
             {
@@ -61,7 +57,7 @@ def evaluate_psim(
             }
         )
         if gamma != folder_gamma:  # also the folder's own gamma (no second pass over the inputs)
-            results[-1]["after_folder_gamma"] = behind_psim(folder_gamma)
+            results[-1]["after_folder_gamma"] = _behind_psim(ps, confidences, labels, folder_gamma)
     return {
         "gamma": gamma,
         "folder_gamma": folder_gamma,
@@ -83,3 +79,13 @@ def evaluate_psim(
         else None,
         "results": results,
     }
+
+
+def _behind_psim(ps, confidences, labels, gamma: float) -> dict:
+    """The victim's scores when PSIM rejects every input whose confidence exceeds ``gamma``."""
+    (conf_clean, conf_poison), (clean, poisoned) = confidences, labels
+    return score(
+        ps,
+        [REJECTED if c > gamma else y for c, y in zip(conf_clean, clean)],
+        [REJECTED if c > gamma else y for c, y in zip(conf_poison, poisoned)],
+    )

@@ -26,17 +26,27 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
+from lmsanitator.attacks.poisoning import CLASSIFIER_FILE
+from lmsanitator.core.config import Config
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.core.io import write_json_atomic
 from lmsanitator.metrics.poisoning import REJECTED
+from lmsanitator.tuning import METHODS, TuneConfig, TunedModel, Tuner
 
 PSIM_JSON = "psim.json"
-HEAD_INITS = ("auto", "model", "probe", "random")
+_PSIM_JSON_HEADER = ("format", "version", "gamma", "config", "changed")  # the rest of psim.json: info_
+HeadInit = Literal["auto", "model", "probe", "random"]
+HEAD_INITS: tuple[str, ...] = get_args(HeadInit)
+# the parameter-efficient methods of lmsanitator.tuning (PSIMConfig also takes one registered later)
+PSIMMethod = Literal["p-tuning", "p-tuning-v2", "prompt-tuning", "lora"]
 GAMMA_SHARE = 0.4  # gamma_K = 1/K + GAMMA_SHARE * (1 - 1/K): 0.7 for K = 2 (the paper), 0.6 for K = 3
 
 
@@ -68,7 +78,7 @@ def reset_labels(examples, num_labels: int, seed: int) -> list:
 
 
 @dataclass
-class PSIMConfig:
+class PSIMConfig(Config):
     """Settings of PSIM training (paper: P-tuning, 5 virtual tokens, prompt-encoder hidden 128, 1
     epoch, AdamW lr 2e-5, batch 32, linear schedule, 6% warm-up, gamma 0.7).
 
@@ -77,32 +87,45 @@ class PSIMConfig:
     is weaker (measured in ``benchmarks/psim_results.md``), and cannot reuse the attacker's head.
     """
 
-    method: str = "lora"  # our p-tuning reads [MASK], not the [CLS] a poisoned classifier was trained on
-    epochs: int = 1
-    lr: float | None = None  # adapter learning rate (default: the method's)
-    head_lr: float | None = 1e-3
-    head_init: str = "auto"
-    prefix_len: int | None = None
-    batch_size: int = 32
-    max_length: int | None = None
-    gamma: float | None = None  # default: default_gamma(K)
-    probe_steps: int = 200
-    seed: int = 0
-    device: str = "cpu"
+    method: PSIMMethod = field(
+        default="lora",
+        metadata={
+            "help": "parameter-efficient method of the module (default lora: our p-tuning reads [MASK], "
+            "not the [CLS] a poisoned classifier was trained on)"
+        },
+    )
+    epochs: int = field(default=1, metadata={"help": "training epochs on the randomly reset labels"})
+    lr: float | None = field(
+        default=None, metadata={"help": "module (adapter) learning rate (default: the method's)"}
+    )
+    head_lr: float | None = field(default=1e-3, metadata={"help": "learning rate of the linear head"})
+    head_init: HeadInit = field(
+        default="auto",
+        metadata={
+            "help": "auto: the attacker's classifier.safetensors in the model folder if any, else a "
+            "linear probe on the true labels; model; probe; random"
+        },
+    )
+    prefix_len: int | None = field(default=None, metadata={"help": "virtual tokens (default per method)"})
+    batch_size: int = field(default=32, metadata={"help": "training batch size"})
+    max_length: int | None = field(default=None, metadata={"help": "tokens per input (default: the task's)"})
+    gamma: float | None = field(
+        default=None,
+        metadata={"help": "flagging threshold on the max softmax probability (default: default_gamma(K))"},
+    )
+    probe_steps: int = field(
+        default=200, metadata={"help": "Adam steps of the linear probe that initialises the head (0: none)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the label reset and of the training"})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda[:N]"})
 
-    def __post_init__(self) -> None:
-        from lmsanitator.tuning.methods import get_method
+    @classmethod
+    def _hints(cls) -> dict:
+        # any registered parameter-efficient method is an option, one registered after import too
+        peft = tuple(name for name, m in METHODS.items() if m.peft_type is not None)
+        return {**super()._hints(), "method": Literal[peft]}
 
-        m = get_method(self.method)
-        if m.peft_type is None:
-            raise LMSanitatorError(
-                "PSIM trains a parameter-efficient module: choose p-tuning, p-tuning-v2, "
-                "prompt-tuning or lora"
-            )
-        if self.head_init not in HEAD_INITS:
-            raise LMSanitatorError(
-                f"unknown head init '{self.head_init}': choose one of {', '.join(HEAD_INITS)}"
-            )
+    def check(self) -> None:
         if self.gamma is not None and not 0.0 < self.gamma < 1.0:
             raise LMSanitatorError(f"gamma must be in (0, 1), got {self.gamma}")
         if (
@@ -113,9 +136,7 @@ class PSIMConfig:
             raise LMSanitatorError(f"probe steps must be an integer >= 0, got {self.probe_steps!r}")
         self.tune_config()  # TuneConfig validates the rest
 
-    def tune_config(self):
-        from lmsanitator.tuning import TuneConfig
-
+    def tune_config(self) -> TuneConfig:
         return TuneConfig(
             method=self.method,
             epochs=self.epochs,
@@ -129,18 +150,9 @@ class PSIMConfig:
             device=self.device,
         )
 
-    @classmethod
-    def from_dict(cls, d: dict) -> PSIMConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
 
 def _attacker_head(encoder, num_labels: int) -> dict | None:
     """The released classifier in the model folder (``classifier.safetensors``), if it fits."""
-    from safetensors.torch import load_file
-
-    from lmsanitator.attacks.poisoning import CLASSIFIER_FILE
-
     p = Path(str(encoder.path)) / CLASSIFIER_FILE
     if not p.is_file():
         return None
@@ -154,13 +166,12 @@ def _attacker_head(encoder, num_labels: int) -> dict | None:
 class PSIM:
     """Fit on a task (labels reset at random), then flag inputs with extreme confidence."""
 
+    # learned in fit (or read by load): model_ (the tuned module), gamma_ (the threshold), info_
+
     def __init__(self, config: PSIMConfig | None = None, **overrides):
         self.config = config or PSIMConfig(**overrides)
         if config is not None and overrides:
-            self.config = PSIMConfig(**{**asdict(config), **overrides})
-        self.model_ = None
-        self.gamma_: float | None = None
-        self.info_: dict = {}
+            self.config = replace(config, **overrides)
 
     # ---- training ------------------------------------------------------------------------------
     def _init_head(self, model, task, encoder) -> str:
@@ -208,8 +219,6 @@ class PSIM:
 
     def fit(self, encoder, task, *, progress: bool = False) -> PSIM:
         """Train the module on ``task.train`` with labels reset uniformly at random over all K classes."""
-        from lmsanitator.tuning import Tuner
-
         c = self.config
         if task.kind != "sequence":
             raise LMSanitatorError("PSIM needs a sequence-classification task")
@@ -244,7 +253,7 @@ class PSIM:
 
     # ---- inference -----------------------------------------------------------------------------
     def _require(self):
-        if self.model_ is None:
+        if getattr(self, "model_", None) is None:
             raise LMSanitatorError("PSIM is not fitted: call fit() or PSIM.load()")
         return self.model_
 
@@ -283,9 +292,8 @@ class PSIM:
 
     # ---- persistence ---------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
-        """The module (a tuned-model folder) plus ``psim.json`` (gamma, config, how it was made)."""
-        from lmsanitator.core.io import write_json_atomic
-
+        """The module (a tuned-model folder) plus ``psim.json`` (gamma, config, which options were
+        chosen rather than left at their defaults, how it was made)."""
         model = self._require()
         model.save(folder)
         write_json_atomic(
@@ -294,15 +302,14 @@ class PSIM:
                 "format": "psim",
                 "version": 1,
                 "gamma": self.gamma_,
-                "config": asdict(self.config),
+                "config": self.config.to_dict(),
+                "changed": self.config.changed(),
                 **self.info_,
             },
         )
 
     @classmethod
     def load(cls, folder: str | Path, *, device: str = "cpu") -> PSIM:
-        from lmsanitator.tuning import TunedModel
-
         p = Path(folder) / PSIM_JSON
         if not p.is_file():
             raise LMSanitatorError(
@@ -317,7 +324,7 @@ class PSIM:
         psim = cls(config)
         psim.model_ = TunedModel.load(folder, device=device)
         psim.gamma_ = gamma
-        psim.info_ = {k: v for k, v in info.items() if k not in ("format", "version", "gamma", "config")}
+        psim.info_ = {k: v for k, v in info.items() if k not in _PSIM_JSON_HEADER}
         return psim
 
 
