@@ -1,5 +1,6 @@
 """Downstream tuning (every method x tiny architecture), feature taps, ASR metrics and the CLI."""
 
+import dataclasses
 import functools
 import json
 import random
@@ -9,6 +10,8 @@ import pytest
 import torch
 
 from lmsanitator.cli.main import main
+from lmsanitator.core import architectures
+from lmsanitator.core.config import option_choices
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data.tasks import Example, Task
 from lmsanitator.metrics import attack_success, macro_f1, token_attack_success
@@ -112,7 +115,7 @@ def test_every_method_on_every_architecture(arch, method, mlm, tmp_path):
         assert not any(
             n.startswith("backbone.") and "lora_" not in n and "prompt_encoder" not in n for n in trainable
         )
-    for n, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad and p.grad is not None:
             p.data -= 0.5 * p.grad  # one crude step, so the saved adapter is not the initial one
     after = enc.model.state_dict()
@@ -222,18 +225,19 @@ def test_prefix_changes_the_encoder_output_and_keeps_positions():
 
 
 def test_probe_catches_an_ignored_prefix(monkeypatch):
-    """Even without the explicit block list, ALBERT's prefix failure is reported as a one-line error."""
-    from lmsanitator.tuning import methods
-
-    monkeypatch.setitem(
-        methods.METHODS,
-        "p-tuning-v2",
-        methods.Method(
-            "p-tuning-v2", "no block list", lr=5e-3, prefix_len=4, target="cls", peft_type="prefix"
-        ),
-    )
-    with pytest.raises(LMSanitatorError, match="albert"):
+    """Even without the table's 'unsupported' entry, ALBERT's prefix failure is a one-line error."""
+    row = architectures.ARCHITECTURES["albert"]
+    monkeypatch.setitem(architectures.ARCHITECTURES, "albert", dataclasses.replace(row, unsupported={}))
+    with pytest.raises(LMSanitatorError, match="albert") as err:
         TunedModel(tiny_encoder("albert"), TaskInfo.of(toy_task()), TuneConfig("p-tuning-v2", max_length=32))
+    assert "ignores the key/value prefix" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unsupported_methods_come_from_the_architecture_table():
+    with pytest.raises(LMSanitatorError, match="does not work on 'xlnet' models: XLNet keeps"):
+        TunedModel(tiny_encoder("xlnet"), TaskInfo.of(toy_task()), TuneConfig("lora", max_length=32))
+    with pytest.raises(LMSanitatorError, match="does not work on 'mpnet' models: its attention layers"):
+        TunedModel(tiny_encoder("mpnet"), TaskInfo.of(toy_task()), TuneConfig("p-tuning-v2", max_length=32))
 
 
 @pytest.mark.parametrize("method", ["p-tuning-v2", "prompt-tuning", "lora", "full"])
@@ -298,6 +302,8 @@ def test_load_refuses_another_base_model(tmp_path):
         ({"prefix_len": 0}, "prefix length"),
         ({"warmup": 1.5}, "warmup"),
         ({"device": "tpu"}, "device"),
+        ({"keep": "first"}, "keep"),
+        ({"head_dropout": 1.0}, "head dropout"),
     ],
 )
 def test_config_validates_itself(kw, msg):
@@ -310,6 +316,39 @@ def test_config_defaults_per_method():
     assert TuneConfig("full").lr == 5e-5 and TuneConfig("full").head_lr == 1e-3
     c = TuneConfig("lora", lr=2e-3)
     assert TuneConfig.from_dict(c.to_dict()) == c
+    assert option_choices(TuneConfig, "method") == list(METHODS)
+    assert all(TuneConfig.help(f.name) for f in dataclasses.fields(TuneConfig))
+
+
+def test_config_changed_ignores_resolved_defaults():
+    """A per-method default filled in on construction is still a default, also after a JSON round trip."""
+    assert (
+        TuneConfig("p-tuning-v2").changed() == [] and TuneConfig("p-tuning-v2", prefix_len=16).changed() == []
+    )
+    c = TuneConfig("full", lr=5e-3, prefix_len=None, seed=2)
+    assert c.changed() == ["lr", "seed"] and c.head_lr == 5e-3  # head_lr = max(lr, 1e-3): a default
+    assert TuneConfig.from_dict(json.loads(json.dumps(c.to_dict()))).changed() == ["lr", "seed"]
+    assert TuneConfig("full", head_lr=2e-3).changed() == ["head_lr"]
+    assert c.for_task(64).max_length == 64 and c.max_length is None  # the caller's config stays
+    assert TuneConfig("full", max_length=40).for_task(64).max_length == 40
+
+
+def test_tune_json_records_the_changed_options(tmp_path):
+    enc = tiny_encoder("bert")
+    model = Tuner(TuneConfig("lora", epochs=1, lr=2e-3, seed=5)).fit(enc, toy_task(n=16))
+    assert model.config.max_length == 32  # the task's, filled in by fit: not a choice
+    model.save(tmp_path)
+    info = json.loads((tmp_path / "tune.json").read_text())
+    assert info["changed"] == ["epochs", "lr", "seed"] and info["format_version"] == 1
+    assert info["config"]["lr"] == 2e-3 and info["config"]["max_length"] == 32
+    assert TunedModel.load(tmp_path, enc).info()["changed"] == ["epochs", "lr", "seed"]
+    # a folder written before the key existed still loads; what was chosen is then not known
+    del info["changed"]
+    (tmp_path / "tune.json").write_text(json.dumps(info))
+    old = TunedModel.load(tmp_path, enc)
+    assert old.changed_options is None and old.info()["changed"] is None
+    assert old.max_length == model.max_length and old.report["best_epoch"] == 1
+    np.testing.assert_allclose(old.predict(TEXTS), model.predict(TEXTS), atol=1e-5)
 
 
 # ============================================================================ metrics
@@ -455,12 +494,14 @@ def test_cli_predict_and_asr(tuned_dir, csv_task, tmp_path, capsys):
     assert "ASR" in capsys.readouterr().out
 
 
-def test_cli_evaluate_is_a_group():
-    from lmsanitator.cli.main import _parser
-    from lmsanitator.tuning import cli as tcli
-
-    _parser()
-    assert tcli.EVALUATE_SUBPARSERS is not None and "asr" in tcli.EVALUATE_COMMANDS
+def test_cli_evaluate_is_a_group(capsys):
+    """``evaluate`` takes sub-commands, ``asr`` among them (asked through the parser, not its internals)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "asr", "--help"])
+    assert exit_.value.code == 0 and "--adapter" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate"])
+    assert exit_.value.code == 2
 
 
 def _bad(argv, capsys):

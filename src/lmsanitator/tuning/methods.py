@@ -18,53 +18,25 @@ full           full fine-tuning (contrast: the encoder is NOT frozen)   [CLS] la
 
 Token-classification tasks put the linear head on every token and read every real token.
 
-Known limits (transformers 5.x, peft 0.21), raised as one-line errors:
+Which method works on which architecture is the ``unsupported`` column of
+:mod:`lmsanitator.core.architectures`, raised as one-line errors:
 
-* ``p-tuning-v2`` needs attention layers that take ``past_key_values``: BERT- and RoBERTa-family
-  models. ALBERT, DeBERTa-v2, MPNet and XLNet attention ignore or reject them (checked by a probe
-  forward pass as well, so a silently ignored prefix is caught on any architecture).
-* ``lora`` needs ``nn.Linear`` query/value projections; XLNet stores them as raw parameter tensors.
+* ``p-tuning-v2`` needs attention layers that take ``past_key_values`` (the table's
+  ``attention_prefix``: BERT- and RoBERTa-family models). ALBERT, DeBERTa, MPNet and XLNet
+  attention ignore or reject them; a probe forward pass catches a silently ignored prefix on any
+  architecture as well.
+* ``lora`` needs ``nn.Linear`` query/value projections (the table's ``lora_targets``); XLNet stores
+  them as raw parameter tensors.
 * ``p-tuning`` does not do token classification (as in the LMSanitator paper).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
+from lmsanitator.core.architectures import architecture
 from lmsanitator.core.errors import LMSanitatorError
-
-# model_type -> LoRA target module names (query, value)
-LORA_TARGETS: dict[str, list[str]] = {
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "xlm-roberta": ["query", "value"],
-    "camembert": ["query", "value"],
-    "albert": ["query", "value"],
-    "electra": ["query", "value"],
-    "ernie": ["query", "value"],
-    "megatron-bert": ["query", "value"],
-    "nezha": ["query", "value"],
-    "roformer": ["query", "value"],
-    "deberta-v2": ["query_proj", "value_proj"],
-    "deberta": ["in_proj"],
-    "mpnet": ["q", "v"],
-    "distilbert": ["q_lin", "v_lin"],
-    "modernbert": ["Wqkv"],
-}
-# model types whose attention takes a prefix through past_key_values (documentation; the probe decides)
-PREFIX_OK = {
-    "bert",
-    "roberta",
-    "xlm-roberta",
-    "camembert",
-    "electra",
-    "ernie",
-    "megatron-bert",
-    "nezha",
-    "roformer",
-}
-# model types that build position ids the RoBERTa way (from the padding index)
-ROBERTA_POSITIONS = {"roberta", "xlm-roberta", "camembert"}
 
 
 @dataclass(frozen=True)
@@ -78,7 +50,6 @@ class Method:
     target: str  # feature read for sequence tasks: "cls" or "mask"
     peft_type: str | None  # "prefix", "prompt", "p-tuning", "lora" or None (full fine-tuning)
     token_tasks: bool = True
-    unsupported: dict[str, str] = field(default_factory=dict)  # model_type -> reason
 
     @property
     def prepends_tokens(self) -> bool:
@@ -95,10 +66,7 @@ class Method:
                 f"method '{self.name}' does not support token classification "
                 "(use p-tuning-v2, prompt-tuning, lora or full)"
             )
-        if model_type in self.unsupported:
-            raise LMSanitatorError(
-                f"method '{self.name}' does not work on '{model_type}' models: {self.unsupported[model_type]}"
-            )
+        architecture(model_type).check_method(self.name)
 
     def peft_config(
         self,
@@ -110,10 +78,15 @@ class Method:
         encoder_hidden: int = 128,
     ):
         """The peft config for ``encoder`` (None for full fine-tuning)."""
-        from peft import LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType
+        from peft import (  # noqa: PLC0415  heavy: peft imports transformers; keeps `lmsanitator --help` fast
+            LoraConfig,
+            PrefixTuningConfig,
+            PromptEncoderConfig,
+            PromptTuningConfig,
+            TaskType,
+        )
 
         ft = TaskType.FEATURE_EXTRACTION
-        cfg = encoder.config
         token_dim = int(encoder.model.get_input_embeddings().weight.shape[1])
         if self.peft_type == "prefix":
             return PrefixTuningConfig(task_type=ft, num_virtual_tokens=n_virtual, prefix_projection=False)
@@ -131,7 +104,8 @@ class Method:
                 encoder_reparameterization_type="MLP",
             )
         if self.peft_type == "lora":
-            targets = LORA_TARGETS.get(cfg.model_type, ["query", "value"])
+            # a list, as before the table, so adapter_config.json reads the same
+            targets = list(architecture(encoder.model_type).lora_targets)
             return LoraConfig(
                 task_type=ft,
                 r=lora_r,
@@ -142,11 +116,6 @@ class Method:
             )
         return None
 
-
-_NO_PREFIX = (
-    "its attention layers in transformers 5.x do not take a key/value prefix (past_key_values); "
-    "use prompt-tuning, p-tuning or lora"
-)
 
 METHODS: dict[str, Method] = {}
 
@@ -176,9 +145,6 @@ register_method(
         prefix_len=16,
         target="cls",
         peft_type="prefix",
-        unsupported={
-            t: _NO_PREFIX for t in ("albert", "deberta-v2", "deberta", "mpnet", "xlnet", "distilbert")
-        },
     )
 )
 register_method(
@@ -199,10 +165,6 @@ register_method(
         prefix_len=None,
         target="cls",
         peft_type="lora",
-        unsupported={
-            "xlnet": "XLNet keeps its query/value projections as raw parameter tensors, not nn.Linear "
-            "modules, so LoRA cannot wrap them; use prompt-tuning, p-tuning or full"
-        },
     )
 )
 register_method(
@@ -215,6 +177,10 @@ register_method(
         peft_type=None,
     )
 )
+
+
+# the built-in method names, as the option type of TuneConfig.method (the CLI's choices)
+MethodName = Literal[tuple(METHODS)]
 
 
 def get_method(name: str) -> Method:

@@ -10,87 +10,31 @@ backdoors control (:meth:`TunedModel.forward_with_features`):
 
 Prepended virtual tokens (prompt-tuning, p-tuning) add positions in front of the input; the hidden
 states are cut back to the input positions before any tap, so feature positions always refer to
-the tokenizer's ``input_ids``.
-
-Folder layout written by :meth:`TunedModel.save`: ``tune.json`` (method, model, fingerprint, task,
-labels, settings, metrics), the peft adapter (``adapter_config.json``,
-``adapter_model.safetensors``) or, for full fine-tuning, ``encoder.safetensors``, and
-``head.safetensors`` when there is a linear head.
+the tokenizer's ``input_ids``. Tokenisation lives in :mod:`lmsanitator.tuning.encoding`, the peft
+setup in :mod:`lmsanitator.tuning.adapter`, the folder format in :mod:`lmsanitator.tuning.artifact`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import logging
-import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from lmsanitator.core.architectures import architecture
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.metrics.classification import accuracy, flatten, macro_f1
-from lmsanitator.models import Encoder, load_encoder, tap
+from lmsanitator.models import Encoder, tap
+from lmsanitator.tuning import encoding
+from lmsanitator.tuning.adapter import attach_adapter, first_line, mlm_head_of, quiet_peft
+from lmsanitator.tuning.artifact import load_tuned, save_tuned, tune_info
 from lmsanitator.tuning.config import TuneConfig
-from lmsanitator.tuning.methods import ROBERTA_POSITIONS, Method, get_method
-
-FORMAT_VERSION = 1
-TUNE_JSON = "tune.json"
-HEAD_FILE = "head.safetensors"
-FULL_FILE = "encoder.safetensors"
-NO_TOKEN_TYPES = {"roberta", "xlm-roberta", "camembert", "mpnet", "distilbert", "modernbert"}
-IGNORE = -100
-
-
-def _quiet_peft() -> None:
-    warnings.filterwarnings("ignore", module="peft")
-    warnings.filterwarnings("ignore", message=".*[Tt]oken type ids.*")
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    logging.getLogger("peft").setLevel(logging.ERROR)
-
-
-@dataclass
-class TaskInfo:
-    """What a tuned model keeps of its task."""
-
-    name: str
-    kind: str
-    labels: tuple[str, ...]
-    template: str = "{mask} : {text}"
-    verbalizer: tuple[str, ...] | None = None
-    pair: bool = False
-
-    @classmethod
-    def of(cls, task) -> TaskInfo:
-        return cls(
-            name=task.name,
-            kind=task.kind,
-            labels=tuple(task.labels),
-            template=task.template,
-            verbalizer=tuple(task.verbalizer) if task.verbalizer else None,
-            pair=task.is_pair,
-        )
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["labels"] = list(self.labels)
-        d["verbalizer"] = list(self.verbalizer) if self.verbalizer else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TaskInfo:
-        return cls(
-            name=d["name"],
-            kind=d["kind"],
-            labels=tuple(d["labels"]),
-            template=d.get("template", "{mask} : {text}"),
-            verbalizer=tuple(d["verbalizer"]) if d.get("verbalizer") else None,
-            pair=bool(d.get("pair")),
-        )
+from lmsanitator.tuning.encoding import IGNORE, TaskInfo
+from lmsanitator.tuning.methods import Method, get_method
 
 
 @dataclass
@@ -115,29 +59,30 @@ class ForwardOutput:
         return iter((self.logits, self.features, self.rows))
 
 
-def _mlm_head_of(mlm_model: nn.Module) -> nn.Module | None:
-    """The MLM head of a ``*ForMaskedLM`` model when it is one module beside the encoder."""
-    prefix = getattr(mlm_model, "base_model_prefix", "")
-    others = [m for name, m in mlm_model.named_children() if name != prefix]
-    return others[0] if len(others) == 1 else None
-
-
-def _input_dim(model: nn.Module) -> int:
-    return int(model.get_input_embeddings().weight.shape[1])
-
-
 class TunedModel(nn.Module):
     """A downstream classifier on a (frozen) encoder. Build with :class:`~lmsanitator.tuning.Tuner`
-    or :meth:`load`; predict with :meth:`predict`."""
+    or :meth:`load`; predict with :meth:`predict`.
+
+    ``changed`` names the options the user set away from their defaults (recorded in tune.json;
+    default: ``config.changed()``).
+    """
 
     def __init__(
-        self, encoder: Encoder, task: TaskInfo, config: TuneConfig, *, adapter_dir: str | Path | None = None
+        self,
+        encoder: Encoder,
+        task: TaskInfo,
+        config: TuneConfig,
+        *,
+        adapter_dir: str | Path | None = None,
+        changed: list[str] | None = None,
     ):
         super().__init__()
-        _quiet_peft()
+        quiet_peft()
         self.method: Method = get_method(config.method)
         self.method.check(encoder.model_type, task.kind)
+        self.arch = architecture(encoder.model_type)
         self.config = config
+        self.changed_options: list[str] | None = config.changed() if changed is None else list(changed)
         self.task = task
         self.tokenizer = encoder.tokenizer
         self.model_type = encoder.model_type
@@ -150,16 +95,31 @@ class TunedModel(nn.Module):
             encoder.require_target("mask")
         self.n_virtual = int(config.prefix_len) if self.method.prepends_tokens else 0
         self.report: dict = {}
+        base = self._build_heads(encoder)
+        n_prefix = self.n_virtual or (config.prefix_len if self.method.peft_type == "prefix" else 0) or 0
+        self.max_length = encoding.max_length_room(
+            config.max_length or 128,
+            self.tokenizer,
+            self.arch.positions,
+            getattr(base.config, "max_position_embeddings", None),
+            n_prefix,
+        )
+        self.backbone = attach_adapter(self.method, config, base, encoder, self.n_virtual, adapter_dir)
+        self.to(encoder.device)
+        self._probe()
 
-        # ---- which modules: encoder copy (never the caller's encoder), MLM head, linear head
+    # ================================================================== construction helpers
+    def _build_heads(self, encoder: Encoder) -> nn.Module:
+        """Set the MLM head (verbalizer) or the linear head; return the encoder copy to adapt
+        (never the caller's encoder)."""
+        task, config = self.task, self.config
         self.verbalizer_words: tuple[str, ...] | None = None
-        verbalizer_ids = None
         mlm_head = None
         if self.target == "mask" and config.use_verbalizer and encoder.has_mlm_head and task.verbalizer:
             mlm_copy = copy.deepcopy(encoder.model)
-            mlm_head = _mlm_head_of(mlm_copy)
+            mlm_head = mlm_head_of(mlm_copy)
             if mlm_head is not None:
-                verbalizer_ids = self._verbalizer_ids(task.verbalizer)
+                ids = encoding.verbalizer_ids(self.tokenizer, task.verbalizer)
                 base = mlm_copy.base_model
         if mlm_head is None:
             base = copy.deepcopy(encoder.backbone)
@@ -168,90 +128,13 @@ class TunedModel(nn.Module):
             self.verbalizer_words = task.verbalizer
             for p in mlm_head.parameters():
                 p.requires_grad_(False)
-            self.register_buffer(
-                "verbalizer_ids", torch.tensor(verbalizer_ids, dtype=torch.long), persistent=False
-            )
+            self.register_buffer("verbalizer_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
         else:
             self.verbalizer_ids = None
         hidden = int(getattr(base.config, "hidden_size", None) or base.config.d_model)
         self.head = None if mlm_head is not None else nn.Linear(hidden, len(task.labels))
         self.drop = nn.Dropout(config.head_dropout)
-
-        # ---- the adapter
-        self.max_length = self._max_length(base, config, task)
-        if self.method.peft_type is None:
-            self.backbone = base
-            for n, p in base.named_parameters():  # the pooler and XLNet's mask_emb never reach the output
-                p.requires_grad_(not (n.startswith("pooler.") or n == "mask_emb"))
-        else:
-            for p in base.parameters():
-                p.requires_grad_(False)
-            try:
-                if adapter_dir is not None:
-                    from peft import PeftModel
-
-                    self.backbone = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
-                else:
-                    from peft import get_peft_model
-
-                    pcfg = self.method.peft_config(
-                        encoder,
-                        self.n_virtual or int(config.prefix_len or 0),
-                        config.lora_r,
-                        config.lora_alpha,
-                        config.lora_dropout,
-                        config.prompt_encoder_hidden,
-                    )
-                    self.backbone = get_peft_model(base, pcfg)
-            except LMSanitatorError:
-                raise
-            except Exception as exc:
-                msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise LMSanitatorError(
-                    f"cannot set up {self.method.name} on '{encoder.model_type}': {msg}"
-                ) from None
-            for (
-                n,
-                p,
-            ) in (
-                self.backbone.named_parameters()
-            ):  # only the adapter trains (peft leaves e.g. XLNet's mask_emb)
-                p.requires_grad_(adapter_dir is None and ("lora_" in n or n.startswith("prompt_encoder")))
-        self.to(encoder.device)
-        self._probe()
-
-    # ================================================================== construction helpers
-    def _verbalizer_ids(self, words: Sequence[str]) -> list[int]:
-        ids = []
-        for w in words:
-            pieces = self.tokenizer.tokenize(" " + w) or self.tokenizer.tokenize(w)
-            if not pieces:
-                raise LMSanitatorError(f"label word '{w}' is empty after tokenization")
-            ids.append(int(self.tokenizer.convert_tokens_to_ids(pieces[0])))
-        if len(set(ids)) != len(ids):
-            raise LMSanitatorError(
-                f"label words {', '.join(words)} share a first sub-token; choose distinct words"
-            )
-        return ids
-
-    def _max_length(self, base: nn.Module, config: TuneConfig, task: TaskInfo) -> int:
-        want = config.max_length or 128
-        limit = getattr(self.tokenizer, "model_max_length", want) or want
-        want = min(want, int(limit) if limit < 1e6 else want)
-        if self.model_type not in ("xlnet", "deberta-v2", "deberta"):  # absolute position embeddings
-            max_pos = int(getattr(base.config, "max_position_embeddings", 512) or 512)
-            if self.model_type in ROBERTA_POSITIONS or self.model_type in ("mpnet",):
-                max_pos -= 2  # positions start after the padding index
-            room = max_pos - (
-                self.n_virtual or (config.prefix_len if self.method.peft_type == "prefix" else 0) or 0
-            )
-            if room < 8:
-                raise LMSanitatorError(
-                    f"prefix length {config.prefix_len} leaves no room for the input "
-                    f"(the model has {max_pos} positions)"
-                )
-            want = min(want, room)
-        return int(want)
+        return base
 
     def _probe(self) -> None:
         """One tiny forward pass: errors now, and a prefix the model silently ignores, are caught."""
@@ -273,9 +156,8 @@ class TunedModel(nn.Module):
         except LMSanitatorError:
             raise
         except Exception as exc:
-            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise LMSanitatorError(
-                f"method '{self.method.name}' does not run on '{self.model_type}': {msg}"
+                f"method '{self.method.name}' does not run on '{self.model_type}': {first_line(exc)}"
             ) from None
         finally:
             self.train(was)
@@ -294,62 +176,20 @@ class TunedModel(nn.Module):
         return next(self.backbone.parameters()).device
 
     def apply_template(self, text: str) -> str:
-        return self.task.template.replace("{mask}", self.tokenizer.mask_token).replace("{text}", text)
+        return encoding.apply_template(self.task.template, text, self.tokenizer.mask_token)
 
     def encode(
         self, texts: Sequence, pairs: Sequence[str | None] | None = None, labels: Sequence | None = None
     ) -> list[dict]:
         """Tokenize raw inputs (strings, or word lists for token tasks) into padding-free items."""
-        tok = self.tokenizer
         if pairs is not None and len(pairs) != len(texts):
             raise LMSanitatorError(f"{len(texts)} texts but {len(pairs)} text pairs")
         if self.task.kind == "token":
-            words = [list(t) if not isinstance(t, str) else t.split() for t in texts]
-            if any(not w for w in words):
-                raise LMSanitatorError("token classification input with no tokens")
-            try:
-                enc = tok(words, is_split_into_words=True, truncation=True, max_length=self.max_length)
-            except ValueError as exc:
-                raise LMSanitatorError(f"tokenizer cannot take pre-split words: {exc}") from None
-            items = []
-            for i in range(len(words)):
-                wids = enc.word_ids(i)
-                item = {k: enc[k][i] for k in ("input_ids", "token_type_ids") if k in enc}
-                word_index, first, prev = [], [], None
-                for w in wids:
-                    word_index.append(-1 if w is None else w)
-                    first.append(w is not None and w != prev)
-                    prev = w
-                item["word_index"], item["first"] = word_index, first
-                item["n_words"] = len(words[i])
-                if labels is not None:
-                    y = labels[i]
-                    item["labels"] = [int(y[w]) if f else IGNORE for w, f in zip(word_index, first)]
-                items.append(item)
-            return items
-        first_field = [self.apply_template(t) for t in texts] if self.target == "mask" else list(texts)
-        if pairs is not None and all(p is None for p in pairs):
-            pairs = None
-        if pairs is not None and any(p is None for p in pairs):
-            raise LMSanitatorError("mixed inputs: some have a text_pair and some do not")
-        enc = tok(
-            first_field,
-            list(pairs) if pairs is not None else None,
-            truncation=True,
-            max_length=self.max_length,
+            return encoding.encode_words(self.tokenizer, texts, self.max_length, labels)
+        template = self.task.template if self.target == "mask" else None
+        return encoding.encode_texts(
+            self.tokenizer, texts, pairs, self.max_length, template=template, labels=labels
         )
-        items = []
-        for i in range(len(texts)):
-            item = {k: enc[k][i] for k in ("input_ids", "token_type_ids") if k in enc}
-            if self.target == "mask" and tok.mask_token_id not in item["input_ids"]:
-                raise LMSanitatorError(
-                    "the [MASK] of the P-tuning template was cut off by truncation; "
-                    "put {mask} before {text} in the task template"
-                )
-            if labels is not None:
-                item["labels"] = int(labels[i])
-            items.append(item)
-        return items
 
     def encode_examples(self, examples) -> list[dict]:
         if self.task.kind == "token":
@@ -359,35 +199,13 @@ class TunedModel(nn.Module):
 
     def collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
         """Pad a list of items to the longest (dynamic padding) on the tokenizer's padding side."""
-        tok = self.tokenizer
-        T = max(len(it["input_ids"]) for it in items)
-        # left padding (XLNet) would put pads between prepended virtual tokens and the text and so
-        # change relative distances; with virtual tokens, pad on the right (taps find [CLS] by id)
-        left = getattr(tok, "padding_side", "right") == "left" and not self.n_virtual
-
-        def pad(seq, value):
-            extra = [value] * (T - len(seq))
-            return extra + list(seq) if left else list(seq) + extra
-
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        batch = {
-            "input_ids": torch.tensor([pad(it["input_ids"], pad_id) for it in items]),
-            "attention_mask": torch.tensor([pad([1] * len(it["input_ids"]), 0) for it in items]),
-        }
-        if "token_type_ids" in items[0]:
-            batch["token_type_ids"] = torch.tensor(
-                [pad(it["token_type_ids"], getattr(tok, "pad_token_type_id", 0)) for it in items]
-            )
-        if "word_index" in items[0]:
-            batch["word_index"] = torch.tensor([pad(it["word_index"], -1) for it in items])
-            batch["first"] = torch.tensor([pad(it["first"], False) for it in items])
-        if "labels" in items[0]:
-            if self.task.kind == "token":
-                batch["labels"] = torch.tensor([pad(it["labels"], IGNORE) for it in items])
-            else:
-                batch["labels"] = torch.tensor([it["labels"] for it in items])
-        dev = self.device
-        return {k: v.to(dev) for k, v in batch.items()}
+        return encoding.collate(
+            items,
+            self.tokenizer,
+            virtual_tokens=self.n_virtual,
+            token_task=self.task.kind == "token",
+            device=self.device,
+        )
 
     # ================================================================== forward
     def base_model(self) -> nn.Module:
@@ -395,17 +213,13 @@ class TunedModel(nn.Module):
 
     def _plain_kwargs(self, batch) -> dict:
         kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        if "token_type_ids" in batch and self.model_type not in NO_TOKEN_TYPES:
+        if "token_type_ids" in batch and self.arch.token_types:
             kw["token_type_ids"] = batch["token_type_ids"]
         return kw
 
     def _positions(self, ids: torch.Tensor) -> torch.Tensor:
         """Position ids the model would use without a prefix (the cache would shift them)."""
-        if self.model_type in ROBERTA_POSITIONS:
-            pad = int(self.base_model().config.pad_token_id)
-            m = (ids != pad).long()
-            return torch.cumsum(m, dim=1) * m + pad
-        return torch.arange(ids.shape[1], device=ids.device).unsqueeze(0).expand_as(ids)
+        return encoding.position_ids(ids, self.arch.positions, self.base_model().config.pad_token_id)
 
     def _hidden(self, batch) -> torch.Tensor:
         """Last hidden state aligned with ``batch["input_ids"]`` (virtual positions removed)."""
@@ -574,48 +388,12 @@ class TunedModel(nn.Module):
                 params[n].copy_(v)
 
     def info(self) -> dict:
-        return {
-            "format_version": FORMAT_VERSION,
-            "method": self.method.name,
-            "model": self.base_name,
-            "model_path": self.base_path,
-            "model_type": self.model_type,
-            "fingerprint": self.base_fingerprint,
-            "task": self.task.name,
-            "kind": self.task.kind,
-            "labels": list(self.task.labels),
-            "target": self.target,
-            "virtual_tokens": self.n_virtual,
-            "max_length": self.max_length,
-            "verbalizer": list(self.verbalizer_words) if self.verbalizer_words else None,
-            "head": "verbalizer (frozen MLM head at [MASK])"
-            if self.mlm_head is not None
-            else f"linear on {self.target}",
-            "task_info": self.task.to_dict(),
-            "config": self.config.to_dict(),
-            **self.report,
-        }
+        """What ``tune.json`` records (see :mod:`lmsanitator.tuning.artifact`)."""
+        return tune_info(self)
 
     def save(self, folder: str | Path) -> None:
         """Write adapter (safetensors), head and ``tune.json`` into an existing folder."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        if self.method.peft_type is None:
-            save_file(
-                {k: v.detach().contiguous().cpu() for k, v in self.backbone.state_dict().items()},
-                str(folder / FULL_FILE),
-            )
-        else:
-            self.backbone.save_pretrained(str(folder), safe_serialization=True)
-        if self.head is not None:
-            save_file(
-                {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
-                str(folder / HEAD_FILE),
-            )
-        with open(folder / TUNE_JSON, "w", encoding="utf-8") as f:
-            json.dump(self.info(), f, indent=2)
-            f.write("\n")
+        save_tuned(self, folder)
 
     @classmethod
     def load(cls, folder: str | Path, encoder: Encoder | None = None, *, device: str = "cpu") -> TunedModel:
@@ -624,73 +402,4 @@ class TunedModel(nn.Module):
         The base encoder is loaded from the recorded model (or given as ``encoder``); a base whose
         fingerprint differs from the one the adapter was trained on is refused.
         """
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        info = read_tune_json(folder)
-        recorded = encoder is None
-        if encoder is None:
-            ref = info.get("model_path") or info["model"]
-            if not Path(str(ref)).exists():
-                ref = info["model"]
-            encoder = load_encoder(ref, device=device)
-        if encoder.fingerprint() != info["fingerprint"]:
-            raise LMSanitatorError(
-                f"adapter '{folder}' was trained on a different base model (fingerprint "
-                f"{info['fingerprint'][:12]}..., this encoder {encoder.fingerprint()[:12]}...)"
-            )
-        try:
-            config = TuneConfig.from_dict(info["config"])
-            task = TaskInfo.from_dict(info["task_info"])
-        except (KeyError, TypeError) as exc:
-            raise LMSanitatorError(f"'{folder / TUNE_JSON}' is incomplete: {exc}") from None
-        method = get_method(config.method)
-        try:
-            model = cls(encoder, task, config, adapter_dir=folder if method.peft_type else None)
-            if method.peft_type is None:
-                model.backbone.load_state_dict(load_file(str(folder / FULL_FILE)))
-            if model.head is not None:
-                model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
-        except LMSanitatorError:
-            raise
-        except Exception as exc:
-            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise LMSanitatorError(f"cannot load the tuned model in '{folder}': {msg}") from None
-        if recorded:
-            model.base_name = info["model"]
-        model.report = {
-            k: info[k]
-            for k in (
-                "splits",
-                "metrics",
-                "accuracy",
-                "macro_f1",
-                "seconds",
-                "history",
-                "best_epoch",
-                "trainable_parameters",
-                "task_spec",
-            )
-            if k in info
-        }
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.eval()
-        return model
-
-
-def read_tune_json(folder: str | Path) -> dict:
-    folder = Path(folder)
-    p = folder / TUNE_JSON
-    if not folder.is_dir():
-        raise LMSanitatorError(f"adapter folder '{folder}' does not exist")
-    if not p.is_file():
-        raise LMSanitatorError(f"'{folder}' is not a tuned-model folder (no {TUNE_JSON})")
-    try:
-        info = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LMSanitatorError(f"cannot read '{p}': {exc}") from None
-    for k in ("method", "model", "fingerprint", "labels", "config", "task_info"):
-        if k not in info:
-            raise LMSanitatorError(f"'{p}' lacks the field '{k}'")
-    return info
+        return load_tuned(cls, folder, encoder, device=device)

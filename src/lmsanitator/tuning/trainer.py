@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import sys
@@ -37,61 +36,32 @@ class Tuner:
         self.config = config
 
     def fit(self, encoder: Encoder, task, *, progress: bool = False, prepare=None) -> TunedModel:
-        """``prepare(model, task)``, when given, runs on the freshly built model before training
+        """The fitted :class:`TunedModel` (with its ``report``); the Tuner keeps no state.
+
+        ``prepare(model, task)``, when given, runs on the freshly built model before training
         (e.g. to initialise the head)."""
-        cfg = self.config
-        method = get_method(cfg.method)
-        method.check(encoder.model_type, task.kind)
-        if cfg.max_length is None:  # the task's default; the caller's config is left as it was
-            cfg = dataclasses.replace(cfg, max_length=task.max_length)
+        cfg = self.config.for_task(task.max_length)  # the caller's config is left as it was
+        get_method(cfg.method).check(encoder.model_type, task.kind)
         t0 = time.time()
         seed_everything(cfg.seed)
-        model = TunedModel(encoder, TaskInfo.of(task), cfg)
+        # what the user chose, asked before for_task filled in the task's max_length
+        model = TunedModel(encoder, TaskInfo.of(task), cfg, changed=self.config.changed())
         if prepare is not None:
             prepare(model, task)
         train_items = model.encode_examples(task.train)
-        val_items = model.encode_examples(task.validation)
+        model.encode_examples(task.validation)  # a bad validation input fails now, not after an epoch
 
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not trainable:
             raise LMSanitatorError(f"method '{cfg.method}' left nothing to train")
-        head = [p for n, p in trainable if n.startswith("head.")]
-        body = [p for n, p in trainable if not n.startswith("head.")]
-        groups = [
-            g for g in ({"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}) if g["params"]
-        ]
-        opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-        steps_per_epoch = math.ceil(len(train_items) / cfg.batch_size)
-        total = steps_per_epoch * cfg.epochs
-        warm = int(cfg.warmup * total)
-
-        def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
-            if step < warm:
-                return (step + 1) / (warm + 1)
-            return max(0.0, (total - step) / max(1, total - warm))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        opt, sched = _optimizer(trainable, cfg, math.ceil(len(train_items) / cfg.batch_size) * cfg.epochs)
         gen = torch.Generator().manual_seed(cfg.seed)
         best_score, best_epoch, best_state, stale = -math.inf, 0, None, 0
         history = []
         for epoch in range(1, cfg.epochs + 1):
             te = time.time()
-            model.train()
             perm = torch.randperm(len(train_items), generator=gen).tolist()
-            losses = []
-            for s in range(0, len(perm), cfg.batch_size):
-                batch = model.collate([train_items[i] for i in perm[s : s + cfg.batch_size]])
-                loss = model.loss(batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
-                opt.step()
-                sched.step()
-                losses.append(float(loss.detach()))
-                if not math.isfinite(losses[-1]):
-                    raise LMSanitatorError(
-                        f"training diverged (loss {losses[-1]}) at epoch {epoch}: lower --lr"
-                    )
+            losses = _train_epoch(model, [train_items[i] for i in perm], trainable, opt, sched, cfg, epoch)
             val = model.evaluate(task.validation)
             score = val["macro_f1"] if task.kind == "token" else val["accuracy"]
             history.append(
@@ -120,15 +90,53 @@ class Tuner:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        test = model.evaluate(task.test)
-        model.report = {
-            "splits": task.sizes(),
-            "metrics": {"test": test, "validation": history[best_epoch - 1]["validation"]},
-            "accuracy": test["accuracy"],
-            "macro_f1": test["macro_f1"],
-            "best_epoch": best_epoch,
-            "history": history,
-            "trainable_parameters": sum(p.numel() for _, p in trainable),
-            "seconds": round(time.time() - t0, 1),
-        }
+        model.report = _report(model, task, history, best_epoch, trainable, t0)
         return model
+
+
+def _report(model: TunedModel, task, history: list[dict], best_epoch: int, trainable, t0: float) -> dict:
+    """The fitted model's report: test metrics, the kept epoch's validation, the history."""
+    test = model.evaluate(task.test)
+    return {
+        "splits": task.sizes(),
+        "metrics": {"test": test, "validation": history[best_epoch - 1]["validation"]},
+        "accuracy": test["accuracy"],
+        "macro_f1": test["macro_f1"],
+        "best_epoch": best_epoch,
+        "history": history,
+        "trainable_parameters": sum(p.numel() for _, p in trainable),
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def _optimizer(trainable, cfg: TuneConfig, total: int):
+    """AdamW (the head at ``head_lr``, the rest at ``lr``) with linear warm-up, then linear decay to 0."""
+    head = [p for n, p in trainable if n.startswith("head.")]
+    body = [p for n, p in trainable if not n.startswith("head.")]
+    groups = [g for g in ({"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}) if g["params"]]
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    warm = int(cfg.warmup * total)
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+def _train_epoch(model: TunedModel, items: list[dict], trainable, opt, sched, cfg: TuneConfig, epoch: int):
+    """One pass over ``items`` (already shuffled); the loss of each batch."""
+    model.train()
+    losses = []
+    for s in range(0, len(items), cfg.batch_size):
+        loss = model.loss(model.collate(items[s : s + cfg.batch_size]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]):
+            raise LMSanitatorError(f"training diverged (loss {losses[-1]}) at epoch {epoch}: lower --lr")
+    return losses
