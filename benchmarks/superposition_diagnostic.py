@@ -19,10 +19,11 @@ import torch
 
 from lmsanitator.data import load_corpus, sample, split_corpus
 from lmsanitator.data.pvset import PVSet
-from lmsanitator.experiments.detection import SEARCH_SETTINGS
+from lmsanitator.experiments.detection import scan_config
+from lmsanitator.experiments.search import SEARCH_SETTINGS
 from lmsanitator.metrics import sign_match
 from lmsanitator.models import load_encoder
-from lmsanitator.scan import PVMiner, ScanConfig
+from lmsanitator.scan import PVMiner
 
 
 def main(mode: str, model_dir: str, pvset: str, start: int, loops: int) -> None:
@@ -38,7 +39,9 @@ def main(mode: str, model_dir: str, pvset: str, start: int, loops: int) -> None:
         last_seed=start - 1,
     )
     miner = PVMiner(
-        ScanConfig(target=kept.target, loops=loops, mode="search", stop_at_first=False, **SEARCH_SETTINGS)
+        scan_config(
+            kept.target, {**SEARCH_SETTINGS, "loops": loops, "mode": "search", "stop_at_first": False}
+        )
     )
     miner.warm_start(subset)
     n0 = len(miner.pvs_)

@@ -4,6 +4,7 @@ on real SPLADE-tiny models (clean, fine-tuned, POR-backdoored with random trigge
 import json
 
 import pytest
+import torch
 
 from lmsanitator.cli.main import main
 from lmsanitator.core.errors import LMSanitatorError
@@ -129,6 +130,8 @@ def test_pv_search_summary_and_plot(tmp_path):
     assert (tmp_path / "pv_recall.png").stat().st_size > 1000
 
 
+@pytest.mark.experiment
+@pytest.mark.real
 def test_detection_quick_on_real_models(tmp_path, capsys):
     """Real SPLADE-tiny: the bundled model, a copy fully fine-tuned on tweets, and two POR implants
     with random triggers; the scan must tell them apart and the found PVs must match planted ones."""
@@ -139,8 +142,8 @@ def test_detection_quick_on_real_models(tmp_path, capsys):
     s = res["summary"]
     assert printed["summary"] == s
     assert (s["n_clean"], s["n_backdoored"]) == (2, 2)
-    assert s["accuracy"] == (4 - s["false_positives"] - s["false_negatives"]) / 4
-    assert s["accuracy"] >= 0.75
+    # the clean copies stall above T_div in all 6 loops; each POR implant collapses at fuzz seed 0
+    assert (s["false_positives"], s["false_negatives"], s["accuracy"]) == (0, 0, 1.0)
     fps = {r["scan"]["fingerprint"] for r in res["records"]}
     assert len(fps) == 4  # fine-tuning and implants really changed the weights
     ft = [r for r in res["records"] if r.get("finetune")][0]["finetune"]
@@ -148,8 +151,9 @@ def test_detection_quick_on_real_models(tmp_path, capsys):
     for r in res["records"]:
         if r["unit"]["kind"] == "backdoored":
             assert r["attack"]["min_hit_rate"] >= 0.9  # the implants work
-            if r["scan"]["verdict"] == "backdoored":
-                assert r["scan"]["pv_agreement"] >= 0.8
+            assert r["scan"]["verdict"] == "backdoored" and r["scan"]["pv_agreement"] >= 0.9
+        else:
+            assert r["scan"]["verdict"] == "clean" and r["scan"]["loops_run"] == 6
     assert "| **all** |" in (out / "table.md").read_text()
     # a second call reuses the finished units (the work folder) and rewrites the same numbers
     assert (
@@ -165,6 +169,8 @@ def model_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("models")
 
 
+@pytest.mark.experiment
+@pytest.mark.real
 @pytest.mark.parametrize(
     "name,keys,plot",
     [
@@ -249,7 +255,7 @@ def test_search_pvs_continues_a_kept_search(tiny_bert_dir, tmp_path):
     """A larger budget continues the kept search from its last fuzz seed instead of restarting;
     a request within the kept budget reuses it without mining."""
     from lmsanitator.data import load_corpus
-    from lmsanitator.experiments.detection import search_config, search_pvs
+    from lmsanitator.experiments.search import search_config, search_pvs
 
     corpus = load_corpus("austen")[:3000]
     model = {"base": str(tiny_bert_dir), "target": "cls", "finetune": None, "attack": None}
@@ -275,7 +281,7 @@ def test_search_pvs_probes_a_kept_search_once(tiny_bert_dir, tmp_path):
     """Switching antipode probes on keeps the kept search (same key): a spent budget runs only the
     probes it never ran, once; a second request mines nothing."""
     from lmsanitator.data import load_corpus
-    from lmsanitator.experiments.detection import search_config, search_pvs
+    from lmsanitator.experiments.search import search_config, search_pvs
 
     corpus = load_corpus("austen")[:3000]
     model = {"base": str(tiny_bert_dir), "target": "cls", "finetune": None, "attack": None}
@@ -293,10 +299,13 @@ def test_search_pvs_probes_a_kept_search_once(tiny_bert_dir, tmp_path):
         "range_factor": 100.0,
     }
     plain, info1 = search_pvs(model, corpus, {**easy, "antipode_probe": False}, ctx)
-    assert len(plain) >= 1 and info1.get("probes_run", 0) == 0
+    assert len(plain) == 2 and plain.seeds == [0, 1] and info1.get("probes_run", 0) == 0
     probed, info2 = search_pvs(model, corpus, {**easy, "antipode_probe": True}, ctx)
     assert info2["loops_run"] == 2 and probed.last_seed == plain.last_seed  # no new fuzz seeds
-    assert 1 <= info2["probes_run"] <= len(plain) and len(probed) >= len(plain)
+    # one probe per kept PV, each yielding the opposite PV (permissive thresholds)
+    assert info2["probes_run"] == 2 and len(probed) == 4 and probed.seeds == [0, 1, 0, 1]
+    assert [x.get("probe_of") for x in probed.losses] == [None, None, 0, 1]
+    assert torch.equal(probed.pvs[:2], plain.pvs)  # the kept PVs are taken over, not mined again
     assert all(x.get("probed") or x.get("probe_of") is not None for x in probed.losses)
     again, info3 = search_pvs(model, corpus, {**easy, "antipode_probe": True}, ctx)
     assert info3["probes_run"] == info2["probes_run"] and len(again) == len(probed)

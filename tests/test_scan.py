@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -5,10 +6,11 @@ import pytest
 import torch
 
 from lmsanitator.cli.main import main
+from lmsanitator.core.config import option_choices, option_default
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data import load_corpus
-from lmsanitator.models import special_ids, tiny_encoder
-from lmsanitator.scan import PVMiner, PVSet, ScanConfig, build_prompt_batches, t_div_for
+from lmsanitator.models import TARGETS, special_ids, tiny_encoder
+from lmsanitator.scan import FoundPV, PVMiner, PVSet, ScanConfig, build_prompt_batches, t_div_for
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +19,32 @@ def sentences():
 
 
 def test_detection_and_search_train_their_own_way():
-    detect, search = ScanConfig(), ScanConfig(mode="search", stop_at_first=False)
+    detect, search = ScanConfig(), ScanConfig(mode="search")
     assert (detect.epochs, detect.abort_epoch, detect.resolved(True)["lr"]) == (3, 1, 3e-3)
     assert (search.epochs, search.abort_epoch, search.resolved(True)["lr"]) == (6, 2, 1e-3)
+    # search mode keeps mining after the first PV without being told twice
+    assert detect.stop_at_first is True and search.stop_at_first is False
+    assert ScanConfig(mode="search", stop_at_first=True).stop_at_first is True
     assert ScanConfig(epochs=4).abort_epoch == 1  # the paper's check: end of epoch 2 of 4
     with pytest.raises(LMSanitatorError, match="mode"):
         ScanConfig(mode="hunt")
+    with pytest.raises(LMSanitatorError, match="target"):
+        ScanConfig(target="pooler")
+
+
+def test_scan_config_options_and_changed():
+    """One Config: Literal options (the CLI's choices), help on every field, the CLI's max_length,
+    and ``changed`` names what was chosen - a mode's own defaults are not a choice."""
+    assert option_choices(ScanConfig, "target") == list(TARGETS)
+    assert option_choices(ScanConfig, "mode") == ["detect", "search"]
+    assert all(ScanConfig.help(f.name) for f in dataclasses.fields(ScanConfig))
+    assert option_default(ScanConfig, "max_length") == 64  # what `lmsanitator scan` uses
+    assert ScanConfig().changed() == [] and ScanConfig(mode="search").changed() == ["mode"]
+    assert ScanConfig(mode="search", stop_at_first=False, epochs=6).changed() == ["mode"]
+    assert ScanConfig(epochs=4, t_l=0.5, max_length=128).changed() == ["max_length", "epochs", "t_l"]
+    assert ScanConfig.from_dict(ScanConfig(epochs=4).to_dict()) == ScanConfig(epochs=4)
+    with pytest.raises(LMSanitatorError, match="unknown option"):
+        ScanConfig.from_dict({"epoch": 3})
 
 
 def test_t_div_is_derived_from_the_batch_size():
@@ -64,10 +86,20 @@ def test_miner_is_deterministic_and_reports(sentences):
     b = PVMiner(cfg).fit(enc, sentences[:64], progress=False)
     assert [c.distance for c in a.candidates_] == [c.distance for c in b.candidates_]
     rep = a.report_
-    assert rep["verdict"] in ("clean", "backdoored") and rep["loops_run"] == 2
+    # a random tiny BERT has no PV: its batches stay diverse
+    assert rep["verdict"] == "clean" and rep["loops_run"] == 2 and rep["pvs"] == []
     assert rep["thresholds"]["t_div"] == pytest.approx(t_div_for(16))
+    assert rep["changed"] == [
+        "sentences",
+        "batch_size",
+        "max_length",
+        "epochs",
+        "abort_epoch",
+        "loops",
+        "stop_at_first",
+    ]
     for c in rep["candidates"]:
-        assert c["reason"]
+        assert not c["accepted"] and c["reason"].startswith("diversity")
     json.dumps(rep)
 
 
@@ -147,8 +179,12 @@ def test_acceptance_filters_and_path_loss(sentences):
         stop_at_first=False,
     )
     m = PVMiner(cfg).fit(enc, sentences[:32], progress=False)
-    assert len(m.pvs_) >= 1 and m.report_["verdict"] == "backdoored"
-    assert len(m.soft_prompts_) == len(m.pvs_)
+    # every loop and its antipode probe (stop_at_first=False probes) yield a unique PV
+    assert len(m.pvs_) == 6 and m.probes_run_ == 3 and m.report_["verdict"] == "backdoored"
+    assert all(c.accepted for c in m.candidates_) and [c.pv_index for c in m.candidates_] == list(range(6))
+    assert all(c.min_mse_to_pvs is None or c.min_mse_to_pvs >= cfg.t_l for c in m.candidates_)
+    assert len(m.soft_prompts_) == len(m.pvs_) == len(m.found_)
+    assert m.found_[1].probe_of == 0 and m.found_[1].seed == m.found_[0].seed == 0
     assert m.soft_prompts_[0].shape == (cfg.prompt_length, enc.input_embeddings().shape[1])
     strict = PVMiner(
         ScanConfig(
@@ -164,7 +200,8 @@ def test_acceptance_filters_and_path_loss(sentences):
         )
     ).fit(enc, sentences[:32], progress=False)
     c = strict.candidates_[0]
-    assert c.accepted == c.prompt_in_range
+    # two epochs keep the soft prompt inside the embedding matrix's own range (range_factor 1)
+    assert c.accepted and c.prompt_in_range and c.prompt_excess <= 0
 
 
 def test_pvset_round_trip_and_checks(tmp_path):
@@ -211,7 +248,14 @@ def _scan_args(model_dir, corpus, *extra):
     ]
 
 
-def test_cli_scan_report_and_sarif(tiny_bert_dir, small_corpus_file, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "thresholds,expect",
+    [
+        ([], 0),  # a random tiny BERT is clean at the default thresholds
+        (["--t-l", "1e-6", "--t-div", "-0.001"], 1),  # permissive: seed 0 already passes
+    ],
+)
+def test_cli_scan_report_and_sarif(thresholds, expect, tiny_bert_dir, small_corpus_file, tmp_path, capsys):
     rep, sarif = tmp_path / "r.json", tmp_path / "r.sarif"
     rc = main(
         [
@@ -223,17 +267,22 @@ def test_cli_scan_report_and_sarif(tiny_bert_dir, small_corpus_file, tmp_path, c
             str(rep),
             "--sarif",
             str(sarif),
-            *_scan_args(tiny_bert_dir, small_corpus_file),
+            *_scan_args(tiny_bert_dir, small_corpus_file, *thresholds),
         ]
     )
     out = capsys.readouterr().out.strip().splitlines()
-    assert rc in (0, 1) and len(out) == 1
+    assert rc == expect and len(out) == 1
     r = json.loads(rep.read_text())
-    assert r["verdict"] == ("backdoored" if rc == 1 else "clean")
-    for k in ("model", "corpus", "loops_run", "seconds", "thresholds", "candidates", "pvs"):
+    assert r["verdict"] == ("backdoored" if expect else "clean")
+    assert r["loops_run"] == (1 if expect else 2) and len(r["pvs"]) == expect
+    for k in ("model", "corpus", "loops_run", "seconds", "thresholds", "candidates", "pvs", "config"):
         assert k in r
+    # the CLI's flags are the chosen values; everything else is ScanConfig's default
+    assert r["changed"] == ["sentences", "batch_size", "max_length", "epochs", "loops"] + (
+        ["t_l", "t_div"] if expect else []
+    )
     s = json.loads(sarif.read_text())
-    assert s["version"] == "2.1.0" and len(s["runs"][0]["results"]) == rc
+    assert s["version"] == "2.1.0" and len(s["runs"][0]["results"]) == expect
 
 
 def test_cli_search_saves_and_resumes(tiny_bert_dir, small_corpus_file, tmp_path, capsys):
@@ -250,9 +299,11 @@ def test_cli_search_saves_and_resumes(tiny_bert_dir, small_corpus_file, tmp_path
             *_scan_args(tiny_bert_dir, small_corpus_file, *permissive),
         ]
     )
-    assert rc in (0, 1) and out.is_file()
+    assert rc == 1 and out.is_file()
     first = PVSet.load(out)
-    assert first.last_seed == 1
+    # permissive thresholds: both seeds and their antipode probes yield a PV
+    assert first.last_seed == 1 and len(first) == 4 and first.seeds == [0, 0, 1, 1]
+    assert [x.get("probe_of") for x in first.losses] == [None, 0, None, 2]
     rc = main(
         [
             "search",
@@ -266,7 +317,7 @@ def test_cli_search_saves_and_resumes(tiny_bert_dir, small_corpus_file, tmp_path
         ]
     )
     second = PVSet.load(out)
-    assert second.last_seed == 2 and len(second) >= len(first)
+    assert second.last_seed == 2 and len(second) == 6 and second.seeds == [0, 0, 1, 1, 2, 2]
     assert torch.equal(second.pvs[: len(first)], first.pvs)  # earlier PVs are kept
     # refusing to clobber, and resuming on another model
     assert (
@@ -360,11 +411,12 @@ def test_cli_search_patience_spans_resumes(tiny_bert_dir, small_corpus_file, tmp
 )
 def test_cli_scan_bad_input(extra, needle, tiny_bert_dir, small_corpus_file, capsys):
     args = ["scan", str(tiny_bert_dir), "--corpus", str(small_corpus_file), "--no-progress", *extra]
-    assert main(args) == 2 if "--target" not in extra else True
-    if "--target" in extra:
+    if "--target" in extra:  # argparse refuses the choice itself
         with pytest.raises(SystemExit) as e:
             main(args)
         assert e.value.code == 2
+    else:
+        assert main(args) == 2
     assert needle in capsys.readouterr().err
 
 
@@ -403,8 +455,7 @@ def test_warm_start_keeps_soft_prompts_row_aligned(tmp_path):
     old = PVSet(pvs=torch.randn(2, 8), target="cls", seeds=[0, 3], last_seed=5)
     m = PVMiner(loops=1)
     assert m.warm_start(old) == 6
-    m.pvs_.append(torch.randn(8))
-    m.soft_prompts_.append(torch.ones(7, 8))
+    m.found_.append(FoundPV(pv=torch.randn(8), soft_prompt=torch.ones(7, 8), seed=6))
     sp = _stack_prompts(m.soft_prompts_)
     assert sp.shape == (3, 7, 8) and torch.isnan(sp[:2]).all() and torch.equal(sp[2], torch.ones(7, 8))
     assert PVMiner.loops_since_new_pv(old) == 2
@@ -432,18 +483,20 @@ def test_antipode_probe_runs_once_per_fuzz_found_pv(sentences, tmp_path):
         mode="search",
     )
     m = PVMiner(ScanConfig(loops=1, **kw)).fit(enc, sentences[:32], progress=False)
-    probes = [c for c in m.candidates_ if c.probe_of is not None]
-    assert m.loops_run_ == 1 and m.probes_run_ == len(probes) <= 1
+    # seed 0 yields a PV and its probe (pulled to -v, permissive thresholds) a second one
+    assert [(c.seed, c.probe_of, c.accepted) for c in m.candidates_] == [(0, None, True), (0, 0, True)]
+    assert m.loops_run_ == 1 and m.probes_run_ == 1 and len(m.pvs_) == 2
     assert m.report_["probes_run"] == m.probes_run_ and m.last_seed_ == 0
     assert m.unprobed() == 0 and all(x.get("probed") for x in m.pv_losses_)
-    if probes and probes[0].accepted:
-        assert m.pv_losses_[-1]["probe_of"] == 0 and m.pv_seeds_[-1] == m.pv_seeds_[0]  # patience untouched
+    assert m.pv_losses_[-1]["probe_of"] == 0 and m.pv_seeds_ == [0, 0]  # the probe leaves the patience alone
     f = tmp_path / "s.safetensors"
     PVSet.from_miner(m, enc).save(f)
     again = PVMiner(ScanConfig(loops=1, **kw))
     start = again.warm_start(PVSet.load(f))
     again.fit(enc, sentences[:32], start_seed=start, progress=False)
-    assert all(c.probe_of != 0 for c in again.candidates_)  # PV 0 is not probed twice
+    # PV 0 is not probed twice: only seed 1's new PV (index 2) gets its probe
+    assert [(c.seed, c.probe_of) for c in again.candidates_] == [(1, None), (1, 2)]
+    assert len(again.pvs_) == 4 and again.probes_run_ == 1
     off = PVMiner(ScanConfig(loops=1, antipode_probe=False, **kw)).fit(enc, sentences[:32], progress=False)
     assert off.probes_run_ == 0 and off.unprobed() == len(off.pvs_)
     with pytest.raises(LMSanitatorError, match="lambda_probe"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from lmsanitator.data import load_corpus
 from lmsanitator.experiments.base import Context, Experiment
 from lmsanitator.experiments.detection import build_model, mine, model_recipe
 
@@ -63,8 +64,6 @@ class Ablation(Experiment):
         ]
 
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
-        from lmsanitator.data import load_corpus
-
         corpus = load_corpus(config["corpus"])
         encoder, _, rec = build_model(
             config["model"], corpus, ctx, config["attack_verify_sentences"], cache=True
@@ -119,10 +118,10 @@ class Ablation(Experiment):
         return summary, "\n".join(lines)
 
     def plot(self, config: dict, records: list[dict], summary: dict, folder: Path) -> list[str]:
-        import matplotlib
+        import matplotlib  # noqa: PLC0415  heavy: matplotlib loads only for plots
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415  heavy: matplotlib loads only for plots
 
         fig, ax = plt.subplots(figsize=(6, 3.2))
         names = [r["unit"]["variant"] for r in records]

@@ -58,7 +58,10 @@ def adaptive_units(
 
 class Adaptive(Detection):
     name = "adaptive"
-    paper = "LMSanitator Tables 7, 8, 17, 18 (adaptive attacks: fewer triggers, scattering, frequent words, Wasserstein)"
+    paper = (
+        "LMSanitator Tables 7, 8, 17, 18 (adaptive attacks: fewer triggers, scattering, frequent words, "
+        "Wasserstein)"
+    )
     description = (
         "Detection rate of the scan (fuzz loops of 6 epochs, stop at the first legit PV) on POR models "
         "built with one adaptive option each; hit rate = the implant's own strength on held-out text."
@@ -98,8 +101,8 @@ class Adaptive(Detection):
             cells.setdefault((r["unit"]["table"], r["unit"]["cell"]), []).append(r)
         summary = {}
         lines = [
-            "| table | adaptive option | models | detection rate | hit rate (mean) | clean false-hit (mean) | "
-            "PV agreement (min) |",
+            "| table | adaptive option | models | detection rate | hit rate (mean) | "
+            "clean false-hit (mean) | PV agreement (min) |",
             "|---|---|---|---|---|---|---|",
         ]
         for (table, cell), rs in cells.items():

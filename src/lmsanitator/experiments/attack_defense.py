@@ -11,8 +11,14 @@ inserts them (each trigger at a random word position of correctly classified tes
 
 from __future__ import annotations
 
+from lmsanitator.data import load_corpus
 from lmsanitator.experiments.base import Context, Experiment, sized_task
-from lmsanitator.experiments.detection import build_model, model_recipe, search_config, search_pvs
+from lmsanitator.experiments.detection import build_model, model_recipe
+from lmsanitator.experiments.search import search_config, search_pvs
+from lmsanitator.guard.evaluate import evaluate_guard
+from lmsanitator.guard.guard import Guard, GuardConfig
+from lmsanitator.models import load_encoder
+from lmsanitator.tuning import TuneConfig, Tuner
 
 METHODS_FOR = {"cls": ("p-tuning-v2", "lora", "prompt-tuning"), "mask": ("p-tuning",)}
 
@@ -67,12 +73,6 @@ class AttackDefense(Experiment):
         return config["units"]
 
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
-        from lmsanitator.data import load_corpus
-        from lmsanitator.guard.evaluate import evaluate_guard
-        from lmsanitator.guard.guard import Guard, GuardConfig
-        from lmsanitator.models import load_encoder
-        from lmsanitator.tuning import TuneConfig, Tuner
-
         corpus = load_corpus(config["corpus"])
         sz = config["sizes"]
         task = sized_task(unit["task"], sz["train"], sz["validation"], sz["test"])
@@ -118,7 +118,8 @@ class AttackDefense(Experiment):
         )
         self.extra(unit, config, ctx, victim, task, rec)
         ctx.say(
-            f"{unit['id']}: CA {100 * res['clean_accuracy']:.1f} -> {100 * res['clean_accuracy_guarded']:.1f}, "
+            f"{unit['id']}: CA {100 * res['clean_accuracy']:.1f} -> "
+            f"{100 * res['clean_accuracy_guarded']:.1f}, "
             f"ASR {100 * res['asr']:.1f} -> {100 * res['asr_guarded']:.1f} ({len(pvset)} PVs)"
         )
         return rec
@@ -147,6 +148,7 @@ class AttackDefense(Experiment):
             lines.append(
                 f"| {u['model']['base']} | {u['model']['attack']['name']} | {u['method']} | {u['task']} | "
                 f"{r['pvs_found']} | {100 * r['ca_clean_encoder']:.1f} | {100 * r['clean_accuracy']:.1f} | "
-                f"{100 * r['asr']:.1f} | {100 * r['clean_accuracy_guarded']:.1f} | {100 * r['asr_guarded']:.1f} |"
+                f"{100 * r['asr']:.1f} | {100 * r['clean_accuracy_guarded']:.1f} | "
+                f"{100 * r['asr_guarded']:.1f} |"
             )
         return summary, "\n".join(lines)

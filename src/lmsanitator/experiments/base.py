@@ -13,7 +13,9 @@ renamed, so it is either complete or absent.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import importlib.metadata as md
 import json
 import platform
 import re
@@ -27,12 +29,12 @@ from tqdm.auto import tqdm
 
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.core.io import atomic_output_dir, check_output_dir, write_json_atomic
+from lmsanitator.core.runtime import available_cores
+from lmsanitator.data import load_task
 
 
 def provenance() -> dict:
     """Library versions, machine and code revision: what a reader needs to trust or redo a number."""
-    import importlib.metadata as md
-
     versions = {}
     for pkg in ("lmsanitator", "torch", "transformers", "peft", "safetensors", "numpy"):
         try:
@@ -57,8 +59,6 @@ def provenance() -> dict:
         )
     except (OSError, subprocess.SubprocessError):
         pass
-    from lmsanitator.core.runtime import available_cores
-
     cores = available_cores()
     return {
         "versions": versions,
@@ -112,10 +112,6 @@ class Experiment:
 
 def sized_task(task, train: int, validation: int, test: int):
     """``task`` (a Task or a task name) with only its first train / validation / test examples."""
-    import dataclasses
-
-    from lmsanitator.data import load_task
-
     task = load_task(task) if isinstance(task, str) else task
     task = task.with_train_size(train).with_validation_size(validation)
     return dataclasses.replace(task, test=list(task.test)[:test])
@@ -151,6 +147,8 @@ def run_experiment(
     """Run (or resume) ``exp``; return the results, or None when only a shard was run. Without a
     shard every unit not yet in ``work`` runs here, so the last call assembles a sharded run.
     ``only``: a shell pattern over unit ids (``"splade-tiny.*"``); like a shard, it writes no results."""
+    # ~90 lines kept as one: the steps (check the output, pick units, run or reuse each, assemble,
+    # write atomically) must run in this order, and each is a few lines
     out = Path(out)
     if shard is None and only is None:
         check_output_dir(out, overwrite)  # fail before hours of work, not after
@@ -219,7 +217,8 @@ def run_experiment(
         head = (
             f"# {exp.name}: {exp.paper}\n\n{exp.description}\n\n"
             f"Command: `{results['provenance']['command']}`  \n"
-            f"Compute: {results['unit_seconds_total']:.0f} s of units on {results['provenance']['cores']} cores "
+            f"Compute: {results['unit_seconds_total']:.0f} s of units on "
+            f"{results['provenance']['cores']} cores "
             f"({results['provenance']['cpu']}){' - quick mode' if quick else ''}.\n\n"
         )
         figs = "".join(f"\n![{p}]({p})\n" for p in plots)

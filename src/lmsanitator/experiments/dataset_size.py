@@ -10,10 +10,17 @@ attack's triggers and how close the triggered inputs' encoder outputs stay to th
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
+import torch
+
+from lmsanitator.data import insert_trigger, load_corpus
 from lmsanitator.experiments.base import Context, Experiment, sized_task
 from lmsanitator.experiments.detection import build_model, model_recipe
+from lmsanitator.metrics import sign_match
+from lmsanitator.metrics.asr import evaluate_asr
+from lmsanitator.tuning import TuneConfig, Tuner
 
 
 class DatasetSize(Experiment):
@@ -51,15 +58,6 @@ class DatasetSize(Experiment):
         ]
 
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
-        import random
-
-        import torch
-
-        from lmsanitator.data import insert_trigger, load_corpus
-        from lmsanitator.metrics import sign_match
-        from lmsanitator.metrics.asr import evaluate_asr
-        from lmsanitator.tuning import TuneConfig, Tuner
-
         corpus = load_corpus(config["corpus"])
         encoder, planted, rec = build_model(
             config["model"], corpus, ctx, config["attack_verify_sentences"], cache=True
@@ -121,10 +119,10 @@ class DatasetSize(Experiment):
         return summary, "\n".join(lines)
 
     def plot(self, config: dict, records: list[dict], summary: dict, folder: Path) -> list[str]:
-        import matplotlib
+        import matplotlib  # noqa: PLC0415  heavy: matplotlib loads only for plots
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415  heavy: matplotlib loads only for plots
 
         fig, ax = plt.subplots(figsize=(5, 3.2))
         xs = config["train_sizes"]

@@ -11,6 +11,9 @@ Each model is scanned at the read-out its downstream user would watch: ``cls`` f
 clean zoo is scanned at both read-outs in the same proportion, so the false-positive rate is
 measured at each. The scan never sees a trigger or a planted PV; those are used afterwards only to
 measure how well a found PV matches a planted one (sign agreement).
+
+The model zoo's recipes and :func:`build_model`, and :func:`mine`, are shared with the other
+experiments; the search mode they share (kept PV sets) is in :mod:`lmsanitator.experiments.search`.
 """
 
 from __future__ import annotations

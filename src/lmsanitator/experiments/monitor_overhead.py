@@ -8,9 +8,14 @@ rounds, at batch 1 and batch 32. The paper's post-monitor costs 11%; the goal he
 
 from __future__ import annotations
 
+from lmsanitator.data import load_corpus
 from lmsanitator.experiments.attack_defense import AttackDefense
 from lmsanitator.experiments.base import Context, sized_task
-from lmsanitator.experiments.detection import build_model, model_recipe, search_config, search_pvs
+from lmsanitator.experiments.detection import build_model, model_recipe
+from lmsanitator.experiments.search import search_config, search_pvs
+from lmsanitator.guard.guard import Guard, GuardConfig
+from lmsanitator.guard.speed import ab_overhead
+from lmsanitator.tuning import TuneConfig, Tuner
 
 
 class MonitorOverhead(AttackDefense):
@@ -53,11 +58,6 @@ class MonitorOverhead(AttackDefense):
         }
 
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
-        from lmsanitator.data import load_corpus
-        from lmsanitator.guard.guard import Guard, GuardConfig
-        from lmsanitator.guard.speed import ab_overhead
-        from lmsanitator.tuning import TuneConfig, Tuner
-
         corpus = load_corpus(config["corpus"])
         pvset, _ = search_pvs(unit["model"], corpus, config["search"], ctx, config["attack_verify_sentences"])
         sz = config["sizes"]

@@ -9,9 +9,12 @@ ASR a larger drop.
 
 from __future__ import annotations
 
+from lmsanitator.baselines.onion import ONION, ONIONConfig
 from lmsanitator.experiments.attack_defense import AttackDefense
 from lmsanitator.experiments.base import Context
 from lmsanitator.experiments.detection import model_recipe
+from lmsanitator.metrics.asr import example_inputs, triggered_inputs
+from lmsanitator.metrics.classification import attack_success
 
 
 class OnionCompare(AttackDefense):
@@ -51,10 +54,6 @@ class OnionCompare(AttackDefense):
         return cfg
 
     def extra(self, unit: dict, config: dict, ctx: Context, victim, task, rec: dict) -> None:
-        from lmsanitator.baselines.onion import ONION, ONIONConfig
-        from lmsanitator.metrics.asr import example_inputs, triggered_inputs
-        from lmsanitator.metrics.classification import attack_success
-
         onion = ONION(
             ONIONConfig(lm=config["onion"]["lm"], threshold=config["onion"]["threshold"], device=ctx.device)
         )

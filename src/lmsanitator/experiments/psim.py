@@ -15,7 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 
+from lmsanitator.attacks import WEIGHT_POISONING_ATTACKS, PoisonConfig
+from lmsanitator.attacks.poisoning import resolve_label
+from lmsanitator.core.io import atomic_output_dir
+from lmsanitator.data import load_task
 from lmsanitator.experiments.base import Context, Experiment, sized_task
+from lmsanitator.metrics.poisoning import PoisonSpec
+from lmsanitator.models import load_encoder
+from lmsanitator.psim import PSIM, PSIMConfig
+from lmsanitator.psim.evaluate import evaluate_psim
+from lmsanitator.tuning import TuneConfig, Tuner
 
 METHODS = ("lora", "p-tuning", "p-tuning-v2", "prompt-tuning")
 
@@ -66,11 +75,6 @@ class PSIMExperiment(Experiment):
 
     def _poisoned(self, unit: dict, config: dict, task, ctx: Context):
         """The poisoned encoder's folder (encoder + the attacker's head), built once."""
-        from lmsanitator.attacks import WEIGHT_POISONING_ATTACKS, PoisonConfig
-        from lmsanitator.core.io import atomic_output_dir
-        from lmsanitator.data import load_task
-        from lmsanitator.models import load_encoder
-
         recipe = {
             "base": config["base"],
             "task": config["task"],
@@ -107,14 +111,8 @@ class PSIMExperiment(Experiment):
         return folder, report
 
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
-        from lmsanitator.attacks import WEIGHT_POISONING_ATTACKS
-        from lmsanitator.data import load_task
-        from lmsanitator.metrics.poisoning import PoisonSpec
-        from lmsanitator.models import load_encoder
-        from lmsanitator.psim import PSIM, PSIMConfig
-        from lmsanitator.psim.evaluate import evaluate_psim
-        from lmsanitator.tuning import TuneConfig, Tuner
-
+        # ~70 lines kept as one: build the scenario, tune each victim, fit and evaluate PSIM - one
+        # linear recipe whose intermediate results all go into the record
         sz = config["sizes"]
         full = load_task(config["task"])
         task = sized_task(full, sz["train"], sz["validation"], sz["test"])
@@ -133,8 +131,6 @@ class PSIMExperiment(Experiment):
         else:  # PSIM's cost on a clean encoder; ASR measured with the BadNet trigger for reference
             model_path, attack_name = config["base"], config["clean_scenario_trigger"]
         cls = WEIGHT_POISONING_ATTACKS[attack_name]
-        from lmsanitator.attacks.poisoning import resolve_label
-
         spec = PoisonSpec(cls.default_trigger, resolve_label(task, config["target_label"]), cls.insertion)
         victims = []
         for method in config["methods"]:
@@ -199,22 +195,24 @@ class PSIMExperiment(Experiment):
             ),
         }
         lines = [
-            "| scenario | victim | CA | ASR | CA PSIM (gamma default) | ASR PSIM (gamma default) | CA PSIM (cal.) | "
-            "ASR PSIM (cal.) |",
+            "| scenario | victim | CA | ASR | CA PSIM (gamma default) | ASR PSIM (gamma default) | "
+            "CA PSIM (cal.) | ASR PSIM (cal.) |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in records:
             for v in r["victims"]:
                 b, d, c = v["before"], v["after_default_gamma"], v["after"]
                 lines.append(
-                    f"| {r['unit']['id']} | {v['method']} | {100 * b['clean_accuracy']:.1f} | {100 * b['asr']:.1f} "
-                    f"| {100 * d['clean_accuracy']:.1f} | {100 * d['asr']:.1f} | {100 * c['clean_accuracy']:.1f} "
-                    f"| {100 * c['asr']:.1f} |"
+                    f"| {r['unit']['id']} | {v['method']} | {100 * b['clean_accuracy']:.1f} "
+                    f"| {100 * b['asr']:.1f} | {100 * d['clean_accuracy']:.1f} | {100 * d['asr']:.1f} "
+                    f"| {100 * c['clean_accuracy']:.1f} | {100 * c['asr']:.1f} |"
                 )
             p = r["psim"]
             lines.append(
-                f"| {r['unit']['id']} | *flagged clean / poisoned* | | | {100 * p['flagged_clean_folder_gamma']:.1f}"
+                f"| {r['unit']['id']} | *flagged clean / poisoned* | | | "
+                f"{100 * p['flagged_clean_folder_gamma']:.1f}"
                 f" / {100 * (p['flagged_poisoned_folder_gamma'] or 0):.1f} | gamma {p['folder_gamma']:.3f} | "
-                f"{100 * p['flagged_clean']:.1f} / {100 * (p['flagged_poisoned'] or 0):.1f} | gamma {p['gamma']:.3f} |"
+                f"{100 * p['flagged_clean']:.1f} / {100 * (p['flagged_poisoned'] or 0):.1f} | "
+                f"gamma {p['gamma']:.3f} |"
             )
         return summary, "\n".join(lines)

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from lmsanitator.data import load_corpus
 from lmsanitator.experiments.base import Context, Experiment
-from lmsanitator.experiments.detection import build_model, model_recipe, search_config, search_pvs
+from lmsanitator.experiments.detection import build_model, model_recipe
+from lmsanitator.experiments.search import search_config, search_pvs
+from lmsanitator.metrics import sign_match
 
 RECOVERED_AT = 0.9
 T_MATCH = 0.8
@@ -50,11 +55,6 @@ class PVSearch(Experiment):
         return config["units"]
 
     def run_unit(self, unit: dict, config: dict, ctx: Context) -> dict:
-        import torch
-
-        from lmsanitator.data import load_corpus
-        from lmsanitator.metrics import sign_match
-
         corpus = load_corpus(config["corpus"])
         _, planted, rec = build_model(unit, corpus, ctx, config["attack_verify_sentences"], cache=True)
         pvset, info = search_pvs(unit, corpus, config["search"], ctx, config["attack_verify_sentences"])
@@ -105,14 +105,16 @@ class PVSearch(Experiment):
             "recovered_only_by_probes": sum(r["search"].get("recovered_only_by_probes", 0) for r in records),
         }
         lines = [
-            "| model | attack | target | planted PVs | recovered (>= 0.9) | of them only by a probe | recovered (>= 0.8) | "
-            "unintended | loops + antipode probes | seconds | agreement per planted PV |",
+            "| model | attack | target | planted PVs | recovered (>= 0.9) | of them only by a probe | "
+            "recovered (>= 0.8) | unintended | loops + antipode probes | seconds | "
+            "agreement per planted PV |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in records:
             u, s = r["unit"], r["search"]
             lines.append(
-                f"| {u['base']} | {u['attack']['name']} | {u['target']} | {s['planted']} | {s['recovered']} | "
+                f"| {u['base']} | {u['attack']['name']} | {u['target']} | {s['planted']} | "
+                f"{s['recovered']} | "
                 f"{s.get('recovered_only_by_probes', 0)} | {s['recovered_at_t_match']} | {s['unintended']} | "
                 f"{s['loops_run']} + {s.get('probes_run', 0)} | {s['seconds']:.0f} | "
                 + " ".join(f"{x:.2f}" for x in s["best_agreement_per_planted"])
@@ -126,10 +128,10 @@ class PVSearch(Experiment):
         return summary, "\n".join(lines)
 
     def plot(self, config: dict, records: list[dict], summary: dict, folder: Path) -> list[str]:
-        import matplotlib
+        import matplotlib  # noqa: PLC0415  heavy: matplotlib loads only for plots
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415  heavy: matplotlib loads only for plots
 
         names = [f"{r['unit']['attack']['name']}\n{r['unit']['base']}" for r in records]
         x = range(len(records))

@@ -2,6 +2,8 @@
 
 from lmsanitator.data.pvset import PVSet
 from lmsanitator.scan.config import ScanConfig, t_div_for
-from lmsanitator.scan.miner import PVMiner, build_prompt_batches
+from lmsanitator.scan.fuzz import Candidate, FoundPV
+from lmsanitator.scan.miner import PVMiner
+from lmsanitator.scan.prompts import build_prompt_batches
 
-__all__ = ["ScanConfig", "PVMiner", "PVSet", "build_prompt_batches", "t_div_for"]
+__all__ = ["Candidate", "FoundPV", "ScanConfig", "PVMiner", "PVSet", "build_prompt_batches", "t_div_for"]

@@ -19,8 +19,8 @@ variance of ~0.04, so a batch of *clean* sentences already has diversity -3.4456
 the T_div filter would accept anything. In clean-std units ``T_L`` defaults to 1.0 (outputs
 moved by one clean standard deviation per dimension on average) and the base learning rate to
 3e-3 in detection, 1e-3 in search (the initial gradients of these models already exceed T_grad,
-so the boost rarely engages; 2e-5 did not move the soft prompt within our CPU budget). ``standardize=False`` restores the
-paper's raw losses and Table 9/10 defaults.
+so the boost rarely engages; 2e-5 did not move the soft prompt within our CPU budget).
+``standardize=False`` restores the paper's raw losses and Table 9/10 defaults.
 
 Detection and search train their fuzz loops differently (the paper, too, gives the two modes
 their own learning rates, Tables 9-10). Detection needs one PV, fast: 3 epochs of 320 sentences at
@@ -48,16 +48,24 @@ collapse (MiniLM: diversity -3.378 vs T_div -3.446); on POR MiniLM it finds ``pt
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
+from lmsanitator.core.config import Config, option_default
 from lmsanitator.core.errors import LMSanitatorError
-from lmsanitator.models import TARGETS
 
 STANDARDIZED_T_L = 1.0
 STANDARDIZED_LR = {"detect": 3e-3, "search": 1e-3}
 DEFAULT_EPOCHS = {"detect": 3, "search": 6}
 DIV_MARGIN = 0.0197  # ln(32) - 3.446: how close to a full collapse the batch must get
+
+Mode = Literal["detect", "search"]
+Target = Literal["cls", "mask", "tokens"]  # models.TARGETS (tests check they agree)
+
+# None in the signature, resolved on construction from the mode (and epochs): see ScanConfig.default
+MODE_DEFAULTS = ("stop_at_first", "epochs", "abort_epoch")
 
 
 def default_t_l(bert_like: bool) -> float:
@@ -75,50 +83,132 @@ def t_div_for(batch_size: int) -> float:
 
 
 @dataclass
-class ScanConfig:
-    target: str = "cls"
-    sentences: int = 320  # the paper uses 2000; 320 (10 batches) keeps a loop under a minute on 2 CPU cores
-    batch_size: int = 32
-    max_length: int = 128
-    prompt_length: int = 7  # l_sp
-    max_prompt_position: int = 32  # prompt inserted at a word position in [1, min(32, n_words)]
+class ScanConfig(Config):
+    target: Target = field(
+        default="cls",
+        metadata={"help": "read-out the PVs are mined at: [CLS], the [MASK] token or every token"},
+    )
+    sentences: int = field(
+        default=320,
+        metadata={
+            "help": "clean sentences per epoch (the paper: 2000; 320 keeps a loop under a minute on 2 cores)"
+        },
+    )
+    batch_size: int = field(default=32, metadata={"help": "sentences per step; T_div follows from it"})
+    # the CLI's default (``lmsanitator scan``/``search`` read it from here): the scans in the README and
+    # benchmarks/RESULTS.md ran at 64; the experiments pin the 128 they were measured with
+    max_length: int = field(default=64, metadata={"help": "tokens per prompted sentence (truncated beyond)"})
+    prompt_length: int = field(default=7, metadata={"help": "soft-prompt vectors l_sp"})
+    max_prompt_position: int = field(
+        default=32, metadata={"help": "the prompt goes at a word position in [1, min(this, words)]"}
+    )
     # The paper trains 4 epochs of 2000 sentences (~250 steps per fuzz loop); ours are 320 sentences
-    # (10 steps). Default (None): 3 in detection at lr 3e-3, 6 in search at lr 1e-3 (module docstring).
-    # Clean models' loops stall well above T_div (-3.40) however long they run.
-    epochs: int | None = None
-    # 0-based: a seed with no PV by the end of this epoch is abandoned. Default: (epochs - 1) // 2,
-    # the paper's "end of epoch 2 of 4"; 2 of 6 in search, where the end of epoch 2 was too early (POR
-    # splade-tiny search: after epoch 3 of 6, 5 of 6 planted PVs in 20 loops; after epoch 2, loops are
-    # abandoned at distance -0.4 > -T_L and the search stopped at 1 PV after 10 such loops in a row).
-    abort_epoch: int | None = None
-    early_accept: bool = True  # stop a fuzz loop at the first epoch that passes T_L and T_div (see miner)
-    loops: int = 30
-    t_l: float | None = None
-    t_div: float | None = None
-    lr: float | None = None
-    lr_boost: float = 100.0
-    t_grad: float = 5e-3
-    lambda_distance: float = 1.0
-    lambda_diversity: float = 1.0
-    lambda_path: float = 0.5
-    path_loss: bool = True
-    # Search mode: after each PV v a fuzz loop found, one more loop pulled towards -v (PVMiner.fit).
-    antipode_probe: bool = True
-    lambda_probe: float = 1.0  # weight of that pull (MSE to -v, clean-std units)
-    adaptive_lr: bool = True
-    range_factor: float = 1.2
-    standardize: bool = True  # measure losses in units of the clean outputs' per-dimension std
-    stop_at_first: bool = True  # detection mode
-    seed: int = 0  # first fuzz seed
-    corpus_seed: int = 0  # which sentences, where the prompt goes
-    mode: str = "detect"
-    # Detection mode on a CPU: fuzz loops in this many forked single-thread processes (one loop each)
-    # instead of one process with intra-op threads; same verdict and PV (results taken in seed order).
-    workers: int = 1
+    # (10 steps). Clean models' loops stall well above T_div (-3.40) however long they run.
+    epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "epochs per fuzz loop (default: 3 in detection at lr 3e-3, 6 in search at lr 1e-3)"
+        },
+    )
+    # Default (epochs - 1) // 2, the paper's "end of epoch 2 of 4"; 2 of 6 in search, where the end of
+    # epoch 2 was too early (POR splade-tiny search: after epoch 3 of 6, 5 of 6 planted PVs in 20 loops;
+    # after epoch 2, loops are abandoned at distance -0.4 > -T_L and the search stopped at 1 PV after 10
+    # such loops in a row).
+    abort_epoch: int | None = field(
+        default=None,
+        metadata={"help": "0-based epoch after which a loop with no PV is abandoned (default (epochs-1)//2)"},
+    )
+    early_accept: bool = field(
+        default=True, metadata={"help": "stop a fuzz loop at the first epoch that passes T_L and T_div"}
+    )
+    loops: int = field(default=30, metadata={"help": "fuzz loops (fuzz seeds) to run at most"})
+    t_l: float | None = field(
+        default=None, metadata={"help": "distance threshold T_L (default 1.0 clean-std units; raw: 0.2/0.1)"}
+    )
+    t_div: float | None = field(
+        default=None, metadata={"help": "diversity threshold T_div (default -(ln batch_size - 0.0197))"}
+    )
+    lr: float | None = field(
+        default=None,
+        metadata={"help": "soft-prompt learning rate after the adaptive boost (default: see the module doc)"},
+    )
+    lr_boost: float = field(default=100.0, metadata={"help": "adaptive lr: start at lr_boost x lr"})
+    t_grad: float = field(
+        default=5e-3, metadata={"help": "adaptive lr: the boost ends when the largest gradient exceeds this"}
+    )
+    lambda_distance: float = field(default=1.0, metadata={"help": "weight of the distance loss L_D"})
+    lambda_diversity: float = field(default=1.0, metadata={"help": "weight of the diversity loss L_div"})
+    lambda_path: float = field(default=0.5, metadata={"help": "weight lambda_P of the path loss L_P"})
+    path_loss: bool = field(default=True, metadata={"help": "keep later loops away from PVs already found"})
+    antipode_probe: bool = field(
+        default=True,
+        metadata={"help": "search mode: after each PV v a fuzz loop finds, one more loop pulled towards -v"},
+    )
+    lambda_probe: float = field(
+        default=1.0, metadata={"help": "weight of the antipode probe's pull (MSE to -v, clean-std units)"}
+    )
+    adaptive_lr: bool = field(
+        default=True, metadata={"help": "boost the lr until the gradient exceeds t_grad"}
+    )
+    range_factor: float = field(
+        default=1.2, metadata={"help": "a legit soft prompt stays inside this x the embedding range"}
+    )
+    standardize: bool = field(
+        default=True, metadata={"help": "measure losses in units of the clean outputs' per-dimension std"}
+    )
+    stop_at_first: bool | None = field(
+        default=None, metadata={"help": "stop at the first legit PV (default: in detection mode only)"}
+    )
+    seed: int = field(default=0, metadata={"help": "first fuzz seed"})
+    corpus_seed: int = field(default=0, metadata={"help": "which sentences, and where the prompt goes"})
+    mode: Mode = field(default="detect", metadata={"help": "detection (is there a PV?) or search (every PV)"})
+    # Same verdict and PV as one process: detection's loops are independent, results taken in seed order.
+    workers: int = field(
+        default=1,
+        metadata={"help": "detection on a CPU: fuzz loops at once, each in a forked one-thread process"},
+    )
 
-    def __post_init__(self) -> None:
-        if self.target not in TARGETS:
-            raise LMSanitatorError(f"unknown target '{self.target}': choose one of {', '.join(TARGETS)}")
+    # ---- defaults that depend on other fields: the one place they are resolved --------------------------
+    def default(self, name: str, bert_like: bool | None = None):
+        """The value field ``name`` takes when it is not set. Mode-dependent fields (``MODE_DEFAULTS``)
+        are resolved from it on construction; the thresholds ``t_l``, ``t_div`` and ``lr`` stay None in
+        the config and are resolved per model family (``bert_like``) by :meth:`resolved`."""
+        if name == "stop_at_first":
+            return self.mode == "detect"
+        if name == "epochs":
+            return DEFAULT_EPOCHS[self.mode]
+        if name == "abort_epoch":
+            return (self.epochs - 1) // 2
+        if name == "t_l":
+            return STANDARDIZED_T_L if self.standardize else default_t_l(bert_like)
+        if name == "t_div":
+            return t_div_for(self.batch_size)
+        if name == "lr":
+            return STANDARDIZED_LR[self.mode] if self.standardize else default_lr(bert_like, self.mode)
+        return option_default(type(self), name)
+
+    def _resolve_mode_defaults(self) -> None:
+        if self.stop_at_first is None:
+            self.stop_at_first = self.default("stop_at_first")
+        if self.epochs is None:
+            self.epochs = self.default("epochs")
+        if self.abort_epoch is None and self.epochs >= 1:
+            self.abort_epoch = self.default("abort_epoch")
+
+    def changed(self) -> list[str]:
+        """Fields set away from their default; a mode-dependent field counts as changed only when it
+        differs from what the mode gives (``epochs=3`` in detection is the default)."""
+        cls = type(self)
+        return [
+            f.name
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name)
+            != (self.default(f.name) if f.name in MODE_DEFAULTS else option_default(cls, f.name))
+        ]
+
+    def check(self) -> None:
+        # runs after the Literal options are checked (the mode-dependent defaults need a valid mode)
+        self._resolve_mode_defaults()
         if self.batch_size < 2:
             raise LMSanitatorError("batch_size must be >= 2")
         if self.sentences < self.batch_size:
@@ -127,12 +217,6 @@ class ScanConfig:
             )
         if self.prompt_length < 1:
             raise LMSanitatorError("prompt_length must be >= 1")
-        if self.mode not in ("detect", "search"):
-            raise LMSanitatorError("mode must be detect or search")
-        if self.epochs is None:
-            self.epochs = DEFAULT_EPOCHS[self.mode]
-        if self.abort_epoch is None and self.epochs >= 1:
-            self.abort_epoch = (self.epochs - 1) // 2
         if self.epochs < 1 or not 0 <= self.abort_epoch < self.epochs:
             raise LMSanitatorError("need epochs >= 1 and 0 <= abort_epoch < epochs")
         if self.loops < 1:
@@ -154,14 +238,10 @@ class ScanConfig:
 
     def resolved(self, bert_like: bool) -> dict:
         """Thresholds actually used for a model family."""
-        if self.standardize:
-            t_l, lr = STANDARDIZED_T_L, STANDARDIZED_LR[self.mode]
-        else:
-            t_l, lr = default_t_l(bert_like), default_lr(bert_like, self.mode)
         return {
-            "t_l": self.t_l if self.t_l is not None else t_l,
-            "t_div": self.t_div if self.t_div is not None else t_div_for(self.batch_size),
-            "lr": self.lr if self.lr is not None else lr,
+            "t_l": self.t_l if self.t_l is not None else self.default("t_l", bert_like),
+            "t_div": self.t_div if self.t_div is not None else self.default("t_div"),
+            "lr": self.lr if self.lr is not None else self.default("lr", bert_like),
             "standardize": self.standardize,
             "lr_boost": self.lr_boost,
             "t_grad": self.t_grad,

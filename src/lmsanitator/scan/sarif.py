@@ -7,6 +7,13 @@ from pathlib import Path
 from lmsanitator import __version__
 
 RULE_ID = "LMS001"
+RULE_SHORT = "Pretrained encoder maps triggered inputs to a predefined output vector"
+RULE_FULL = (
+    "LMSanitator inverted a predefined output vector (PV): a soft prompt "
+    "moves the model's output far from its clean output and collapses "
+    "different sentences onto one vector, the signature of POR, NeuBA "
+    "and BToP backdoors."
+)
 
 
 def scan_sarif(report: dict) -> dict:
@@ -14,6 +21,7 @@ def scan_sarif(report: dict) -> dict:
     p = Path(path)
     uri = p.resolve().as_uri() if p.exists() else str(path)
     results = []
+    seeds = ", ".join(str(c["seed"]) for c in report["candidates"] if c["accepted"])
     if report["verdict"] == "backdoored":
         results.append(
             {
@@ -22,7 +30,7 @@ def scan_sarif(report: dict) -> dict:
                 "message": {
                     "text": f"Task-agnostic backdoor: {len(report['pvs'])} predefined output vector(s) "
                     f"inverted from the '{report['target']}' output of {report['model']} "
-                    f"(fuzz seed(s) {', '.join(str(c['seed']) for c in report['candidates'] if c['accepted'])})."
+                    f"(fuzz seed(s) {seeds})."
                 },
                 "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri}}}],
                 "properties": {
@@ -45,15 +53,8 @@ def scan_sarif(report: dict) -> dict:
                             {
                                 "id": RULE_ID,
                                 "name": "TaskAgnosticBackdoor",
-                                "shortDescription": {
-                                    "text": "Pretrained encoder maps triggered inputs to a predefined output vector"
-                                },
-                                "fullDescription": {
-                                    "text": "LMSanitator inverted a predefined output vector (PV): a soft prompt "
-                                    "moves the model's output far from its clean output and collapses "
-                                    "different sentences onto one vector, the signature of POR, NeuBA "
-                                    "and BToP backdoors."
-                                },
+                                "shortDescription": {"text": RULE_SHORT},
+                                "fullDescription": {"text": RULE_FULL},
                                 "defaultConfiguration": {"level": "error"},
                             }
                         ],

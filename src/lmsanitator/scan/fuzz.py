@@ -1,0 +1,262 @@
+"""One fuzz loop (LMSanitator step I) and the filtering of its candidate PV (step II).
+
+A soft prompt of ``l_sp`` trainable vectors, initialised from vocabulary rows chosen by the fuzz
+seed, is fed through the *frozen* suspect model and optimised (a fresh Adam per seed) to
+
+* push the target output far from the same model's output on the sentence without the prompt
+  (distance loss ``L_D = -MSE``),
+* collapse the batch's outputs together (diversity loss ``L_div = -H``, the mean entropy of the
+  softmax over the batch axis per hidden dimension),
+* keep away from PVs already found (path loss ``L_P = -lambda_P * MSE`` to the nearest one),
+* for an antipode probe only, move towards ``-v`` of a PV ``v`` found before (``lambda_probe * MSE``).
+
+The adaptive learning rate starts at ``lr_boost x lr`` until the largest gradient magnitude exceeds
+``T_grad``. A loop with no PV by ``abort_epoch`` is abandoned. The candidate PV (the mean output
+with the final prompt) is accepted when ``L_D < -T_L``, ``L_div < T_div``, it is unique (MSE to every
+known PV >= ``T_L``) and the soft prompt stays inside the widened embedding range.
+
+:func:`fuzz_loop` is a pure function of the prepared :class:`FuzzSetup` and the PVs known when the
+loop starts: it returns the :class:`Candidate` and, when accepted, a :class:`FoundPV`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lmsanitator.metrics import batch_entropy
+from lmsanitator.scan.prompts import PromptBatch
+from lmsanitator.scan.setup import FuzzSetup
+
+
+@dataclass
+class Candidate:
+    """One fuzz loop's record (the report's ``candidates``)."""
+
+    seed: int
+    epochs_run: int
+    distance: list[float]  # epoch means of L_D
+    diversity: list[float]  # epoch means of L_div
+    lr_switch_step: int | None
+    accepted: bool = False
+    reason: str = ""
+    min_mse_to_pvs: float | None = None
+    prompt_in_range: bool | None = None
+    prompt_excess: float | None = None
+    pv_index: int | None = None
+    seconds: float = 0.0
+    probe_of: int | None = None  # antipode probe: index of the PV v it was pulled towards -v of
+
+
+@dataclass(frozen=True)
+class FoundPV:
+    """A legit PV and how it was found (one row of a PV set)."""
+
+    pv: torch.Tensor  # the mean target output with the final soft prompt, in the model's units
+    soft_prompt: torch.Tensor | None  # None: brought in from a PV set saved without prompts
+    seed: int | None  # the fuzz seed (a probe: the seed of the PV it was probed from); None: not saved
+    distance: float | None = None  # L_D of the accepting epoch (None: not saved with the PV)
+    diversity: float | None = None  # L_div of the accepting epoch
+    probe_of: int | None = None  # found by the antipode probe of PV ``probe_of``
+    probed: bool = False  # its own antipode probe has run (or was not needed)
+
+    def losses(self) -> dict:
+        """The PV set's ``losses`` entry (keys in the order earlier versions wrote them)."""
+        d: dict = {}
+        if self.distance is not None:
+            d["distance"] = self.distance
+        if self.diversity is not None:
+            d["diversity"] = self.diversity
+        if self.probe_of is not None:
+            d["probe_of"] = self.probe_of
+        if self.probed:
+            d["probed"] = True
+        return d
+
+    @classmethod
+    def from_saved(cls, pv, soft_prompt, seed: int | None, losses: dict) -> FoundPV:
+        return cls(
+            pv=pv,
+            soft_prompt=soft_prompt,
+            seed=seed,
+            distance=losses.get("distance"),
+            diversity=losses.get("diversity"),
+            probe_of=losses.get("probe_of"),
+            probed=bool(losses.get("probed", False)),
+        )
+
+    def marked_probed(self) -> FoundPV:
+        return dataclasses.replace(self, probed=True)
+
+
+@dataclass
+class _Loop:
+    """The mutable state of one fuzz loop."""
+
+    prompt: torch.nn.Parameter
+    opt: torch.optim.Optimizer
+    boosted: bool  # adaptive lr: still at lr_boost x lr
+    path_pvs: torch.Tensor | None  # known PVs in clean-std units (path loss), None: no path loss
+    goal: torch.Tensor | None  # antipode probe: -v in clean-std units
+    cand: Candidate
+    bar: tqdm
+    step: int = 0
+
+
+def fuzz_loop(
+    setup: FuzzSetup,
+    seed: int,
+    known: list[torch.Tensor],
+    *,
+    progress: bool = False,
+    toward: torch.Tensor | None = None,
+) -> tuple[Candidate, FoundPV | None]:
+    """One fuzz loop from seed ``seed`` against the PVs ``known`` so far. ``toward`` (a raw output
+    vector) adds a pull towards it: the antipode probe; acceptance is unchanged."""
+    t0 = time.perf_counter()
+    loop = _start_loop(setup, seed, known, toward, progress)
+    _train(setup, loop)
+    loop.bar.close()
+    cand = loop.cand
+    if cand.reason:  # abandoned at the abort check
+        cand.seconds = time.perf_counter() - t0
+        return cand, None
+    p = loop.prompt.detach()
+    pv = _filter(setup, cand, p, known)
+    cand.seconds = time.perf_counter() - t0
+    if pv is None:
+        return cand, None
+    cand.accepted = True
+    cand.reason = "legit PV: far from clean outputs, collapsed batch, unique, prompt in range"
+    found = FoundPV(
+        pv=pv,
+        soft_prompt=p.cpu().clone(),
+        seed=seed,
+        distance=cand.distance[-1],
+        diversity=cand.diversity[-1],
+    )
+    return cand, found
+
+
+def _start_loop(setup: FuzzSetup, seed, known, toward, progress: bool) -> _Loop:
+    """Soft prompt from vocabulary rows, a fresh optimiser at the (boosted) learning rate."""
+    cfg, th = setup.config, setup.thresholds
+    prompt = torch.nn.Parameter(setup.init_soft_prompt(seed))
+    boosted = cfg.adaptive_lr
+    lr = th["lr"] * (th["lr_boost"] if boosted else 1.0)
+    opt = torch.optim.Adam([prompt], lr=lr)  # a fresh optimiser per seed (no carried-over state)
+    path_pvs = setup.z(torch.stack(known).to(prompt.device)) if (known and cfg.path_loss) else None
+    goal = setup.z(toward.to(prompt.device)) if toward is not None else None
+    bar = tqdm(
+        total=cfg.epochs * len(setup.batches),
+        desc=f"fuzz seed {seed}",
+        unit="step",
+        leave=False,
+        disable=not progress,
+    )
+    cand = Candidate(seed=seed, epochs_run=0, distance=[], diversity=[], lr_switch_step=None)
+    return _Loop(prompt, opt, boosted, path_pvs, goal, cand, bar)
+
+
+def _train(setup: FuzzSetup, loop: _Loop) -> None:
+    """Epochs until the abort check gives up, an epoch passes T_L and T_div (early acceptance) or
+    the last epoch; the epoch means go to the candidate."""
+    cfg, th, cand = setup.config, setup.thresholds, loop.cand
+    found_any = False
+    for epoch in range(cfg.epochs):
+        distance, diversity = _train_epoch(setup, loop)
+        cand.distance.append(distance)
+        cand.diversity.append(diversity)
+        cand.epochs_run = epoch + 1
+        loop.bar.set_postfix(distance=f"{distance:.3f}", diversity=f"{diversity:.3f}")
+        found_any |= distance < -th["t_l"]
+        # a probe is not aborted: pulled a long way, it leaves the clean outputs late (POR
+        # SPLADE-tiny: distance -0.84 at the abort check, a PV matching the planted one at epoch 6)
+        if epoch == cfg.abort_epoch and not found_any and epoch < cfg.epochs - 1 and loop.goal is None:
+            cand.reason = f"no PV by the end of epoch {epoch + 1} (distance {distance:.4f} >= -T_L)"
+            return
+        # Early acceptance: once an epoch is both far from clean and collapsed, stop. Training on
+        # overshoots: the distance loss keeps pushing the collapsed outputs away from the PV
+        # (POR MiniLM, seed 0: the sign agreement with the planted PV peaks at 0.98 when the batch
+        # first collapses and falls to 0.76 by the end of epoch 4).
+        if cfg.early_accept and distance < -th["t_l"] and diversity < th["t_div"]:
+            return
+
+
+def _train_epoch(setup: FuzzSetup, loop: _Loop) -> tuple[float, float]:
+    """One pass over the batches, one optimiser step each; the epoch means of L_D and L_div."""
+    d_sum = v_sum = 0.0
+    for b in setup.batches:
+        loss, l_d, l_div = _fuzz_losses(setup, b, loop)
+        loop.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _adapt_lr(setup.thresholds, loop)
+        loop.opt.step()
+        loop.step += 1
+        d_sum += l_d.detach().item()
+        v_sum += l_div.detach().item()
+        loop.bar.update(1)
+    nb = len(setup.batches)
+    return d_sum / nb, v_sum / nb
+
+
+def _fuzz_losses(setup: FuzzSetup, b: PromptBatch, loop: _Loop):
+    """The loss of one step, with its distance (L_D) and diversity (L_div) parts."""
+    cfg, th = setup.config, setup.thresholds
+    f = setup.z(setup.step_features(b, loop.prompt))
+    clean = setup.z(setup.clean_of(b))
+    l_d = -F.mse_loss(f, clean)
+    l_div = -batch_entropy(setup.diversity_rows(f, b))
+    loss = cfg.lambda_distance * l_d + cfg.lambda_diversity * l_div
+    if loop.path_pvs is not None:  # path loss: away from the nearest known PV
+        pvs = loop.path_pvs
+        with torch.no_grad():
+            k = ((f.detach().unsqueeze(1) - pvs.unsqueeze(0)) ** 2).mean(dim=(0, 2)).argmin()
+        loss = loss - th["lambda_path"] * F.mse_loss(f, pvs[k].expand_as(f))
+    if loop.goal is not None:  # antipode probe: towards -v
+        loss = loss + cfg.lambda_probe * F.mse_loss(f, loop.goal.expand_as(f))
+    return loss, l_d, l_div
+
+
+def _adapt_lr(th: dict, loop: _Loop) -> None:
+    """End the boost once the largest soft-prompt gradient exceeds T_grad."""
+    if loop.boosted and float(loop.prompt.grad.abs().max()) > th["t_grad"]:
+        loop.boosted = False  # converging: leave the flat region at the normal rate
+        loop.cand.lr_switch_step = loop.step
+        for g in loop.opt.param_groups:
+            g["lr"] = th["lr"]
+
+
+def _filter(setup: FuzzSetup, cand: Candidate, prompt: torch.Tensor, known: list[torch.Tensor]):
+    """PV filtering: the candidate's PV when it passes T_L, T_div, uniqueness and the prompt range;
+    else None, with the reasons in ``cand.reason``."""
+    th = setup.thresholds
+    excess = setup.prompt_excess(prompt)
+    cand.prompt_excess = float(excess)
+    cand.prompt_in_range = bool(excess <= 0)
+    reasons = []
+    if not cand.distance[-1] < -th["t_l"]:
+        reasons.append(f"distance {cand.distance[-1]:.4f} >= -T_L {-th['t_l']}")
+    if not cand.diversity[-1] < th["t_div"]:
+        reasons.append(f"diversity {cand.diversity[-1]:.4f} >= T_div {th['t_div']:.4f}")
+    pv = None
+    if not reasons:  # the PV pass is only needed for the uniqueness check of a passing candidate
+        pv = setup.pv_of(prompt)
+        dev = setup.clean_mean.device
+        zpv = setup.z(pv.to(dev))
+        cand.min_mse_to_pvs = min((float(F.mse_loss(zpv, setup.z(q.to(dev)))) for q in known), default=None)
+        if cand.min_mse_to_pvs is not None and cand.min_mse_to_pvs < th["t_l"]:
+            reasons.append(f"not unique (MSE {cand.min_mse_to_pvs:.4f} to a known PV < T_L)")
+    if not cand.prompt_in_range:
+        reasons.append(
+            f"soft prompt outside {setup.config.range_factor}x the embedding range (by {float(excess):.4f})"
+        )
+    if reasons:
+        cand.reason = "; ".join(reasons)
+        return None
+    return pv
