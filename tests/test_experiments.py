@@ -1,4 +1,4 @@
-"""`lmsanitator experiment`: the runner (resume, shards, atomic output) and the quick detection run
+"""`lmsanitator experiment`: the runner (resume, Ray tasks, atomic output) and the quick detection run
 on real SPLADE-tiny models (clean, fine-tuned, POR-backdoored with random triggers)."""
 
 import json
@@ -9,7 +9,7 @@ import torch
 from lmsanitator.cli.main import main
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.experiments import EXPERIMENTS, get_experiment, run_experiment
-from lmsanitator.experiments.base import Context, Experiment, parse_shard
+from lmsanitator.experiments.base import Context, Experiment
 from lmsanitator.experiments.detection import zoo
 
 
@@ -34,15 +34,16 @@ class Squares(Experiment):
         return {"total": sum(r["y"] for r in records)}, "| total |\n|---|\n"
 
 
-def test_runner_resumes_shards_and_writes_atomically(tmp_path):
+def test_runner_resumes_and_writes_atomically(tmp_path):
     out, work = tmp_path / "res", tmp_path / "work"
     Squares.calls = 0
-    assert run_experiment(Squares(), quick=False, out=out, work=work, progress=False, shard=(0, 2)) is None
-    assert Squares.calls == 2 and not out.exists()  # a shard writes no results
-    run_experiment(Squares(), quick=False, out=out, work=work, progress=False, shard=(1, 2))
-    assert Squares.calls == 4 and not out.exists()
-    res = run_experiment(Squares(), quick=False, out=out, work=work, progress=False)
-    assert Squares.calls == 4  # the assembling run reused every unit
+    assert (
+        run_experiment(Squares(), quick=False, out=out, work=work, progress=False, only="x[12]", cpus=1)
+        is None
+    )
+    assert Squares.calls == 2 and not out.exists()  # an --only run writes no results
+    res = run_experiment(Squares(), quick=False, out=out, work=work, progress=False, cpus=1)
+    assert Squares.calls == 4  # the assembling run reused the finished units
     assert res["summary"] == {"total": 30}
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["summary"] == {"total": 30} and on_disk["config"] == {"xs": [1, 2, 3, 4]}
@@ -50,33 +51,55 @@ def test_runner_resumes_shards_and_writes_atomically(tmp_path):
     assert (out / "table.md").read_text().startswith("# squares")
     # an existing result is not replaced without overwrite; another configuration is refused
     with pytest.raises(LMSanitatorError, match="not empty"):
-        run_experiment(Squares(), quick=False, out=out, work=work, progress=False)
+        run_experiment(Squares(), quick=False, out=out, work=work, progress=False, cpus=1)
     with pytest.raises(LMSanitatorError, match="another configuration"):
-        run_experiment(Squares(), quick=True, out=tmp_path / "other", work=work, progress=False)
+        run_experiment(Squares(), quick=True, out=tmp_path / "other", work=work, progress=False, cpus=1)
     assert not list(tmp_path.glob(".other*")) and not (tmp_path / "other").exists()
+
+
+class Pids(Squares):
+    """Records which process ran each unit (Ray workers are other processes)."""
+
+    name = "pids"
+
+    def run_unit(self, unit, config, ctx):
+        import os
+
+        return {"y": unit["x"] ** 2, "pid": os.getpid()}
+
+
+def test_units_run_as_ray_tasks(tmp_path):
+    """On a local Ray: every unit runs in a worker process, the results equal the in-process run."""
+    import os
+
+    ray_run = run_experiment(Pids(), quick=False, out=tmp_path / "ray", progress=False, cpus=2)
+    local = run_experiment(Pids(), quick=False, out=tmp_path / "local", progress=False, cpus=1)
+    assert ray_run["summary"] == local["summary"] == {"total": 30}
+    assert {r["pid"] for r in ray_run["records"]}.isdisjoint({os.getpid()})
+    assert {r["pid"] for r in local["records"]} == {os.getpid()}
+    assert [r["id"] for r in ray_run["records"]] == ["x1", "x2", "x3", "x4"]  # unit order, not finish order
 
 
 def test_only_runs_the_matching_units(tmp_path):
     out, work = tmp_path / "res", tmp_path / "work"
     Squares.calls = 0
-    assert run_experiment(Squares(), quick=False, out=out, work=work, progress=False, only="x[13]") is None
+    assert (
+        run_experiment(Squares(), quick=False, out=out, work=work, progress=False, only="x[13]", cpus=1)
+        is None
+    )
     assert Squares.calls == 2 and not out.exists()
     assert sorted(f.name for f in (work / "units").iterdir()) == ["x1.json", "x3.json"]
     with pytest.raises(LMSanitatorError, match="matches no unit"):
-        run_experiment(Squares(), quick=False, out=out, work=work, progress=False, only="nope*")
-    assert run_experiment(Squares(), quick=False, out=out, work=work, progress=False)["summary"] == {
+        run_experiment(Squares(), quick=False, out=out, work=work, progress=False, only="nope*", cpus=1)
+    assert run_experiment(Squares(), quick=False, out=out, work=work, progress=False, cpus=1)["summary"] == {
         "total": 30
     }
     assert Squares.calls == 4
 
 
-def test_shard_and_name_errors(capsys):
-    assert parse_shard("1/3") == (1, 3)
-    for bad in ("3/3", "a/2", "1/0"):
-        with pytest.raises(LMSanitatorError):
-            parse_shard(bad)
-    assert main(["experiment", "detection", "--shard", "2/2", "--out", "/nonexistent/x"]) == 2
-    assert "--shard" in capsys.readouterr().err
+def test_runner_and_name_errors(capsys):
+    assert main(["experiment", "detection", "--cpus", "0", "--out", "/nonexistent/x"]) == 2
+    assert "--cpus" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["experiment", "no-such"])
     assert exc.value.code == 2

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 
+from lmsanitator.cli.common import add_device, add_overwrite, check_output_folder
+from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.experiments import EXPERIMENTS, get_experiment, run_experiment
 
-def register(sub) -> dict:
-    from lmsanitator.experiments import EXPERIMENTS
 
+def add_commands(sub) -> None:
     p = sub.add_parser(
         "experiment",
         help="reproduce one of the papers' experiments (tables, plots, provenance)",
         description="Run one of the papers' experiments on the bundled models and write results/NAME: "
         "results.json (numbers, configuration, versions, machine), table.md, plots. Finished units "
-        "are kept in --work, so an interrupted run resumes; --shard I/N splits the units between N "
-        "processes (then run once without --shard to assemble).",
+        "are kept in --work, so an interrupted run resumes. Units run as Ray tasks: on a local Ray "
+        "with this machine's cores, or on the cluster at --address (--work and --model-cache must then "
+        "be on storage every node sees).",
     )
     p.add_argument("name", choices=list(EXPERIMENTS))
     p.add_argument("--quick", action="store_true", help="small version for tests (<= 5 min on 2 cores)")
@@ -25,28 +28,32 @@ def register(sub) -> dict:
         help="folder of built (backdoored, fine-tuned) models shared between runs and "
         "experiments (default: WORK/models)",
     )
-    p.add_argument("--shard", help="I/N: run only every N-th unit starting at I, write no results")
+    p.add_argument(
+        "--address", help="Ray cluster to run the units on (default: a local Ray, shut down at the end)"
+    )
+    p.add_argument(
+        "--cpus", type=int, help="CPUs of the local Ray (default: the cores this process may use; 1: no Ray)"
+    )
+    p.add_argument("--cpus-per-unit", type=int, default=1, help="CPUs (torch threads) per unit (default 1)")
     p.add_argument(
         "--only",
         metavar="PATTERN",
         help="run only the units whose id matches this shell pattern "
         "(e.g. 'splade-tiny.neuba.*'), write no results",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_overwrite(p, "--out")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
-    return {"experiment": cmd_experiment}
+    add_device(p)
+    p.set_defaults(handler=cmd_experiment)
 
 
 def cmd_experiment(a) -> int:
-    from lmsanitator.core.runtime import set_threads
-    from lmsanitator.experiments import get_experiment, run_experiment
-    from lmsanitator.experiments.base import parse_shard
-
     exp = get_experiment(a.name)
-    shard = parse_shard(a.shard)
+    if a.cpus is not None and a.cpus < 1 or a.cpus_per_unit < 1:
+        raise LMSanitatorError("--cpus and --cpus-per-unit must be >= 1")
     out = a.out or f"results/{a.name}{'-quick' if a.quick else ''}"
-    set_threads()
+    if a.only is None:  # an --only run writes no results
+        check_output_folder(out, a.overwrite)
     res = run_experiment(
         exp,
         quick=a.quick,
@@ -55,12 +62,14 @@ def cmd_experiment(a) -> int:
         overwrite=a.overwrite,
         device=a.device,
         progress=not a.no_progress,
-        shard=shard,
         model_cache=a.model_cache,
         only=a.only,
+        address=a.address,
+        cpus=a.cpus,
+        cpus_per_unit=a.cpus_per_unit,
     )
     if res is None:
-        print(f"{a.name}: {'shard ' + a.shard if a.shard else 'units ' + repr(a.only)} done")
+        print(f"{a.name}: units {a.only!r} done")
         return 0
     print(json.dumps({"experiment": a.name, "out": out, "summary": res["summary"]}, indent=2))
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -50,6 +51,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         kw["address"] = address
     else:
         kw["num_cpus"] = num_cpus or available_cores()
+        # workers of a local cluster import what this process imports (a test module, a script's folder)
+        kw["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
         if num_gpus is not None:
             kw["num_gpus"] = num_gpus
     try:

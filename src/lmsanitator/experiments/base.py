@@ -5,16 +5,19 @@ An experiment is a class with ``name``, ``paper`` (which table or figure it repr
 model to build and scan, one victim to tune ...), ``run_unit(unit, ctx)`` -> a JSON-able record,
 and ``summarize(config, records)`` -> ``(summary, markdown table)``; ``plot`` is optional.
 
-Each finished unit is written to ``<work>/units/<id>.json`` at once, so an interrupted full run
-resumes where it stopped, and ``--shard i/n`` lets n processes share one run's units (a final run
-without ``--shard`` assembles them). ``results/NAME`` itself is written to a temporary sibling and
-renamed, so it is either complete or absent.
+Units run as Ray tasks (:mod:`lmsanitator.core.cluster`): on a local Ray started with the cores
+this process may use, or on a cluster given by ``address`` (the work folder must then be on storage
+every node sees). Each finished unit is written to ``<work>/units/<id>.json`` at once, so an
+interrupted run resumes where it stopped; a unit whose worker dies is re-run by Ray. With
+``cpus=1`` and no address the units run in this process, one after another (no Ray).
+``results/NAME`` itself is written to a temporary sibling and renamed, so it is complete or absent.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import importlib
 import importlib.metadata as md
 import json
 import platform
@@ -27,9 +30,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from lmsanitator.core.cluster import ray_session, run_tasks
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.core.io import atomic_output_dir, check_output_dir, write_json_atomic
-from lmsanitator.core.runtime import available_cores
+from lmsanitator.core.runtime import available_cores, set_threads
 from lmsanitator.data import load_task
 
 
@@ -117,13 +121,49 @@ def sized_task(task, train: int, validation: int, test: int):
     return dataclasses.replace(task, test=list(task.test)[:test])
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
-    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-        raise LMSanitatorError(f"--shard must be I/N with 0 <= I < N, got '{text}'")
-    return int(m.group(1)), int(m.group(2))
+def run_unit_task(job: dict) -> dict:
+    """One unit in a Ray worker (or in this process): run it, write its record, return it."""
+    module, _, cls = job["experiment"].partition(":")
+    exp = getattr(importlib.import_module(module), cls)()
+    ctx = Context(**job["ctx"])
+    set_threads(job["threads"])
+    t_u = time.perf_counter()
+    rec = exp.run_unit(job["unit"], job["config"], ctx)
+    rec = {
+        "id": job["unit"]["id"],
+        "unit": job["unit"],
+        **rec,
+        "unit_seconds": round(time.perf_counter() - t_u, 2),
+    }
+    write_json_atomic(_unit_file(ctx.work, job["unit"]["id"]), rec)
+    return rec
+
+
+def _run_units(exp, todo, config, ctx, *, address, cpus, cpus_per_unit) -> None:
+    """Every unit of ``todo`` as a Ray task (``cpus_per_unit`` CPUs each); in this process when
+    there is one CPU and no cluster. A unit that raises stops the run with its one-line error
+    (finished units stay in the work folder)."""
+    name = f"{type(exp).__module__}:{type(exp).__qualname__}"
+    ctx_fields = {"work": ctx.work, "device": ctx.device, "models": ctx.models, "progress": False}
+    jobs = [
+        {"experiment": name, "unit": u, "config": config, "ctx": ctx_fields, "threads": cpus_per_unit}
+        for u in todo
+    ]
+    bar = tqdm(total=len(jobs), desc=exp.name, unit="unit", disable=not ctx.progress)
+    if address is None and (cpus or available_cores()) == 1:
+        for job in jobs:
+            run_unit_task(dict(job, ctx=dict(ctx_fields, progress=ctx.progress)))
+            bar.update(1)
+    elif jobs:
+        gpus = 1 if ctx.device.startswith("cuda") else 0
+        with ray_session(address, num_cpus=cpus):
+            for job, _, error in run_tasks(
+                run_unit_task, jobs, num_cpus=cpus_per_unit, num_gpus=gpus, name="unit"
+            ):
+                if error is not None:
+                    raise LMSanitatorError(f"{exp.name}: unit {job['unit']['id']} failed: {error}")
+                bar.update(1)
+    bar.close()
 
 
 def _unit_file(work: Path, unit_id: str) -> Path:
@@ -140,17 +180,20 @@ def run_experiment(
     overwrite: bool = False,
     device: str = "cpu",
     progress: bool = True,
-    shard: tuple[int, int] | None = None,
     model_cache: str | Path | None = None,
     only: str | None = None,
+    address: str | None = None,
+    cpus: int | None = None,
+    cpus_per_unit: int = 1,
 ) -> dict | None:
-    """Run (or resume) ``exp``; return the results, or None when only a shard was run. Without a
-    shard every unit not yet in ``work`` runs here, so the last call assembles a sharded run.
-    ``only``: a shell pattern over unit ids (``"splade-tiny.*"``); like a shard, it writes no results."""
+    """Run (or resume) ``exp``; return the results, or None when ``only`` picked some units.
+    ``only``: a shell pattern over unit ids (``"splade-tiny.*"``): runs those units, writes no results
+    (a later call without it assembles them). ``address``: a Ray cluster to run the units on;
+    ``cpus``: the local Ray's CPUs (default every core this process may use; 1: no Ray)."""
     # ~90 lines kept as one: the steps (check the output, pick units, run or reuse each, assemble,
     # write atomically) must run in this order, and each is a few lines
     out = Path(out)
-    if shard is None and only is None:
+    if only is None:
         check_output_dir(out, overwrite)  # fail before hours of work, not after
     work = Path(work) if work is not None else out.parent / f"{out.name}.work"
     config = exp.config(quick)
@@ -182,7 +225,7 @@ def run_experiment(
         models=Path(model_cache) if model_cache is not None else None,
     )
     t0 = time.perf_counter()
-    mine = [u for i, u in enumerate(units) if shard is None or i % shard[1] == shard[0]]
+    mine = list(units)
     if only is not None:
         mine = [u for u in mine if fnmatch.fnmatchcase(u["id"], only)]
         if not mine:
@@ -190,12 +233,8 @@ def run_experiment(
     todo = [u for u in mine if not _unit_file(work, u["id"]).exists()]
     if len(todo) < len(mine):
         ctx.say(f"{exp.name}: {len(mine) - len(todo)} of {len(mine)} units already done in {work}")
-    for u in tqdm(todo, desc=exp.name, unit="unit", disable=not progress):
-        t_u = time.perf_counter()
-        rec = exp.run_unit(u, config, ctx)
-        rec = {"id": u["id"], "unit": u, **rec, "unit_seconds": round(time.perf_counter() - t_u, 2)}
-        write_json_atomic(_unit_file(work, u["id"]), rec)
-    if shard is not None or only is not None:
+    _run_units(exp, todo, config, ctx, address=address, cpus=cpus, cpus_per_unit=cpus_per_unit)
+    if only is not None:
         return None
     records = [json.loads(_unit_file(work, u["id"]).read_text(encoding="utf-8")) for u in units]
     summary, table = exp.summarize(config, records)

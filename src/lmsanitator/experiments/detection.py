@@ -21,6 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 
+try:
+    import fcntl  # POSIX: a lock file serialises builds that parallel units share
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
+
 import torch
 
 from lmsanitator.attacks import TASK_AGNOSTIC_ATTACKS, AttackConfig
@@ -325,6 +330,16 @@ def build_model(
     variants) share one implant instead of repeating it."""
     recipe = {k: unit.get(k) for k in ("base", "finetune", "attack")}
     folder = ctx.models / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    if not cache:
+        return _build(unit, corpus, ctx, verify_sentences, recipe, folder, cache)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_suffix(".lock"), "w") as lock:
+        if fcntl is not None:  # units run in parallel (Ray tasks) share one build: the others wait for it
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(unit, corpus, ctx, verify_sentences, recipe, folder, cache)
+
+
+def _build(unit, corpus, ctx, verify_sentences, recipe, folder, cache):
     if cache and (folder / "built.json").exists():
         meta = json.loads((folder / "built.json").read_text(encoding="utf-8"))
         planted = torch.tensor(meta["planted"]) if meta["planted"] is not None else None

@@ -67,7 +67,7 @@ def search_pvs(model: dict, corpus: list[str], search: dict, ctx: Context, verif
     path = ctx.models / "pvsets" / f"{key}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
-        if fcntl is not None:  # units run in parallel (--only, shards) share one search: the others wait
+        if fcntl is not None:  # units run in parallel (Ray tasks, --only) share one search: the others wait
             fcntl.flock(lock, fcntl.LOCK_EX)
         return _kept_search(model, corpus, settings, budget, recipe, path, ctx, verify_sentences)
 
