@@ -2,57 +2,79 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from lmsanitator.baselines.onion import ONION, ONIONConfig
+from lmsanitator.cli.common import (
+    Parser,
+    add_device,
+    add_overwrite,
+    add_task_options,
+    check_max_examples,
+    check_output_file,
+    load_task_arg,
+    load_tuned,
+    write_text_atomic,
+)
+from lmsanitator.core.config import option_default
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.core.io import jsonl_objects
+from lmsanitator.core.runtime import set_threads
+from lmsanitator.metrics.poisoning import PoisonSpec, poisoned_set, score
 
 
-def register(sub) -> dict:
-    from lmsanitator.cli import tune as tcli
-
-    parser_class = getattr(sub, "_parser_class", None)
+def add_commands(sub) -> None:
     p = sub.add_parser("baseline", help="baseline defences (onion)", description="Baseline defences.")
-    kw = {"parser_class": parser_class} if parser_class else {}
-    bs = p.add_subparsers(dest="baseline_command", required=True, **kw)
+    bs = p.add_subparsers(dest="baseline_command", required=True, parser_class=Parser)
     q = bs.add_parser(
         "onion",
         help="ONION: remove words whose removal lowers perplexity",
-        description="Evaluate mode (--adapter, --task, --attack-json): CA and targeted ASR of tuned "
-        "models on raw and on ONION-purified test inputs. Purify mode (--input, --output): JSONL "
-        'lines {"text", "text_pair"?} -> {"text", "text_pair"?, "removed"}.',
+        description="Evaluate mode (--adapter, --task, --attack-json [--out RESULT.json]): CA and targeted "
+        "ASR of tuned models on raw and on ONION-purified test inputs. Purify mode (--input, --output "
+        'PURIFIED.jsonl): JSONL lines {"text", "text_pair"?} -> {"text", "text_pair"?, "removed"}. '
+        "(Evaluate mode still takes --output for its result, the spelling before --out.)",
     )
-    q.add_argument("--adapter", action="append", help="tuned model folder (repeat for several)")
-    q.add_argument("--task")
-    q.add_argument("--attack-json", help="attack.json (or its folder) of `lmsanitator attack badnet|insent`")
-    q.add_argument("--max-examples", type=int, help="use the first N test examples")
+    q.add_argument(
+        "--adapter", action="append", help="evaluate mode: tuned model folder (repeat for several)"
+    )
+    q.add_argument("--task", help="evaluate mode: the task to take test inputs from")
+    q.add_argument(
+        "--attack-json",
+        help="evaluate mode: attack.json (or its folder) of `lmsanitator attack badnet|insent`",
+    )
+    q.add_argument("--max-examples", type=int, help="evaluate mode: use the first N test examples")
+    q.add_argument("--out", help="evaluate mode: the JSON result")
     q.add_argument("--input", help="purify mode: JSONL input")
-    q.add_argument("--output", help="purify mode: JSONL output (evaluate mode: the JSON result)")
-    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--output", help="purify mode: the purified JSONL (evaluate mode: same as --out)")
+    add_overwrite(q, "--out/--output")
     q.add_argument(
-        "--threshold", type=float, default=0.0, help="suspicion threshold in perplexity (default 0)"
+        "--threshold",
+        type=float,
+        default=option_default(ONIONConfig, "threshold"),
+        help="suspicion threshold in perplexity (default %(default)s)",
     )
     q.add_argument(
-        "--lm", default="smollm2", help="causal LM: smollm2 (bundled), a .gguf file, a folder or hub id"
+        "--lm",
+        default=option_default(ONIONConfig, "lm"),
+        help="causal LM: smollm2 (bundled, default), a .gguf file, a folder or hub id",
     )
-    q.add_argument("--batch-size", type=int, default=32, help="LM sequences per forward pass")
+    q.add_argument(
+        "--batch-size",
+        type=int,
+        default=option_default(ONIONConfig, "batch_size"),
+        help="LM sequences per forward pass (default %(default)s)",
+    )
     q.add_argument("--seed", type=int, default=0, help="seed of the trigger positions")
     q.add_argument("--no-progress", action="store_true")
-    tcli._task_options(q)
-    q.add_argument("--device", default="cpu")
-    return {"baseline": cmd_baseline}
+    add_task_options(q)
+    add_device(q)
+    q.set_defaults(handler=cmd_onion)
 
 
-def cmd_baseline(a) -> int:
-    return {"onion": cmd_onion}[a.baseline_command](a)
-
-
-def _onion(a):
-    from lmsanitator.baselines.onion import ONION, ONIONConfig
-    from lmsanitator.core.runtime import set_threads
-
+def _onion(a) -> ONION:
     cfg = ONIONConfig(threshold=a.threshold, lm=a.lm, batch_size=a.batch_size, device=a.device)
     set_threads()
     return ONION(cfg)
@@ -73,26 +95,29 @@ def cmd_onion(a) -> int:
     return _evaluate(a)
 
 
-def _purify(a) -> int:
-    from lmsanitator.cli.tune import _check_new_file, _write_atomic
-    from lmsanitator.core.io import jsonl_objects
-
-    if not a.output:
-        raise LMSanitatorError("purify mode needs --output")
-    out = _check_new_file(a.output, a.overwrite)
-    inp = Path(a.input)
+def _read_records(path: str) -> list[dict]:
     try:
-        raw = inp.read_text(encoding="utf-8")
+        raw = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise LMSanitatorError(f"cannot read {a.input}: {exc}") from None
+        raise LMSanitatorError(f"cannot read {path}: {exc}") from None
     records = []
-    for n, obj in jsonl_objects(raw, a.input):
+    for n, obj in jsonl_objects(raw, path):
         for k in ("text", "text_pair"):
             if (k == "text" or obj.get(k) is not None) and not isinstance(obj.get(k), str):
-                raise LMSanitatorError(f"line {n} of {a.input}: '{k}' must be a string")
+                raise LMSanitatorError(f"line {n} of {path}: '{k}' must be a string")
         records.append(obj)
     if not records:
-        raise LMSanitatorError(f"no inputs in {a.input}")
+        raise LMSanitatorError(f"no inputs in {path}")
+    return records
+
+
+def _purify(a) -> int:
+    if not a.output:
+        raise LMSanitatorError("purify mode needs --output")
+    if a.out:
+        raise LMSanitatorError("--out is evaluate mode's result file; purify mode writes --output")
+    out = check_output_file(a.output, a.overwrite, "--output")
+    records = _read_records(a.input)
     onion = _onion(a)
     rows = []
     for obj in records:
@@ -103,50 +128,23 @@ def _purify(a) -> int:
             removed = removed + more
         row["removed"] = removed
         rows.append(row)
-    _write_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
     print(
         f"onion: removed {sum(len(r['removed']) for r in rows)} words from {len(rows)} inputs -> {a.output}"
     )
     return 0
 
 
-def _evaluate(a) -> int:
-    import dataclasses
+def _result_path(a) -> tuple[str | None, Path | None]:
+    """Evaluate mode's result file: ``--out`` (``--output``, its old spelling, still works)."""
+    if a.out and a.output:
+        raise LMSanitatorError("give the evaluate result file once: --out (or its old spelling --output)")
+    name = a.out or a.output
+    return name, check_output_file(name, a.overwrite, "--out" if a.out else "--output")
 
-    from lmsanitator.cli.tune import (
-        _check_max_examples,
-        _check_new_file,
-        _load_task,
-        _load_tuned,
-        _write_atomic,
-    )
-    from lmsanitator.metrics.poisoning import PoisonSpec, poisoned_set, score
 
-    out = _check_new_file(a.output, a.overwrite) if a.output else None
-    _check_max_examples(a)
-    spec, report = PoisonSpec.from_attack_json(a.attack_json)
-    task = _load_task(a)
-    spec.check_task(task)
-    models = []
-    for adapter in a.adapter:  # every adapter loads (and fails) before minutes of purification
-        m = _load_tuned(argparse.Namespace(adapter=adapter, device=a.device, model=None))
-        if tuple(m.labels) != tuple(task.labels):
-            raise LMSanitatorError(f"adapter '{adapter}' labels differ from task '{task.name}'")
-        models.append((adapter, m))
-    ps = poisoned_set(task.test[: a.max_examples], spec, seed=a.seed)
-    onion = _onion(a)
-    prog = not a.no_progress
-
-    def purify(xs):
-        return onion.purify(xs, progress=prog) if xs is not None else None
-
-    clean = dataclasses.replace(
-        ps,
-        texts=purify(ps.texts),
-        pairs=purify(ps.pairs),
-        poisoned_texts=purify(ps.poisoned_texts),
-        poisoned_pairs=purify(ps.poisoned_pairs),
-    )
+def _scores(models, ps, clean) -> list[dict]:
+    """CA and ASR of every model on the raw (``ps``) and the purified (``clean``) inputs."""
     results = []
     for adapter, m in models:
         before = score(
@@ -169,8 +167,38 @@ def _evaluate(a) -> int:
         )
         print(
             f"{info['method']:>13} {adapter}: CA {100 * before['clean_accuracy']:.1f}% -> "
-            f"{100 * after['clean_accuracy']:.1f}%, ASR {100 * before['asr']:.1f}% -> {100 * after['asr']:.1f}%"
+            f"{100 * after['clean_accuracy']:.1f}%, "
+            f"ASR {100 * before['asr']:.1f}% -> {100 * after['asr']:.1f}%"
         )
+    return results
+
+
+def _evaluate(a) -> int:
+    name, out = _result_path(a)
+    check_max_examples(a)
+    spec, report = PoisonSpec.from_attack_json(a.attack_json)
+    task = load_task_arg(a)
+    spec.check_task(task)
+    models = []
+    for adapter in a.adapter:  # every adapter loads (and fails) before minutes of purification
+        m = load_tuned(adapter, a.device)
+        if tuple(m.labels) != tuple(task.labels):
+            raise LMSanitatorError(f"adapter '{adapter}' labels differ from task '{task.name}'")
+        models.append((adapter, m))
+    ps = poisoned_set(task.test[: a.max_examples], spec, seed=a.seed)
+    onion = _onion(a)
+
+    def purify(xs):
+        return onion.purify(xs, progress=not a.no_progress) if xs is not None else None
+
+    clean = dataclasses.replace(
+        ps,
+        texts=purify(ps.texts),
+        pairs=purify(ps.pairs),
+        poisoned_texts=purify(ps.poisoned_texts),
+        poisoned_pairs=purify(ps.poisoned_pairs),
+    )
+    results = _scores(models, ps, clean)
     trig = spec.trigger.lower().split()
     kept = sum(all(w in t.lower().split() for w in trig) for t in clean.poisoned_texts)
     res = {
@@ -193,11 +221,12 @@ def _evaluate(a) -> int:
         "results": results,
     }
     print(
-        f"onion threshold {a.threshold}: trigger fully kept in {100 * (res['trigger_kept_rate'] or 0):.1f}% of "
-        f"poisoned inputs; {res['words_removed_clean']} words removed from {len(ps.texts)} clean inputs"
-        + (f" -> {a.output}" if out else ""),
+        f"onion threshold {a.threshold}: trigger fully kept in "
+        f"{100 * (res['trigger_kept_rate'] or 0):.1f}% of poisoned inputs; "
+        f"{res['words_removed_clean']} words removed from {len(ps.texts)} clean inputs"
+        + (f" -> {name}" if out else ""),
         file=sys.stderr,
     )
     if out is not None:
-        _write_atomic(out, json.dumps(res, indent=2) + "\n")
+        write_text_atomic(out, json.dumps(res, indent=2) + "\n")
     return 0

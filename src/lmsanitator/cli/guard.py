@@ -1,41 +1,68 @@
-"""Sub-commands ``guard``, ``serve`` and ``evaluate guard``."""
+"""``lmsanitator guard``, ``lmsanitator serve`` and ``lmsanitator evaluate guard``."""
 
 from __future__ import annotations
 
 import json
 import sys
 
+from lmsanitator.cli.common import (
+    add_device,
+    add_overwrite,
+    add_task_options,
+    add_trigger_field,
+    check_max_examples,
+    check_output_file,
+    check_task_matches,
+    config_choices,
+    load_task_arg,
+    load_tuned,
+    pct,
+    triggers_arg,
+    write_text_atomic,
+)
+from lmsanitator.core.config import option_default
 from lmsanitator.core.errors import LMSanitatorError
-from lmsanitator.guard.monitor import DEFAULT_T_MATCH
+from lmsanitator.core.runtime import set_threads
+from lmsanitator.data.inputs import read_jsonl_inputs
+from lmsanitator.data.pvset import PVSet
+from lmsanitator.data.tasks import SPLITS
+from lmsanitator.guard.evaluate import evaluate_guard, plot_match_rates
+from lmsanitator.guard.guard import POLICIES, Guard, GuardConfig
+from lmsanitator.guard.purge import ORDERS
+from lmsanitator.guard.service import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, serve
+from lmsanitator.tuning import read_tune_json
 
 
 def _guard_options(p) -> None:
     p.add_argument("--adapter", required=True, help="folder written by `lmsanitator tune`")
-    p.add_argument(
-        "--pvs", required=True, help="PV set written by `lmsanitator search` (or `scan --pvs-out`)"
-    )
+    p.add_argument("--pvs", required=True, help="PV set written by `lmsanitator search --out`")
     p.add_argument(
         "--t-match",
         type=float,
-        default=DEFAULT_T_MATCH,
-        help="flag when this share of the output's signs agree with a PV (default 0.8)",
+        default=option_default(GuardConfig, "t_match"),
+        help="flag when this share of the output's signs agree with a PV (default %(default)s)",
     )
-    p.add_argument("--w-max", type=int, default=3, help="widest trigger window removed, in words (default 3)")
+    p.add_argument(
+        "--w-max",
+        type=int,
+        default=option_default(GuardConfig, "w_max"),
+        help="widest trigger window removed, in words (default %(default)s)",
+    )
     p.add_argument(
         "--on-unresolved",
-        choices=["best", "predict", "reject"],
-        default="best",
+        choices=config_choices(GuardConfig, "on_unresolved", POLICIES),
+        default=option_default(GuardConfig, "on_unresolved"),
         help="when no window of <= w-max words unflags an input: predict on the candidate that matched "
         "the PVs least (best, default), on the input as it is (predict), or reject it",
     )
     p.add_argument(
         "--purge-order",
-        choices=["saliency", "reading"],
-        default="saliency",
+        choices=config_choices(GuardConfig, "purge_order", ORDERS),
+        default=option_default(GuardConfig, "purge_order"),
         help="which window of a width trigger removal tries first: the words with the largest gradient "
-        "towards the matched PV (default; one extra backward pass) or reading order (the paper)",
+        "towards the matched PV (saliency, default; one extra backward pass) or reading order (the paper)",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=option_default(GuardConfig, "batch_size"))
     p.add_argument(
         "--calibrate-input",
         metavar="CLEAN.jsonl",
@@ -45,37 +72,14 @@ def _guard_options(p) -> None:
         "--calibrate-frr",
         type=float,
         default=0.01,
-        help="with a calibration set: the share of it allowed above each PV's threshold (default 0.01)",
+        help="with a calibration set: the share of it allowed above each PV's threshold "
+        "(default %(default)s)",
     )
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    add_device(p)
 
 
-def _make_guard(a):
-    from lmsanitator.cli.tune import _load_tuned
-    from lmsanitator.core.runtime import set_threads
-    from lmsanitator.data.pvset import PVSet
-    from lmsanitator.guard.guard import Guard, GuardConfig
-    from lmsanitator.tuning.model import read_tune_json
-
-    cfg = GuardConfig(
-        t_match=a.t_match,
-        w_max=a.w_max,
-        on_unresolved=a.on_unresolved,
-        batch_size=a.batch_size,
-        purge_order=a.purge_order,
-    )
-    read_tune_json(a.adapter)  # clear errors before loading anything heavy
-    pvset = PVSet.load(a.pvs)
-    set_threads()
-    guard = Guard(_load_tuned(a), pvset, cfg)
-    if getattr(a, "calibrate_input", None):
-        from lmsanitator.data.inputs import read_jsonl_inputs
-
-        guard.calibrate(*read_jsonl_inputs(a.calibrate_input, guard.model), frr=a.calibrate_frr)
-    return guard
-
-
-def register(sub) -> dict:
+def add_commands(sub) -> None:
+    """``guard`` and ``serve`` (``evaluate guard`` is :func:`add_evaluate_guard`)."""
     p = sub.add_parser(
         "guard",
         help="classify inputs behind the PV monitor and trigger removal",
@@ -89,7 +93,8 @@ def register(sub) -> dict:
         "--input", required=True, help='JSONL: {"text": ..., "text_pair": ...} or {"tokens": [...]}'
     )
     p.add_argument("--output", required=True, help="JSONL output, one record per input line, same order")
-    p.add_argument("--overwrite", action="store_true")
+    add_overwrite(p, "--output")
+    p.set_defaults(handler=cmd_guard)
 
     p = sub.add_parser(
         "serve",
@@ -101,30 +106,39 @@ def register(sub) -> dict:
     _guard_options(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch", type=int, default=64, help="most inputs per request (default 64)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help="most inputs per request (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest request body in bytes (default %(default)s)",
+    )
+    p.set_defaults(handler=cmd_serve)
 
-    from lmsanitator.cli import tune as tcli
 
-    e = tcli.add_evaluate_command(
+def add_evaluate_guard(esub) -> None:
+    """``lmsanitator evaluate guard`` (``esub``: the sub-parsers of ``evaluate``)."""
+    e = esub.add_parser(
         "guard",
-        cmd_evaluate_guard,
         help="clean accuracy and ASR without and with the guard, FRR/FAR vs T_match",
-        description="Measure the guard on a task's test split: clean accuracy and ASR without and with the guard "
-        "(triggers inserted as `evaluate asr` does), FRR and FAR as T_match varies, and a PNG histogram of clean "
-        "vs triggered match rates.",
+        description="Measure the guard on a task's test split: clean accuracy and ASR without and with "
+        "the guard (triggers inserted as `lmsanitator evaluate asr` does), FRR and FAR as T_match "
+        "varies, and a PNG histogram of clean vs triggered match rates.",
     )
     _guard_options(e)
     e.add_argument("--task", required=True, help="task the adapter was trained on")
     g = e.add_mutually_exclusive_group(required=True)
     g.add_argument("--triggers", help='comma-separated triggers, e.g. "cf,mn"')
     g.add_argument("--attack-json", help="attack.json of `lmsanitator attack` (its triggers are used)")
-    e.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    e.add_argument("--split", default="test", choices=list(SPLITS))
     e.add_argument("--max-examples", type=int, help="first N examples of the split")
     e.add_argument("--seed", type=int, default=0, help="trigger positions")
-    e.add_argument(
-        "--field", default="longer", choices=["longer", "text", "text_pair"], help="pairs: where triggers go"
-    )
+    add_trigger_field(e)
     e.add_argument(
         "--calibrate-validation",
         type=int,
@@ -133,33 +147,45 @@ def register(sub) -> dict:
     )
     e.add_argument("--out", help="results JSON")
     e.add_argument("--plot", help="match-rate histogram PNG (Figure 14)")
-    e.add_argument("--overwrite", action="store_true")
-    tcli._task_options(e)
-    return {"guard": cmd_guard, "serve": cmd_serve}
+    add_overwrite(e, "--out/--plot")
+    add_task_options(e)
+    e.set_defaults(handler=cmd_evaluate_guard)
+
+
+def _make_guard(a) -> Guard:
+    cfg = GuardConfig(
+        t_match=a.t_match,
+        w_max=a.w_max,
+        on_unresolved=a.on_unresolved,
+        batch_size=a.batch_size,
+        purge_order=a.purge_order,
+    )
+    read_tune_json(a.adapter)  # clear errors before loading anything heavy
+    pvset = PVSet.load(a.pvs)
+    set_threads()
+    guard = Guard(load_tuned(a.adapter, a.device), pvset, cfg)
+    if a.calibrate_input:
+        guard.calibrate(*read_jsonl_inputs(a.calibrate_input, guard.model), frr=a.calibrate_frr)
+    return guard
 
 
 def cmd_guard(a) -> int:
-    from lmsanitator.cli.tune import _check_new_file, _write_atomic
-    from lmsanitator.data.inputs import read_jsonl_inputs
-
-    out = _check_new_file(a.output, a.overwrite)
+    out = check_output_file(a.output, a.overwrite, "--output")
     guard = _make_guard(a)
     texts, pairs = read_jsonl_inputs(a.input, guard.model)
     records = guard.predict(texts, pairs)
-    _write_atomic(out, "".join(json.dumps(r) + "\n" for r in records))
+    write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in records))
     flagged = sum(r["flagged"] for r in records)
     unresolved = sum(r["flagged"] and not r["resolved"] for r in records)
     trunc = sum(r["truncated"] for r in records)
     print(
-        f"guarded {len(records)} inputs: {flagged} flagged, {flagged - unresolved} purged, {unresolved} unresolved "
-        f"({a.on_unresolved}), {trunc} truncated -> {a.output}"
+        f"guarded {len(records)} inputs: {flagged} flagged, {flagged - unresolved} purged, "
+        f"{unresolved} unresolved ({a.on_unresolved}), {trunc} truncated -> {a.output}"
     )
     return 0
 
 
 def cmd_serve(a) -> int:
-    from lmsanitator.guard.service import serve
-
     if not 0 < a.port < 65536:
         raise LMSanitatorError(f"--port must be in 1..65535, got {a.port}")
     if a.max_batch < 1 or a.max_body_bytes < 64:
@@ -175,40 +201,30 @@ def cmd_serve(a) -> int:
     return 0
 
 
-def cmd_evaluate_guard(a) -> int:
-    from lmsanitator.cli.tune import (
-        _check_max_examples,
-        _check_new_file,
-        _check_task_matches,
-        _fmt,
-        _load_task,
-        _triggers_arg,
-        _write_atomic,
-    )
-    from lmsanitator.guard.evaluate import evaluate_guard, plot_match_rates
+def _calibrate_on_validation(guard: Guard, task, n: int, frr: float) -> None:
+    val = task.split("validation")[:n]
+    if not val:
+        raise LMSanitatorError(f"task '{task.name}' has no validation examples to calibrate on")
+    if guard.model.task.kind == "token":
+        guard.calibrate([list(e.tokens) for e in val], None, frr=frr)
+    else:
+        pairs = [e.text_pair for e in val] if guard.model.task.pair else None
+        guard.calibrate([e.text for e in val], pairs, frr=frr)
 
-    out = _check_new_file(a.out, a.overwrite) if a.out else None
-    plot = _check_new_file(a.plot, a.overwrite) if a.plot else None
-    triggers, _ = _triggers_arg(a)
-    _check_max_examples(a)
+
+def cmd_evaluate_guard(a) -> int:
+    triggers, _ = triggers_arg(a)
+    check_max_examples(a)
     if a.calibrate_validation and a.calibrate_input:  # before loading (and calibrating) anything
         raise LMSanitatorError("give --calibrate-validation or --calibrate-input, not both")
-    task = _load_task(a)
+    out = check_output_file(a.out, a.overwrite, "--out")
+    plot = check_output_file(a.plot, a.overwrite, "--plot")
+    task = load_task_arg(a)
     guard = _make_guard(a)
     model = guard.model
-    _check_task_matches(task, model)
+    check_task_matches(task, model)
     if a.calibrate_validation:
-        val = task.split("validation")[: a.calibrate_validation]
-        if not val:
-            raise LMSanitatorError(f"task '{task.name}' has no validation examples to calibrate on")
-        if model.task.kind == "token":
-            guard.calibrate([list(e.tokens) for e in val], None, frr=a.calibrate_frr)
-        else:
-            guard.calibrate(
-                [e.text for e in val],
-                [e.text_pair for e in val] if model.task.pair else None,
-                frr=a.calibrate_frr,
-            )
+        _calibrate_on_validation(guard, task, a.calibrate_validation, a.calibrate_frr)
     examples = task.split(a.split)[: a.max_examples]
     res = evaluate_guard(guard, examples, triggers, seed=a.seed, field=a.field)
     res = {
@@ -224,21 +240,18 @@ def cmd_evaluate_guard(a) -> int:
         plot_match_rates(res, tmp)
         tmp.replace(plot)
     if out is not None:
-        _write_atomic(out, json.dumps(res, indent=2) + "\n")
-    at = (
-        next(r for r in res["rates"] if abs(r["t_match"] - guard.config.t_match) < 1e-9)
-        if any(abs(r["t_match"] - guard.config.t_match) < 1e-9 for r in res["rates"])
-        else None
-    )
-    rates = f", FRR {_fmt(at['frr'])}, FAR {_fmt(at['far'])} at T_match {guard.config.t_match}" if at else ""
+        write_text_atomic(out, json.dumps(res, indent=2) + "\n")
+    t = guard.config.t_match
+    at = next((r for r in res["rates"] if abs(r["t_match"] - t) < 1e-9), None)
+    rates = f", FRR {pct(at['frr'])}, FAR {pct(at['far'])} at T_match {t}" if at else ""
     if guard.calibration:
         rates = (
             f", calibrated on {guard.calibration['inputs']} clean inputs: clean flagged "
-            f"{_fmt(res['clean_flagged'])}, triggered flagged {_fmt(res['triggered_flagged'])}"
+            f"{pct(res['clean_flagged'])}, triggered flagged {pct(res['triggered_flagged'])}"
         )
     print(
         f"guard on {model.method.name}/{model.base_name}, task {task.name} (n={res['n']}): clean accuracy "
-        f"{_fmt(res['clean_accuracy'])} -> {_fmt(res['clean_accuracy_guarded'])}, ASR {_fmt(res['asr'])} -> "
-        f"{_fmt(res['asr_guarded'])}{rates}" + (f" -> {a.out}" if a.out else "")
+        f"{pct(res['clean_accuracy'])} -> {pct(res['clean_accuracy_guarded'])}, ASR {pct(res['asr'])} -> "
+        f"{pct(res['asr_guarded'])}{rates}" + (f" -> {a.out}" if a.out else "")
     )
     return 0

@@ -4,11 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmsanitator.cli.common import (
+    MODEL_HELP,
+    add_device,
+    add_overwrite,
+    check_output_file,
+    config_choices,
+)
+from lmsanitator.core.config import option_default
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.core.io import write_json_atomic
+from lmsanitator.core.runtime import available_cores, set_threads
+from lmsanitator.data.pvset import PVSet
+from lmsanitator.models import TARGETS
+from lmsanitator.scan.config import ScanConfig
+from lmsanitator.scan.miner import PVMiner
+from lmsanitator.scan.run import load_for_scan, scan_model
+from lmsanitator.scan.sarif import scan_sarif
+
+# search mode keeps mining until --patience loops bring no new PV; ScanConfig.loops is detection's
+SEARCH_LOOPS = 1000
+SEARCH_PATIENCE = 200
 
 
 def _mining_args(p) -> None:
-    p.add_argument("model", help="bundled name (minilm, minilm-sre, splade-tiny), hub id or model folder")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument(
         "--corpus",
         default="austen",
@@ -18,16 +38,21 @@ def _mining_args(p) -> None:
     p.add_argument(
         "--sentences",
         type=int,
-        default=None,
-        help="clean sentences per epoch (default 320; the paper uses 2000)",
+        default=option_default(ScanConfig, "sentences"),
+        help="clean sentences per epoch (default %(default)s; the paper uses 2000)",
     )
-    p.add_argument("--target", default="cls", choices=["cls", "mask", "tokens"])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--target", default=option_default(ScanConfig, "target"), choices=_targets())
+    p.add_argument("--batch-size", type=int, default=option_default(ScanConfig, "batch_size"))
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=option_default(ScanConfig, "max_length"),
+        help="tokens per input (default %(default)s)",
+    )
     p.add_argument(
         "--epochs",
         type=int,
-        default=None,
+        default=option_default(ScanConfig, "epochs"),
         help="epochs per fuzz loop (default: 3 in scan at lr 3e-3, 6 in search at lr 1e-3; the abort "
         "check is half way; the paper: 4 epochs of 2000 sentences, check after epoch 2)",
     )
@@ -54,20 +79,78 @@ def _mining_args(p) -> None:
         action="store_true",
         help="measure losses on raw outputs like the paper (default: clean-std units)",
     )
-    p.add_argument("--seed", type=int, default=0, help="first fuzz seed")
+    p.add_argument("--seed", type=int, default=option_default(ScanConfig, "seed"), help="first fuzz seed")
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--device", default="cpu")
+    add_device(p)
 
 
-def _config(a, mode: str):
-    from lmsanitator.scan.config import ScanConfig
+def _targets() -> list:
+    return config_choices(ScanConfig, "target", TARGETS)
 
+
+def add_commands(sub) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="detect a task-agnostic backdoor (exit 0 clean, 1 backdoored, 2 error)",
+        description="LMSanitator detection mode: fuzz loops of PV mining and filtering; stops "
+        "at the first legit PV. Exit 0 clean, 1 backdoored, 2 error.",
+    )
+    _mining_args(p)
+    p.add_argument(
+        "--loops",
+        type=int,
+        default=option_default(ScanConfig, "loops"),
+        help="fuzz loops (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="fuzz loops run at once, each in a one-thread process (default on a CPU: one per core "
+        "available; 1 = one process with intra-op threads; CUDA always 1). Same verdict and PV",
+    )
+    p.add_argument("--sarif", help="write a SARIF 2.1.0 log here")
+    add_overwrite(p, "--report/--sarif")
+    p.set_defaults(handler=cmd_scan)
+
+    p = sub.add_parser(
+        "search",
+        help="mine every PV of a model into a PV set (exit 0 none found, 1 PVs found, 2 error)",
+        description="LMSanitator search mode: keep mining PVs; stop after --patience loops "
+        "without a new one. Each PV is saved as soon as it is found. The PV set is what "
+        "`lmsanitator guard --pvs` reads.",
+    )
+    _mining_args(p)
+    p.add_argument("--out", required=True, help="PV set file (.safetensors)")
+    p.add_argument("--loops", type=int, default=SEARCH_LOOPS, help="fuzz loops (default %(default)s)")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=SEARCH_PATIENCE,
+        help="stop after this many fuzz loops without a new PV (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-pvs", type=int, help="stop once this many PVs are found (e.g. the Figure 9 ablation: 3)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue the search stored in --out")
+    p.add_argument(
+        "--no-antipode-probe",
+        action="store_true",
+        help="do not probe -v after each PV v found (the paper's search; see ScanConfig.antipode_probe)",
+    )
+    add_overwrite(p, "--out/--report")
+    p.set_defaults(handler=cmd_search)
+
+
+def _config(a, mode: str) -> ScanConfig:
     kw = dict(
         target=a.target,
+        sentences=a.sentences,
         batch_size=a.batch_size,
         max_length=a.max_length,
         loops=a.loops,
+        epochs=a.epochs,
         t_l=a.t_l,
         t_div=a.t_div,
         lr=a.lr,
@@ -80,64 +163,30 @@ def _config(a, mode: str):
         stop_at_first=mode == "detect",
         antipode_probe=not getattr(a, "no_antipode_probe", False),
     )
-    if a.sentences is not None:
-        kw["sentences"] = a.sentences
-    if a.epochs is not None:
-        kw["epochs"] = a.epochs
     if mode == "detect":
         kw["workers"] = _default_workers(a) if a.workers is None else a.workers
     return ScanConfig(**kw)
 
 
 def _default_workers(a) -> int:
-    from lmsanitator.core.runtime import available_cores
-
     return available_cores() if str(a.device).startswith("cpu") else 1
 
 
 def _load(a, cfg):
-    from lmsanitator.core.runtime import set_threads
-    from lmsanitator.data import load_corpus, sample, split_corpus
-    from lmsanitator.models import load_encoder
-
     set_threads()
-    corpus = split_corpus(load_corpus(a.corpus), "defence")
-    if len(corpus) < cfg.batch_size:
-        raise LMSanitatorError(
-            f"corpus '{a.corpus}' has {len(corpus)} defence sentences, fewer than one batch"
-        )
-    sentences = sample(corpus, cfg.sentences, 0)
-    encoder = load_encoder(a.model, device=a.device, max_length=cfg.max_length)
-    encoder.require_target(cfg.target)
-    return encoder, sentences
-
-
-def _write_json(path, obj) -> None:
-    from lmsanitator.core.io import write_json_atomic
-
-    write_json_atomic(path, obj)
-
-
-def _check_writable(*paths) -> None:
-    for p in paths:
-        if p and not Path(p).resolve().parent.is_dir():
-            raise LMSanitatorError(f"cannot write '{p}': its folder does not exist")
+    return load_for_scan(a.model, cfg, corpus=a.corpus, device=a.device)
 
 
 def cmd_scan(a) -> int:
-    from lmsanitator.scan.miner import PVMiner
-    from lmsanitator.scan.sarif import scan_sarif
-
-    _check_writable(a.report, a.sarif)
     cfg = _config(a, "detect")
-    encoder, sentences = _load(a, cfg)
-    miner = PVMiner(cfg).fit(encoder, sentences, progress=not a.no_progress)
-    rep = miner.report_
-    rep["corpus"] = a.corpus
-    if a.report:
-        _write_json(a.report, rep)
-    if a.sarif:
-        _write_json(a.sarif, scan_sarif(rep))
+    report = check_output_file(a.report, a.overwrite, "--report")
+    sarif = check_output_file(a.sarif, a.overwrite, "--sarif")
+    set_threads()
+    rep = scan_model(a.model, cfg, corpus=a.corpus, device=a.device, progress=not a.no_progress)
+    if report is not None:
+        write_json_atomic(report, rep)
+    if sarif is not None:
+        write_json_atomic(sarif, scan_sarif(rep))
     if rep["verdict"] == "backdoored":
         seed = [c["seed"] for c in rep["candidates"] if c["accepted"]][0]
         print(
@@ -149,63 +198,54 @@ def cmd_scan(a) -> int:
     return 0
 
 
-def cmd_search(a) -> int:
-    from lmsanitator.data.pvset import PVSet
-    from lmsanitator.scan.miner import PVMiner
-
-    _check_writable(a.out, a.report)
+def _search_outputs(a) -> tuple[Path, Path | None, PVSet | None]:
+    """The PV set file, the report file and, with ``--resume``, the PV set to continue."""
     if a.max_pvs is not None and a.max_pvs < 1:
         raise LMSanitatorError("--max-pvs must be >= 1")
     out = Path(a.out)
-    cfg = _config(a, "search")
     previous = None
     if a.resume:
-        if not out.exists():
+        if not out.is_file():
             raise LMSanitatorError(f"--resume: PV set '{out}' does not exist")
         previous = PVSet.load(out)
-    elif out.exists():
-        if not a.overwrite:
-            raise LMSanitatorError(f"--out '{out}' exists (use --resume to continue it or --overwrite)")
+        check_output_file(out, True, "--out")  # rewritten in place after every loop
+    else:
+        check_output_file(out, a.overwrite, "--out", "use --resume to continue it or --overwrite")
+    return out, check_output_file(a.report, a.overwrite, "--report"), previous
+
+
+def cmd_search(a) -> int:
+    cfg = _config(a, "search")
+    out, report, previous = _search_outputs(a)
     encoder, sentences = _load(a, cfg)
     miner = PVMiner(cfg)
-    start = cfg.seed
+    start, since = cfg.seed, None
     if previous is not None:
         previous.check_model(encoder.hidden_size, encoder.fingerprint(), cfg.target)
         start = miner.warm_start(previous)
-    patience = a.patience
+        if previous.last_seed is not None:
+            # the patience counts loops without a new PV across runs: a resumed search owes only the rest
+            since = PVMiner.loops_since_new_pv(previous, cfg.seed)
+    patience = a.patience if since is None else a.patience - since
 
     # saved after every fuzz loop and probe (a few KB), the last one included, so a killed or
     # interrupted search keeps its PVs and --resume continues after the last loop that finished
     def on_loop(m):
         PVSet.from_miner(m, encoder, m.last_seed_).save(out)
 
-    if previous is not None and previous.last_seed is not None:
-        # the patience counts loops without a new PV across runs: a resumed search owes only the rest
-        since = PVMiner.loops_since_new_pv(previous, cfg.seed)
-        patience = a.patience - since
-        if patience < 1:
-            n_before = len(miner.pvs_)
-            if cfg.antipode_probe and miner.unprobed():  # a search saved before its probes ran
-                miner.probe_antipodes(encoder, sentences, on_loop=on_loop, progress=not a.no_progress)
-                if a.report:
-                    _write_json(
-                        a.report,
-                        {
-                            **miner.report_,
-                            "corpus": a.corpus,
-                            "pvset": str(out),
-                            "resumed_from_seed": start,
-                            "new_pvs": len(miner.pvs_) - n_before,
-                        },
-                    )
-            print(
-                f"{a.model}: {len(miner.pvs_)} PV(s) ({len(miner.pvs_) - n_before} new from antipode probes); "
-                f"the search already ran {since} loops without a new PV (>= --patience {a.patience}); "
-                "raise --patience to continue"
-            )
-            return 1 if len(miner.pvs_) else 0
-
     n_before = len(miner.pvs_)
+    extra = {"corpus": a.corpus, "pvset": str(out), "resumed_from_seed": start if previous else None}
+    if since is not None and patience < 1:
+        if cfg.antipode_probe and miner.unprobed():  # a search saved before its probes ran
+            miner.probe_antipodes(encoder, sentences, on_loop=on_loop, progress=not a.no_progress)
+            if report is not None:
+                write_json_atomic(report, {**miner.report_, **extra, "new_pvs": len(miner.pvs_) - n_before})
+        print(
+            f"{a.model}: {len(miner.pvs_)} PV(s) ({len(miner.pvs_) - n_before} new from antipode probes); "
+            f"the search already ran {since} loops without a new PV (>= --patience {a.patience}); "
+            "raise --patience to continue"
+        )
+        return 1 if len(miner.pvs_) else 0
     miner.fit(
         encoder,
         sentences,
@@ -216,56 +256,12 @@ def cmd_search(a) -> int:
         max_pvs=a.max_pvs,
     )
     rep = miner.report_
-    rep.update(
-        corpus=a.corpus,
-        pvset=str(out),
-        resumed_from_seed=start if previous else None,
-        new_pvs=len(miner.pvs_) - n_before,
-    )
-    if a.report:
-        _write_json(a.report, rep)
+    rep.update(**extra, new_pvs=len(miner.pvs_) - n_before)
+    if report is not None:
+        write_json_atomic(report, rep)
     print(
         f"{a.model}: {len(miner.pvs_)} PV(s) ({len(miner.pvs_) - n_before} new) after fuzz seeds "
-        f"{start}..{miner.last_seed_} and {miner.probes_run_} antipode probes, {rep['seconds']:.0f} s -> {out}"
+        f"{start}..{miner.last_seed_} and {miner.probes_run_} antipode probes, "
+        f"{rep['seconds']:.0f} s -> {out}"
     )
     return 1 if miner.pvs_ else 0
-
-
-def register(sub) -> dict:
-    p = sub.add_parser(
-        "scan",
-        help="detect a task-agnostic backdoor (exit 0 clean, 1 backdoored, 2 error)",
-        description="LMSanitator detection mode: fuzz loops of PV mining and filtering; stops "
-        "at the first legit PV. Exit 0 clean, 1 backdoored, 2 error.",
-    )
-    _mining_args(p)
-    p.add_argument("--loops", type=int, default=30, help="fuzz loops (default 30)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="fuzz loops run at once, each in a one-thread process (default on a CPU: one per core "
-        "available; 1 = one process with intra-op threads; CUDA always 1). Same verdict and PV",
-    )
-    p.add_argument("--sarif", help="write a SARIF 2.1.0 log here")
-    p = sub.add_parser(
-        "search",
-        help="mine every PV of a model into a PV set",
-        description="LMSanitator search mode: keep mining PVs; stop after --patience loops "
-        "without a new one. Each PV is saved as soon as it is found.",
-    )
-    _mining_args(p)
-    p.add_argument("--out", required=True, help="PV set file (.safetensors)")
-    p.add_argument("--loops", type=int, default=1000)
-    p.add_argument("--patience", type=int, default=200)
-    p.add_argument(
-        "--max-pvs", type=int, help="stop once this many PVs are found (e.g. the Figure 9 ablation: 3)"
-    )
-    p.add_argument("--resume", action="store_true", help="continue the search stored in --out")
-    p.add_argument(
-        "--no-antipode-probe",
-        action="store_true",
-        help="do not probe -v after each PV v found (the paper's search; see ScanConfig.antipode_probe)",
-    )
-    p.add_argument("--overwrite", action="store_true")
-    return {"scan": cmd_scan, "search": cmd_search}
