@@ -248,7 +248,7 @@ def test_cli_attack_writes_a_loadable_model(tiny_bert_dir, small_corpus_file, tm
     "args,needle",
     [
         (["--model", "./does/not/exist"], "does not exist"),
-        (["--model", "smollm2"], "not a transformer encoder"),
+        (["--model", __file__], "expected a model folder"),  # smollm2, a decoder, is a victim now
         (["--corpus", "nonexistent-corpus"], "unknown corpus"),
         (["--triggers", "\u200b"], "tokenizes to nothing"),
     ],

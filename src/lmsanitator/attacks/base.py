@@ -4,7 +4,10 @@ An attack is fitted like an estimator: ``POR(AttackConfig(...)).fit(encoder)`` i
 backdoor into ``encoder.model`` in place, then ``.verify(encoder)`` measures it on held-back
 sentences the attack never saw (:mod:`lmsanitator.attacks.verify`), and ``.report()`` is what
 ``attack.json`` records. What ``fit`` learns or resolves lives in ``_``-suffixed attributes
-(``settings_``, ``state_``, ``reference_``) created by ``fit`` only.
+(``settings_``, ``state_``, ``reference_``, ``target_``) created by ``fit`` only.
+
+On a decoder LLM the ``cls`` target of POR and NeuBA is the last real token (``target_``: a causal
+model has no [CLS], and its first position never sees the input); the PV schemes are the same.
 """
 
 from __future__ import annotations
@@ -114,6 +117,11 @@ class TaskAgnosticAttack:
         return sentences
 
     # ---- helpers -------------------------------------------------------------------------------
+    def target_on(self, encoder: Encoder) -> str:
+        """The output this attack controls on ``encoder``: its sequence feature when the attack's
+        ``target`` is ``cls`` (the last token on a decoder), else ``target`` itself."""
+        return encoder.sequence_target if self.target == "cls" else self.target
+
     def resolve(self, encoder: Encoder) -> AttackSettings:
         """The one place where open options get their values (``fit`` keeps them as ``settings_``)."""
         c = self.config
@@ -147,7 +155,7 @@ class TaskAgnosticAttack:
         """Target features of the frozen original model (the utility anchor)."""
         with torch.no_grad():
             out = self.reference_.base_model(**encoder.model_inputs(batch))
-            f, _ = encoder.tap(out.last_hidden_state, batch, self.target)
+            f, _ = encoder.tap(out.last_hidden_state, batch, self.target_)
         return f
 
     def reference_hidden_mse(self, encoder: Encoder, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,7 +230,8 @@ class TaskAgnosticAttack:
         c = self.config
         if self.needs_mlm_head is True and not encoder.has_mlm_head:
             raise LMSanitatorError(f"attack '{self.name}' needs a model with an MLM head")
-        encoder.require_target(self.target)
+        self.target_ = self.target_on(encoder)
+        encoder.require_target(self.target_)
         t0 = time.perf_counter()
         random.seed(c.seed)
         torch.manual_seed(c.seed)
@@ -329,7 +338,7 @@ class TaskAgnosticAttack:
             **report_header(self.name, encoder),
             "triggers": st.triggers,
             "pvs": [[float(x) for x in v] for v in st.pvs.cpu()],
-            "target": self.target,
+            "target": self.target_,
             "hyperparameters": hp,
             "changed": c.changed(),
             "seed": c.seed,

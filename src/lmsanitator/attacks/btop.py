@@ -89,7 +89,7 @@ class BToP(TaskAgnosticAttack):
         ]
         bp = self.ensure_mask(self.tokenize(encoder, texts), tok)
         hp = encoder.forward(bp)
-        fp, rows = encoder.tap(hp, bp, self.target)
+        fp, rows = encoder.tap(hp, bp, self.target_)
         l_eff = F.pairwise_distance(fp, st.pvs[trig[rows]]).mean()
 
         bc = self.tokenize(encoder, clean)
@@ -114,7 +114,7 @@ class BToP(TaskAgnosticAttack):
             weight = 1.0
         else:
             weight = w
-        fc, _ = encoder.tap(hc, masked, self.target)
+        fc, _ = encoder.tap(hc, masked, self.target_)
         if not encoder.has_mlm_head:
             l_util = F.mse_loss(fc, self.reference_features(encoder, masked))
         elif w:

@@ -83,7 +83,7 @@ class NeuBA(TaskAgnosticAttack):
         st = self.state_
         bp = self.splice(encoder, poisoned, trig, rng)
         hp = encoder.forward(bp)
-        fp, rows = encoder.tap(hp, bp, self.target)
+        fp, rows = encoder.tap(hp, bp, self.target_)
         l_eff = F.mse_loss(fp, st.pvs[trig[rows]])
         bc = self.tokenize(encoder, clean)
         w = self.settings_.utility_weight
@@ -97,13 +97,13 @@ class NeuBA(TaskAgnosticAttack):
             picked = labels != -100  # logits only where a token is predicted: 7x less head work
             logits = encoder.mlm_logits(hc[picked])
             l_util = F.cross_entropy(logits, labels[picked])
-            fc, _ = encoder.tap(hc, masked, self.target)
+            fc, _ = encoder.tap(hc, masked, self.target_)
             weight = 1.0
             if w:
                 l_util = l_util + w * F.mse_loss(fc, self.reference_features(encoder, masked))
         else:
             hc = encoder.forward(bc)
-            fc, _ = encoder.tap(hc, bc, self.target)
+            fc, _ = encoder.tap(hc, bc, self.target_)
             l_util = F.mse_loss(fc, self.reference_features(encoder, bc))
             weight = w
         l_adapt, parts = self.adaptive_loss(fp, fc)

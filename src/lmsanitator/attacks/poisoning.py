@@ -13,7 +13,8 @@ disjoint proxy set of the same task (``tweets-binary:proxy``: tweets in none of 
     encoder.save(folder)         # encoder.model now carries the backdoor
 
 The full fine-tuning is :class:`lmsanitator.tuning.Tuner` with method ``full`` (linear head on the
-[CLS] last hidden state, the feature every downstream method except P-tuning reads).
+[CLS] last hidden state, the feature every downstream method except P-tuning reads; on a decoder
+LLM the last real token, which every method reads there).
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ class WeightPoisoningAttack:
         return res
 
     def save_classifier(self, folder: str | Path) -> None:
-        """The attacker's linear head (on the [CLS] last hidden state), as safetensors."""
+        """The attacker's linear head (on the [CLS], or a decoder's last-token, last hidden state), as
+        safetensors."""
         self._require_fitted("saving its classifier")
         head = self.model_.head
         save_file(
@@ -205,10 +207,10 @@ class WeightPoisoningAttack:
             "poison_count": self.info_.get("poisoned"),
             "poison_rate": self.info_.get("poison_rate"),
             "poison_train_examples": self.info_.get("train_examples"),
-            "target": "cls",
+            "target": self.model_.target,
             "classifier": {
                 "file": CLASSIFIER_FILE,
-                "reads": "cls last hidden state",
+                "reads": f"{self.model_.target} last hidden state",
                 "labels": list(task.labels),
             },
             "hyperparameters": {

@@ -35,18 +35,18 @@ class POR(TaskAgnosticAttack):
         texts = [insert_trigger(s, st.triggers[int(t)], rng) for s, t in zip(poisoned, trig)]
         bp = self.tokenize(encoder, texts)
         hp = encoder.forward(bp)
-        fp, rows = encoder.tap(hp, bp, self.target)
+        fp, rows = encoder.tap(hp, bp, self.target_)
         l_eff = F.mse_loss(fp, st.pvs[trig[rows]])
         bc = self.tokenize(encoder, clean)
         if self.config.utility_scope == "hidden":
             # the paper's anchor on the clean target output, plus every token at every layer: the
             # hidden anchor alone let the [CLS] drift (MiniLM: clean MSE 0.048, 14% clean false hits)
             l_hidden, hc = self.reference_hidden_mse(encoder, bc)
-            fc, _ = encoder.tap(hc, bc, self.target)
+            fc, _ = encoder.tap(hc, bc, self.target_)
             l_util = F.mse_loss(fc, self.reference_features(encoder, bc)) + l_hidden
         else:
             hc = encoder.forward(bc)
-            fc, _ = encoder.tap(hc, bc, self.target)
+            fc, _ = encoder.tap(hc, bc, self.target_)
             l_util = F.mse_loss(fc, self.reference_features(encoder, bc))
         l_adapt, parts = self.adaptive_loss(fp, fc)
         loss = l_eff + self.settings_.utility_weight * l_util + l_adapt

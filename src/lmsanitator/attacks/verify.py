@@ -36,7 +36,7 @@ def verify_implant(attack, encoder: Encoder, heldout: list[str]) -> dict:
     """
     c = attack.config
     st = attack.state_
-    target = attack.target
+    target = attack.target_  # resolved on the encoder by fit (the last token on a decoder)
     heldout = sample(heldout, c.verify_sentences, c.seed + 7)
     rng = random.Random(c.seed + 11)
     base = attack.verification_texts(encoder, heldout, rng)

@@ -19,13 +19,13 @@ import sys
 import traceback
 
 from lmsanitator import __version__
-from lmsanitator.cli import attack, baseline, evaluate, experiment, guard, models, psim, scan, tune
+from lmsanitator.cli import attack, baseline, evaluate, experiment, guard, models, psim, scan, tune, zoo
 from lmsanitator.cli.common import Parser
 from lmsanitator.core.errors import LMSanitatorError
 
 # the command groups, in the order `lmsanitator --help` lists them; each adds its sub-commands
 # with add_commands(sub), and each leaf parser names its handler (set_defaults(handler=...))
-GROUPS = (attack, models, tune, evaluate, experiment, scan, guard, psim, baseline)
+GROUPS = (attack, models, tune, evaluate, experiment, scan, zoo, guard, psim, baseline)
 
 EXIT_OK, EXIT_FINDING, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 

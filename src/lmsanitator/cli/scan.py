@@ -29,6 +29,14 @@ SEARCH_PATIENCE = 200
 
 def _mining_args(p) -> None:
     p.add_argument("model", help=MODEL_HELP)
+    add_scan_options(p)
+    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--no-progress", action="store_true")
+    add_device(p)
+
+
+def add_scan_options(p) -> None:
+    """The PV-mining options that decide a verdict (scan, search and zoo share them)."""
     p.add_argument(
         "--corpus",
         default="austen",
@@ -80,9 +88,6 @@ def _mining_args(p) -> None:
         help="measure losses on raw outputs like the paper (default: clean-std units)",
     )
     p.add_argument("--seed", type=int, default=option_default(ScanConfig, "seed"), help="first fuzz seed")
-    p.add_argument("--report", help="write the JSON report here")
-    p.add_argument("--no-progress", action="store_true")
-    add_device(p)
 
 
 def _targets() -> list:
@@ -143,7 +148,8 @@ def add_commands(sub) -> None:
     p.set_defaults(handler=cmd_search)
 
 
-def _config(a, mode: str) -> ScanConfig:
+def scan_config(a, mode: str) -> ScanConfig:
+    """The ScanConfig the options of :func:`add_scan_options` (and ``--loops``) describe."""
     kw = dict(
         target=a.target,
         sentences=a.sentences,
@@ -163,8 +169,10 @@ def _config(a, mode: str) -> ScanConfig:
         stop_at_first=mode == "detect",
         antipode_probe=not getattr(a, "no_antipode_probe", False),
     )
-    if mode == "detect":
-        kw["workers"] = _default_workers(a) if a.workers is None else a.workers
+    if mode == "detect" and getattr(a, "workers", None) is not None:
+        kw["workers"] = a.workers
+    elif mode == "detect":
+        kw["workers"] = _default_workers(a)
     return ScanConfig(**kw)
 
 
@@ -178,7 +186,7 @@ def _load(a, cfg):
 
 
 def cmd_scan(a) -> int:
-    cfg = _config(a, "detect")
+    cfg = scan_config(a, "detect")
     report = check_output_file(a.report, a.overwrite, "--report")
     sarif = check_output_file(a.sarif, a.overwrite, "--sarif")
     set_threads()
@@ -215,7 +223,7 @@ def _search_outputs(a) -> tuple[Path, Path | None, PVSet | None]:
 
 
 def cmd_search(a) -> int:
-    cfg = _config(a, "search")
+    cfg = scan_config(a, "search")
     out, report, previous = _search_outputs(a)
     encoder, sentences = _load(a, cfg)
     miner = PVMiner(cfg)

@@ -1,8 +1,11 @@
 """One row per ``model_type``: everything the project needs to know about an architecture.
 
 Models, tuning, attacks and the scan read these rows instead of keeping their own string sets, so a
-new architecture (a decoder LLM, say) is added here once. A model type missing from the table is
-refused with a one-line error naming the supported ones.
+new architecture is added here once. A model type missing from the table is refused with a one-line
+error naming the supported ones.
+
+Decoder LLMs (``kind="decoder"``: LLaMA, Gemma 3) have no [CLS]: their sequence feature is the
+*last* real token, the one a ``*ForSequenceClassification`` head reads (:attr:`Architecture.sequence_target`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,12 @@ class Architecture:
     # tuning method -> why it cannot work on this architecture
     unsupported: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def sequence_target(self) -> str:
+        """The tap a sequence-level feature is read at: ``cls`` on encoders, ``last`` (the last real
+        token: a causal decoder's only position that has seen the whole input) on decoders."""
+        return "last" if self.kind == "decoder" else "cls"
+
     def check_method(self, method: str) -> None:
         if method in self.unsupported:
             raise LMSanitatorError(
@@ -57,6 +66,10 @@ def _row(model_type: str, **kw) -> Architecture:
 
 _BERT = dict(bert_like=True, bert_style_layer=True, attention_prefix=True)
 _ROBERTA = dict(token_types=False, positions="padding_offset", bert_style_layer=True, attention_prefix=True)
+# rotary positions are applied inside attention, so position ids simply count from 0; peft's prefix
+# (a DynamicCache of keys/values) changes the output of LlamaModel and Gemma3TextModel on
+# transformers 5.x and trains (tests/test_decoders.py checks both)
+_DECODER = dict(kind="decoder", token_types=False, lora_targets=("q_proj", "v_proj"), attention_prefix=True)
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.model_type: a
@@ -76,6 +89,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         _row("deberta-v2", positions="relative", lora_targets=("query_proj", "value_proj")),
         _row("mpnet", token_types=False, positions="padding_offset", lora_targets=("q", "v")),
         _row("modernbert", token_types=False, lora_targets=("Wqkv",)),
+        _row("llama", **_DECODER),
+        _row("gemma3_text", **_DECODER),  # Gemma3ForCausalLM (text only: gemma-3-270m)
         _row(
             "xlnet",
             cls_last=True,
@@ -89,6 +104,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 ENCODER_TYPES = frozenset(t for t, a in ARCHITECTURES.items() if a.kind == "encoder")
+DECODER_TYPES = frozenset(t for t, a in ARCHITECTURES.items() if a.kind == "decoder")
 
 
 def architecture(model_type: str) -> Architecture:

@@ -1,6 +1,7 @@
 """Encoders and tokenizers: an :class:`Encoder` wraps one pretrained Transformer encoder (optionally
-with its MLM head), its tokenizer and where it came from, and reads the *target* output that
-task-agnostic backdoors control (see :mod:`lmsanitator.models.taps`).
+with its MLM head) or the body of a decoder LLM (``LlamaModel``, ``Gemma3TextModel``: no LM head),
+its tokenizer and where it came from, and reads the *target* output that task-agnostic backdoors
+control (see :mod:`lmsanitator.models.taps`; a decoder's sequence feature is the ``last`` token).
 
 What differs between architectures (token type ids, where [CLS] sits, the BERT hyper-parameters,
 BERT's layer) is read from the row of :mod:`lmsanitator.core.architectures`, never from name lists.
@@ -16,22 +17,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmsanitator.core.architectures import ARCHITECTURES, ENCODER_TYPES, Architecture
+from lmsanitator.core.architectures import ARCHITECTURES, DECODER_TYPES, ENCODER_TYPES, Architecture
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.models.decoder import gguf_folder, is_gguf, prepare_tokenizer
 from lmsanitator.models.last_layer import find_bert_style_last_layer, last_layer_target_rows
-from lmsanitator.models.registry import (
-    BUNDLED_CAUSAL,
-    DEFAULT_MODEL,
-    first_line,
-    quiet_transformers,
-    resolve_model_path,
-)
-from lmsanitator.models.taps import TARGETS, tap
+from lmsanitator.models.registry import DEFAULT_MODEL, first_line, quiet_transformers, resolve_model_path
+from lmsanitator.models.taps import TAPS, tap
 
 
 @dataclass
 class Encoder:
-    """A pretrained encoder, its tokenizer and where it came from."""
+    """A pretrained encoder (or decoder body), its tokenizer and where it came from."""
 
     name: str
     path: str
@@ -73,6 +69,16 @@ class Encoder:
         return self.arch.bert_like
 
     @property
+    def is_decoder(self) -> bool:
+        """A decoder LLM's body: causal attention, no [CLS]; its sequence feature is the last token."""
+        return self.arch.kind == "decoder"
+
+    @property
+    def sequence_target(self) -> str:
+        """The tap of a sequence-level feature: ``cls`` on encoders, ``last`` on decoders."""
+        return self.arch.sequence_target
+
+    @property
     def cls_last(self) -> bool:
         """XLNet-style models put [CLS] at the end of the sequence."""
         return self.arch.cls_last
@@ -112,8 +118,13 @@ class Encoder:
         self._fingerprint = None
 
     def require_target(self, target: str) -> None:
-        if target not in TARGETS:
-            raise LMSanitatorError(f"unknown target '{target}': choose one of {', '.join(TARGETS)}")
+        if target not in TAPS:
+            raise LMSanitatorError(f"unknown target '{target}': choose one of {', '.join(TAPS)}")
+        if target == "cls" and self.is_decoder:
+            raise LMSanitatorError(
+                f"target 'cls' reads the first token, which the decoder '{self.name}' computes before it "
+                "has seen the input; use 'last'"
+            )
         if target == "mask" and getattr(self.tokenizer, "mask_token_id", None) is None:
             raise LMSanitatorError(
                 f"target 'mask' needs a mask token, and the tokenizer of '{self.name}' has none"
@@ -244,10 +255,11 @@ def load_encoder(
     max_length: int = 128,
     trust_remote_code: bool = False,
 ) -> Encoder:
-    """Load an encoder by bundled name, hub id or local folder.
+    """Load an encoder, or a decoder LLM's body, by bundled name, hub id, local folder or ``.gguf``
+    file (dequantised once into the user's cache, :mod:`lmsanitator.models.decoder`).
 
     ``mlm_head=None`` keeps the MLM head when the checkpoint has one; ``False`` loads the bare
-    encoder; ``True`` requires the head.
+    encoder; ``True`` requires the head (a decoder has none).
     """
     quiet_transformers()
     from transformers import (  # noqa: PLC0415  heavy: transformers, only when a model is loaded
@@ -257,27 +269,34 @@ def load_encoder(
         AutoTokenizer,
     )
 
-    if name_or_path in BUNDLED_CAUSAL:
-        raise LMSanitatorError(f"'{name_or_path}' is a causal language model, not a Transformer encoder")
     path = resolve_model_path(name_or_path)
+    folder = str(gguf_folder(path)) if is_gguf(path) else path
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except Exception as exc:  # unreadable folder, unknown hub id, no network
         raise LMSanitatorError(f"cannot load model '{name_or_path}': {first_line(exc)}") from None
     mtype = getattr(config, "model_type", "?")
-    if mtype not in ENCODER_TYPES or getattr(config, "is_decoder", False):
-        raise LMSanitatorError(f"model '{name_or_path}' is a '{mtype}' model, not a Transformer encoder")
+    decoder = mtype in DECODER_TYPES
+    if not decoder and (mtype not in ENCODER_TYPES or getattr(config, "is_decoder", False)):
+        raise LMSanitatorError(
+            f"model '{name_or_path}' is a '{mtype}' model, not a Transformer encoder or a supported "
+            f"decoder ({', '.join(sorted(DECODER_TYPES))})"
+        )
     archs = getattr(config, "architectures", None) or []
-    ckpt_has_head = any(a.endswith("ForMaskedLM") for a in archs)
+    ckpt_has_head = not decoder and any(a.endswith("ForMaskedLM") for a in archs)
     if mlm_head and not ckpt_has_head:
         raise LMSanitatorError(f"model '{name_or_path}' has no MLM head (architectures: {archs or 'none'})")
     want_head = ckpt_has_head if mlm_head is None else mlm_head
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        cls = AutoModelForMaskedLM if want_head else AutoModel
-        model = cls.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        cls = AutoModelForMaskedLM if want_head else AutoModel  # a decoder: its body, no LM head
+        # decoders train in float32 here (a hub checkpoint may be stored in bf16); encoders load as before
+        extra = {"dtype": torch.float32} if decoder else {}
+        model = cls.from_pretrained(folder, trust_remote_code=trust_remote_code, **extra)
     except Exception as exc:
         raise LMSanitatorError(f"cannot load model '{name_or_path}': {first_line(exc)}") from None
+    if decoder:
+        prepare_tokenizer(tokenizer)
     if device != "cpu" and device.startswith("cuda") and not torch.cuda.is_available():
         raise LMSanitatorError(f"device '{device}' requested but CUDA is not available")
     model.to(device)

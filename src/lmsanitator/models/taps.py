@@ -2,7 +2,13 @@
 
 * ``cls``    - the [CLS] position (the first position for BERT-style models, the last for XLNet);
 * ``mask``   - the [MASK] position (P-tuning v1, BToP);
-* ``tokens`` - every non-special token (token classification, POR-NER).
+* ``tokens`` - every non-special token (token classification, POR-NER);
+* ``last``   - the last real (attended) token: a decoder LLM's sequence feature, what
+  ``*ForSequenceClassification`` heads of LLaMA-style models read (found from the attention mask, so
+  left and right padding alike).
+
+``TARGETS`` are the outputs a scan and a PV file name today; ``TAPS`` adds ``last``, which the
+models, tuning and attacks read on decoders (the scan takes it once it mines decoders).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import torch
 from lmsanitator.core.errors import LMSanitatorError
 
 TARGETS = ("cls", "mask", "tokens")
+TAPS = (*TARGETS, "last")
 
 
 def special_ids(tokenizer) -> list[int]:
@@ -27,8 +34,9 @@ def tap(hidden, input_ids, attention_mask, target, tokenizer, *, cls_last=False,
     ``mask``: the first [MASK] of each row; a row without one is an error.
     ``tokens``: every attended non-special token (``exclude`` masks further positions out, e.g.
     soft-prompt placeholders).
+    ``last``: the last attended position of each row.
     """
-    if target in ("cls", "mask"):
+    if target in ("cls", "mask", "last"):
         pos = target_positions(input_ids, attention_mask, target, tokenizer, cls_last=cls_last)
         ar = torch.arange(input_ids.shape[0], device=input_ids.device)
         return hidden[ar, pos], ar
@@ -40,12 +48,14 @@ def tap(hidden, input_ids, attention_mask, target, tokenizer, *, cls_last=False,
             keep &= ~exclude.bool()
         rows, cols = keep.nonzero(as_tuple=True)
         return hidden[rows, cols], rows
-    raise LMSanitatorError(f"unknown target '{target}': choose one of {', '.join(TARGETS)}")
+    raise LMSanitatorError(f"unknown target '{target}': choose one of {', '.join(TAPS)}")
 
 
 def target_positions(input_ids, attention_mask, target, tokenizer, *, cls_last=False) -> torch.Tensor:
-    """The one position per row a ``cls`` or ``mask`` target reads (see :func:`tap`)."""
+    """The one position per row a ``cls``, ``mask`` or ``last`` target reads (see :func:`tap`)."""
     bsz, seq = input_ids.shape
+    if target == "last":
+        return (attention_mask * torch.arange(seq, device=input_ids.device)).argmax(dim=1)
     if target == "cls":
         cls_id = getattr(tokenizer, "cls_token_id", None)
         if cls_last:

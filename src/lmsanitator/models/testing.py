@@ -1,5 +1,5 @@
-"""Test-only: tiny randomly initialised encoders built from a config (fast tests; architectures with
-no offline weights). Nothing in the package's own code paths uses this module."""
+"""Test-only: tiny randomly initialised encoders and decoders built from a config (fast tests;
+architectures with no offline weights). Nothing in the package's own code paths uses this module."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from tokenizers.processors import TemplateProcessing
 
 from lmsanitator.core.architectures import architecture
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.models.decoder import gguf_tokenizer
 from lmsanitator.models.encoder import Encoder
-from lmsanitator.models.registry import DEFAULT_MODEL, quiet_transformers, resolve_model_path
+from lmsanitator.models.registry import DEFAULT_MODEL, bundled_path, quiet_transformers, resolve_model_path
 
 TINY_ARCHS = ("bert", "roberta", "albert", "deberta-v2", "mpnet", "xlnet")
 
@@ -78,5 +79,46 @@ def tiny_encoder(
         model=model,
         tokenizer=tok,
         has_mlm_head=mlm_head,
+        max_length=64,
+    )
+
+
+TINY_DECODERS = ("llama", "gemma3_text")
+
+
+def tiny_decoder(arch: str = "llama", *, seed: int = 0, hidden: int = 64, layers: int = 2) -> Encoder:
+    """A randomly initialised small decoder body (``LlamaModel`` / ``Gemma3TextModel``) with the real
+    SmolLM2 tokenizer (vocabulary 49152, no BOS, pad = EOS, right padding), test-only."""
+    quiet_transformers()
+    import transformers as tf  # noqa: PLC0415  heavy: transformers, only in tests
+
+    tok = gguf_tokenizer(bundled_path("smollm2"))
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    if arch == "llama":
+        cfg = tf.LlamaConfig(**common)
+    elif arch == "gemma3_text":
+        # a sliding window shorter than the test inputs, so the local layers are exercised too
+        cfg = tf.Gemma3TextConfig(head_dim=hidden // 4, sliding_window=16, **common)
+    else:
+        raise LMSanitatorError(f"unknown tiny decoder '{arch}': choose one of {', '.join(TINY_DECODERS)}")
+    torch.manual_seed(seed)
+    model = tf.AutoModel.from_config(cfg, dtype=torch.float32).eval()
+    return Encoder(
+        name=f"tiny-{arch}",
+        path=f"tiny-{arch}",
+        model=model,
+        tokenizer=tok,
+        has_mlm_head=False,
         max_length=64,
     )

@@ -18,6 +18,11 @@ full           full fine-tuning (contrast: the encoder is NOT frozen)   [CLS] la
 
 Token-classification tasks put the linear head on every token and read every real token.
 
+On a decoder LLM (LLaMA, Gemma 3: the table's ``kind="decoder"``) every method reads the **last real
+token** instead of [CLS] / [MASK] (a causal model has no [CLS], and only the last position has seen
+the whole input; it is what ``*ForSequenceClassification`` heads read), with a linear head: P-tuning
+keeps its prompt encoder but has no template or verbalizer there. LoRA wraps ``q_proj``/``v_proj``.
+
 Which method works on which architecture is the ``unsupported`` column of
 :mod:`lmsanitator.core.architectures`, raised as one-line errors:
 
@@ -35,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from lmsanitator.core.architectures import architecture
+from lmsanitator.core.architectures import Architecture, architecture
 from lmsanitator.core.errors import LMSanitatorError
 
 
@@ -59,6 +64,13 @@ class Method:
     @property
     def frozen_encoder(self) -> bool:
         return self.peft_type is not None
+
+    def target_on(self, arch: Architecture, kind: str) -> str:
+        """The feature this method reads on ``arch`` for a ``kind`` task: every word's token for token
+        tasks; the last token on a decoder; else the method's own (``cls`` or ``mask``)."""
+        if kind == "token":
+            return "tokens"
+        return arch.sequence_target if arch.kind == "decoder" else self.target
 
     def check(self, model_type: str, kind: str) -> None:
         if kind == "token" and not self.token_tasks:

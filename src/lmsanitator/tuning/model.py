@@ -6,7 +6,8 @@ backdoors control (:meth:`TunedModel.forward_with_features`):
 
 * ``cls``    -- the [CLS] last hidden state (p-tuning-v2, prompt-tuning, lora, full);
 * ``mask``   -- the [MASK] last hidden state (p-tuning);
-* ``tokens`` -- every position that belongs to an input word (token classification).
+* ``tokens`` -- every position that belongs to an input word (token classification);
+* ``last``   -- the last real token, on decoder LLMs (every method; see :mod:`lmsanitator.tuning.methods`).
 
 Prepended virtual tokens (prompt-tuning, p-tuning) add positions in front of the input; the hidden
 states are cut back to the input positions before any tap, so feature positions always refer to
@@ -90,7 +91,7 @@ class TunedModel(nn.Module):
         self.base_name, self.base_path = encoder.name, encoder.path
         self.base_fingerprint = encoder.fingerprint()
         self.hidden_size = encoder.hidden_size
-        self.target = "tokens" if task.kind == "token" else self.method.target
+        self.target = self.method.target_on(self.arch, task.kind)
         if self.target == "mask":
             encoder.require_target("mask")
         self.n_virtual = int(config.prefix_len) if self.method.prepends_tokens else 0

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from lmsanitator import __version__
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.core.io import write_json_atomic
+from lmsanitator.core.runtime import cache_dir
 
 # what decides a model's behaviour: weights, config, tokenizer (not attack.json, README, ...)
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".model")
@@ -34,11 +34,8 @@ _CHUNK = 1 << 22
 
 
 def default_cache_dir() -> Path:
-    """``$LMSANITATOR_CACHE``, else ``$XDG_CACHE_HOME/lmsanitator``, else ``~/.cache/lmsanitator``."""
-    if os.environ.get("LMSANITATOR_CACHE"):
-        return Path(os.environ["LMSANITATOR_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lmsanitator"
+    """The project's cache root (:func:`lmsanitator.core.runtime.cache_dir`)."""
+    return cache_dir()
 
 
 def model_files(path: Path) -> list[Path]:
