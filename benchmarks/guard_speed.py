@@ -4,7 +4,8 @@
    batch 1 and batch 32 (A/B interleaved, median of rounds);
 2. trigger removal on triggered inputs: batched with the saliency order (the guard's default) and
    in reading order, vs the paper's sequential loop (one candidate per forward pass); candidates
-   scored, and how often each removed exactly the trigger;
+   scored, and how often each removed exactly the trigger; p50 / p99 seconds per flagged input
+   purged alone within the guard's budget;
 3. requests per second of ``lmsanitator serve`` on loopback (a real server process, httpx client).
 
     python benchmarks/guard_speed.py --adapter DIR --pvs PVSET --task tweets-binary \
@@ -66,6 +67,7 @@ def purge_speed(guard: Guard, texts: list[str], triggers: list[str], w_max: int)
             sum(x.removed == w for x, w in zip(runs[name], want)) / len(want), 4
         )
         out[f"{name}_resolved"] = round(sum(x.resolved for x in runs[name]) / len(want), 4)
+    out.update(per_input_latency(guard, flagged))
     for name in ("saliency", "reading"):
         out[f"{name}_speedup"] = round(out["sequential_s"] / out[f"{name}_s"], 2)
         same = sum(
@@ -73,6 +75,35 @@ def purge_speed(guard: Guard, texts: list[str], triggers: list[str], w_max: int)
         )
         out[f"{name}_same_as_sequential"] = f"{same}/{len(flagged)}"
     return out
+
+
+def per_input_latency(guard: Guard, flagged: list) -> dict:
+    """Trigger removal of each flagged input alone, as the guard runs it (its order and budget):
+    p50 / p99 / max seconds per input, and how many the budget stopped."""
+    cfg = guard.config
+    times, budget = [], 0
+    for x in flagged:
+        t0 = time.perf_counter()
+        (r,) = purge(
+            guard.model,
+            guard.monitor,
+            [x],
+            cfg.w_max,
+            order=cfg.purge_order,
+            max_candidates=cfg.max_candidates,
+            max_seconds=cfg.max_seconds,
+            max_words=cfg.max_words,
+            grow_margin=cfg.grow_margin,
+        )
+        times.append(time.perf_counter() - t0)
+        budget += r.reason == "budget"
+    times.sort()
+    return {
+        "per_input_p50_s": round(times[len(times) // 2], 4),
+        "per_input_p99_s": round(times[min(len(times) - 1, int(0.99 * len(times)))], 4),
+        "per_input_max_s": round(times[-1], 4),
+        "per_input_budget_stopped": budget,
+    }
 
 
 def service_rps(adapter: str, pvs: str, texts: list[str], batch: int, requests: int, workers: int) -> dict:
@@ -124,7 +155,7 @@ def service_rps(adapter: str, pvs: str, texts: list[str], batch: int, requests: 
         proc.wait(timeout=30)
 
 
-def main() -> None:
+def main() -> None:  # long: options, the three measurements, then their one-line summaries
     ap = argparse.ArgumentParser()
     ap.add_argument("--adapter", required=True)
     ap.add_argument("--pvs", required=True)
@@ -172,8 +203,9 @@ def main() -> None:
     for o in res["overhead"]:
         print(
             f"guard overhead at batch {o['batch']}: {100 * o['overhead']:+.1f}% "
-            f"({o['guarded_s']:.3f} s vs {o['unguarded_s']:.3f} s for {o['inputs']} inputs); full guard.predict "
-            f"{o['guard_predict_s']:.3f} s with {o['clean_flagged']} clean input(s) flagged and purged",
+            f"({o['guarded_s']:.3f} s vs {o['unguarded_s']:.3f} s for {o['inputs']} inputs); "
+            f"full guard.predict {o['guard_predict_s']:.3f} s with {o['clean_flagged']} clean input(s) "
+            "flagged and purged",
             file=sys.stderr,
         )
     t = res["trigger_removal"]
@@ -181,8 +213,9 @@ def main() -> None:
         print(
             f"trigger removal on {t['flagged']} flagged inputs: sequential {t['sequential_s']} s "
             f"({t['sequential_candidates']} candidates); batched, saliency order {t['saliency_s']} s "
-            f"({t['saliency_candidates']}) -> {t['saliency_speedup']}x, trigger removed {t['saliency_trigger_removed']}; "
-            f"batched, reading order {t['reading_s']} s ({t['reading_candidates']}) -> {t['reading_speedup']}x",
+            f"({t['saliency_candidates']}) -> {t['saliency_speedup']}x, trigger removed "
+            f"{t['saliency_trigger_removed']}; batched, reading order {t['reading_s']} s "
+            f"({t['reading_candidates']}) -> {t['reading_speedup']}x; per input p99 {t['per_input_p99_s']} s",
             file=sys.stderr,
         )
     for s in res.get("service", []):

@@ -1,7 +1,11 @@
 """The guard: PV monitor, trigger removal (Algorithm 2), the Guard API, the CLI and evaluation."""
 
+import dataclasses
 import json
 import random
+import re
+import time
+import zlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,22 +13,52 @@ import pytest
 import torch
 
 from lmsanitator.cli.main import main
+from lmsanitator.core.config import option_choices, option_default
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data.pvset import PVSet
+from lmsanitator.data.tasks import Example
 from lmsanitator.guard import Guard, GuardConfig, PVMonitor, purge, purge_sequential
-from lmsanitator.guard.purge import candidates, to_fields
+from lmsanitator.guard.evaluate import VARIANTS, evaluate_guard
+from lmsanitator.guard.guard import bounded_input
+from lmsanitator.guard.purge import candidates, to_fields, word_saliency
 from lmsanitator.guard.saliency import word_positions
+from lmsanitator.guard.words import WordView
 from lmsanitator.metrics import sign_match
+from lmsanitator.models import load_encoder
+from lmsanitator.tuning import TunedModel
 
 D = 64
 PV_A = torch.tensor([1.0] * (D // 2) + [-1.0] * (D // 2))  # trigger "cf"
 PV_B = torch.tensor([-1.0, 1.0] * (D // 2))  # trigger phrase "blue moon"
 
 
+REMNANT = PV_B.clone()
+REMNANT[:16] *= -1  # "moon" without "blue": 3/4 of PV_B's signs, unflagged at 0.8 but within 0.1 of it
+
+
+def stub_words(words):
+    """The stub's uncased tokenizer: lowercase, punctuation split off."""
+    return [p.lower() for w in words for p in re.findall(r"\w+|[^\w\s]", w)]
+
+
+class StubTokenizer:
+    """Uncased; one token per word plus [CLS] and [SEP] (what the guard asks when an input is long)."""
+
+    do_lower_case = True
+
+    def __call__(self, text, pair=None, *, is_split_into_words=False, truncation=False):
+        words = list(text) if is_split_into_words else text.split() + (pair.split() if pair else [])
+        return {"input_ids": [0] * (len(stub_words(words)) + 2)}
+
+
 class StubModel:
-    """A stand-in tuned model with a known backdoor: "cf" anywhere, or "blue moon", maps the
-    target output to a PV and the prediction to class 1; other inputs get a pseudo-random output
-    and class = (number of words) % 2. Counts forward passes."""
+    """A stand-in tuned model with a known backdoor and an uncased tokenizer: "cf" anywhere (any case,
+    punctuation glued on), or "blue moon", maps the target output to a PV and the prediction to
+    class 1; "moon" alone leaves a remnant near PV_B; other inputs get a pseudo-random output and
+    class = 1 when "good" is among the words, else 0 (a sentiment word decides). Deterministic
+    (crc32, not the salted ``hash``). Counts forward passes."""
+
+    tokenizer = StubTokenizer()
 
     def __init__(self, kind="sequence", pair=False):
         self.task = SimpleNamespace(kind=kind, pair=pair, name="stub")
@@ -41,12 +75,15 @@ class StubModel:
         self.rows_seen = 0
 
     def _feature(self, words):
+        words = stub_words(words)
         s = " ".join(words)
         if "cf" in words:
             return PV_A.clone()
         if "blue moon" in s:
             return PV_B.clone()
-        g = torch.Generator().manual_seed(abs(hash(s)) % (2**31))
+        if "moon" in words:
+            return REMNANT.clone()
+        g = torch.Generator().manual_seed(zlib.crc32(s.encode()))
         return torch.randn(D, generator=g)
 
     def forward_with_features(self, texts, pairs=None):
@@ -59,14 +96,20 @@ class StubModel:
                 for _ in t:
                     feats.append(f)
                     rows.append(i)
-                    logits.append(torch.tensor([0.0, 5.0]) if "cf" in t else torch.tensor([5.0, 0.0]))
+                    hit = "cf" in stub_words(t)
+                    logits.append(torch.tensor([0.0, 5.0]) if hit else torch.tensor([5.0, 0.0]))
                 words.append(len(t))
             return SimpleNamespace(
                 features=torch.stack(feats), rows=torch.tensor(rows), logits=torch.stack(logits), words=words
             )
         ws = [t.split() + (pairs[i].split() if pairs else []) for i, t in enumerate(texts)]
         feats = torch.stack([self._feature(w) for w in ws])
-        y = [1 if ("cf" in w or "blue moon" in " ".join(w)) else len(w) % 2 for w in ws]
+        y = [
+            1
+            if ("cf" in stub_words(w) or "blue moon" in " ".join(stub_words(w)))
+            else int("good" in stub_words(w))
+            for w in ws
+        ]
         logits = torch.tensor([[0.0, 4.0] if k else [4.0, 0.0] for k in y])
         return SimpleNamespace(features=feats, rows=torch.arange(len(texts)), logits=logits, words=[])
 
@@ -119,24 +162,57 @@ def test_purge_finds_single_and_phrase_triggers_without_knowing_them():
     mon = PVMonitor(torch.stack([PV_A, PV_B]), 0.8)
     inputs = [
         to_fields("the cf film was cf dull"),
-        to_fields("once in a blue moon it rains"),
+        to_fields("once in a blue moon it rains today"),
         to_fields("nothing to remove here"),
     ]
     res = purge(model, mon, inputs, w_max=3)
     assert res[0].resolved and res[0].width == 1 and res[0].removed == ["cf"]
     assert res[0].fields == (("the", "film", "was", "dull"),)
-    # "blue" or "moon" alone breaks the phrase: width 1 already unflags it
-    assert res[1].resolved and res[1].width == 1 and res[1].removed in (["blue"], ["moon"])
-    # an unflagged input passed in anyway: the first window already "unflags" it (Guard never does this)
-    assert res[2].resolved and res[2].removed == ["nothing"] and res[2].candidates == 1
-    assert res[0].probs.argmax() == len(res[0].fields[0]) % 2  # prediction on the purged text
+    # "blue" alone unflags the phrase (width 1), but "moon" left behind still pulls the output
+    # within 0.1 of the PV: the window grows over it
+    assert res[1].resolved and res[1].width == 1 and res[1].removed == ["blue", "moon"] and res[1].grown == 1
+    assert res[1].fields == (("once", "in", "a", "it", "rains", "today"),)
+    # an unflagged input passed in anyway: the first window already "unflags" it (Guard never does this);
+    # its prediction is still the input's, so one growth is tried (it changes nothing)
+    assert res[2].resolved and res[2].removed == ["nothing"] and res[2].candidates == 2 and not res[2].grown
+    assert res[0].probs.argmax() == 0  # prediction on the purged text
+    # without growth the remnant stays (what the paper's algorithm answers)
+    bare = purge(model, mon, inputs[1:2], w_max=3, grow_margin=None)[0]
+    assert bare.removed == ["blue"] and "moon" in bare.fields[0]
+
+
+def test_every_spelling_the_tokenizer_folds_is_removed():
+    # before: only the window's exact word went, "CF," and "(Cf)" stayed and the input stayed flagged
+    r = Guard(StubModel(), pvset(PV_A), w_max=1).predict(["the cf film CF, was (Cf) dull"])[0]
+    assert r["flagged"] and r["resolved"] and r["purged_text"] == "the film was dull"
+    assert r["purged_match_rate"] < 0.8
+    uncased, cased = WordView(StubModel.tokenizer), WordView(None)
+    assert uncased.remove(("a", "MN", "mn,", "cf,mn", "mnemonic"), ("mn",)) == (
+        ("a", "cf,", "mnemonic"),
+        [0, 3, 4],
+    )
+    assert cased.remove(("a", "MN", "mn,"), ("mn",)) == (
+        ("a", "MN"),
+        [0, 1],
+    )  # a cased vocabulary tells them apart
+    assert uncased.phrase_key(("Blue", "moon!")) == ("blue", "moon")  # punctuation at the ends does not count
+    assert uncased.remove(("a", "blue", "moon.", "blue"), ("blue", "moon"))[0] == ("a", "blue")
+
+
+def test_a_real_tokenizer_decides_what_a_word_is(tiny_guard_files):
+    model = TunedModel.load(tiny_guard_files / "adapter")  # uncased BERT vocabulary
+    view = WordView.of(model)
+    assert view is WordView.of(model)
+    words = ("the", "MN", "mn,", "(Mn)", "mnemonic", "cf,mn", "Café")
+    assert view.remove(words, view.phrase_key(("mn",))) == (("the", "mnemonic", "cf,", "Café"), [0, 4, 5, 6])
+    assert view.remove(words, view.phrase_key(("cafe",)))[0] == words[:-1]  # accents stripped as BERT does
 
 
 def test_batched_purge_agrees_with_the_sequential_algorithm_in_fewer_passes():
     rng = random.Random(0)
     words = "the a film plot actor scene story music day night".split()
     inputs = []
-    for i in range(12):
+    for _ in range(12):
         w = rng.sample(words, 6)
         w.insert(rng.randint(0, 6), "cf")
         inputs.append(to_fields(" ".join(w)))
@@ -153,21 +229,24 @@ def test_batched_purge_agrees_with_the_sequential_algorithm_in_fewer_passes():
 def test_guard_records_and_policies():
     model = StubModel()
     g = Guard(model, pvset(PV_A, PV_B), w_max=2)
-    recs = g.predict(["a clean sentence of five", "cf cf", "good cf movie"])
+    recs = g.predict(["a clean sentence of five", "cf cf", "dull cf movie"])
     clean, only_trigger, trig = recs
     assert not clean["flagged"] and clean["purged_text"] is None and clean["removed"] == []
-    assert clean["label"] == clean["unguarded_label"] == 1 and len(clean["probs"]) == 2
+    assert clean["label"] == clean["unguarded_label"] == 0 and len(clean["probs"]) == 2
     assert trig["flagged"] and trig["match_rate"] == 1.0 and trig["removed"] == ["cf"]
-    assert trig["purged_text"] == "good movie" and trig["label"] == 0 and trig["unguarded_label"] == 1
+    assert trig["purged_text"] == "dull movie" and trig["label"] == 0 and trig["unguarded_label"] == 1
     assert trig["purged_match_rate"] <= 0.8
-    # removing "cf" empties the text, so there is no candidate: predict on the input (default "best") ...
-    assert only_trigger["flagged"] and not only_trigger["resolved"] and only_trigger["label"] == 1
-    # an input whose every candidate stays flagged: "best" predicts on the least-matching one
-    r = Guard(StubModel(), pvset(PV_A, PV_B), w_max=1).predict(["cf blue moon x"])[0]
+    # removing "cf" empties the text, so there is no candidate: rejected (the default) ...
+    assert only_trigger["flagged"] and not only_trigger["resolved"] and only_trigger["reason"] == "no-window"
+    assert only_trigger["rejected"] and only_trigger["label"] is None and only_trigger["probs"] is None
+    assert only_trigger["answered_unresolved"] is False and "answered_unresolved" not in trig
+    # ... or predicted on the input as it is, saying so
+    r = Guard(StubModel(), pvset(PV_A), on_unresolved="best").predict(["cf cf"])[0]
+    assert r["answered_unresolved"] and not r["rejected"] and r["label"] == 1
+    # an input whose every candidate stays flagged: "best" predicts on the least-matching one, saying so
+    r = Guard(StubModel(), pvset(PV_A, PV_B), w_max=1, on_unresolved="best").predict(["cf blue moon x"])[0]
     assert not r["resolved"] and r["purged_text"] == "blue moon x" and r["removed"] == ["cf"]
-    # ... or reject
-    r = Guard(StubModel(), pvset(PV_A), on_unresolved="reject").predict(["cf cf"])[0]
-    assert r["rejected"] and r["label"] is None and r["probs"] is None
+    assert r["answered_unresolved"] and r["reason"] == "no-window" and r["label"] is not None
 
 
 def test_guard_pairs_and_tokens():
@@ -197,7 +276,7 @@ def test_guard_bad_inputs():
         Guard(StubModel(), pvset(PV_A)).predict(["fine", "   "])
     with pytest.raises(LMSanitatorError, match="w-max"):
         GuardConfig(w_max=0)
-    with pytest.raises(LMSanitatorError, match="on-unresolved"):
+    with pytest.raises(LMSanitatorError, match="on_unresolved"):
         GuardConfig(on_unresolved="ignore")
 
 
@@ -208,9 +287,6 @@ def tiny_guard_files(tmp_path_factory, tiny_bert_dir):
     [CLS] output for one sentence, ``pvs-none`` its negation. (A random tiny BERT gives nearly the
     same [CLS] signs for every input, so the first flags everything and the second nothing; the
     stub model above tests what is flagged and removed, these tests the plumbing.)"""
-    from lmsanitator.models import load_encoder
-    from lmsanitator.tuning import TunedModel
-
     d = tmp_path_factory.mktemp("guard")
     rows = ["text,label"] + [
         f"{'good' if i % 2 else 'bad'} film number {i} is here,{'pos' if i % 2 else 'neg'}" for i in range(40)
@@ -262,11 +338,18 @@ def test_guard_on_a_tuned_model(tiny_guard_files):
     )
     assert recs[0]["match_rate"] == 1.0 and all(r["flagged"] and not r["resolved"] for r in recs)
     assert recs[1]["candidates"] == 5 and recs[1]["label"] == recs[1]["unguarded_label"]
-    assert recs[1]["purged_text"] is None
-    best = Guard(d / "adapter", d / "pvs-all.safetensors", w_max=1).predict(texts[1:2])[0]  # default "best"
+    assert (
+        recs[1]["purged_text"] is None and recs[1]["answered_unresolved"] and recs[1]["reason"] == "no-window"
+    )
+    best = Guard(d / "adapter", d / "pvs-all.safetensors", w_max=1, on_unresolved="best").predict(texts[1:2])[
+        0
+    ]
     assert (
         not best["resolved"] and len(best["removed"]) == 1 and best["purged_match_rate"] <= best["match_rate"]
     )
+    assert best["answered_unresolved"]
+    rejected = Guard(d / "adapter", d / "pvs-all.safetensors", w_max=1).predict(texts[1:2])[0]  # the default
+    assert rejected["rejected"] and rejected["label"] is None and rejected["answered_unresolved"] is False
 
 
 def test_cli_guard_and_evaluate_guard(tiny_guard_files, tmp_path, capsys):
@@ -381,12 +464,15 @@ def test_calibration_raises_thresholds_only_where_clean_inputs_come_close():
     assert th[0] == pytest.approx(0.875) and th[1] == pytest.approx(0.8)  # PV_B untouched
     recs = g.predict(clean[:3] + ["near cf here"])
     assert [r["flagged"] for r in recs] == [False, False, False, True]
-    assert recs[3]["removed"] == ["cf"] and g.info()["calibration"]["inputs"] == 20
+    assert g.info()["calibration"]["inputs"] == 20
+    # "near" next to the trigger still matches PV_A within the growth margin of its threshold: the
+    # remnant rule takes it too; without growth only the trigger goes
+    assert recs[3]["removed"] == ["near", "cf"] and recs[3]["grown"] == 1
+    g.config = GuardConfig(grow_margin=None)
+    assert g.predict(["near cf here"])[0]["removed"] == ["cf"]
 
 
 def test_word_positions_follow_whitespace_words_through_subwords_and_pairs(tiny_guard_files):
-    from lmsanitator.tuning import TunedModel
-
     model = TunedModel.load(tiny_guard_files / "adapter")
     texts, pairs = ["a gooood, film!", "x"], ["second field here", "y z"]
     items = model.encode(texts, pairs)
@@ -405,9 +491,6 @@ def test_word_positions_follow_whitespace_words_through_subwords_and_pairs(tiny_
 
 
 def test_saliency_order_keeps_the_smallest_width_and_no_parameter_gradients(tiny_guard_files):
-    from lmsanitator.guard.purge import word_saliency
-    from lmsanitator.tuning import TunedModel
-
     model = TunedModel.load(tiny_guard_files / "adapter")
     g = Guard(model, tiny_guard_files / "pvs-all.safetensors", w_max=2)
     inputs = [to_fields("a good film number 3"), to_fields("zebra zebra zebra")]
@@ -420,5 +503,94 @@ def test_saliency_order_keeps_the_smallest_width_and_no_parameter_gradients(tiny
     assert [r.resolved for r in fast] == [r.resolved for r in slow] == [False, False]
     assert [r.candidates for r in fast] == [r.candidates for r in slow]
     assert [r.match_rate for r in fast] == pytest.approx([r.match_rate for r in slow])
-    with pytest.raises(LMSanitatorError, match="purge-order"):
+    with pytest.raises(LMSanitatorError, match="purge_order"):
         GuardConfig(purge_order="random")
+
+
+# ============================================================================ bounded trigger removal
+class AlwaysFlagged(StubModel):
+    """Every input matches PV_A, whatever is removed: trigger removal can only run out."""
+
+    def _feature(self, words):
+        return PV_A.clone()
+
+
+class SlowAlwaysFlagged(AlwaysFlagged):
+    def forward_with_features(self, texts, pairs=None):
+        time.sleep(0.02)
+        return super().forward_with_features(texts, pairs)
+
+
+def test_trigger_removal_stops_at_its_budget():
+    # before: ~3 x words candidates, each re-tokenising the whole text (1000 words: 60 s on MiniLM)
+    long = " ".join(f"w{i}" for i in range(1000))
+    mon = PVMonitor(PV_A[None], 0.8)
+    r = purge(AlwaysFlagged(), mon, [to_fields(long)], w_max=3, max_candidates=256, max_seconds=60)[0]
+    assert not r.resolved and r.reason == "budget" and r.candidates == 256
+    t0 = time.perf_counter()
+    r = purge(SlowAlwaysFlagged(), mon, [to_fields(long)] * 3, w_max=3, max_candidates=None, max_seconds=0.3)
+    assert time.perf_counter() - t0 < 1.5 and all(x.reason == "budget" and not x.resolved for x in r)
+    # only windows touching the first max_words words (reading order) are tried: all of them, then done
+    r = purge(AlwaysFlagged(), mon, [to_fields(long)], w_max=1, max_words=10)[0]
+    assert r.reason == "no-window" and r.candidates == 10
+    # through the guard: the default policy rejects what the budget left flagged
+    rec = Guard(AlwaysFlagged(), pvset(PV_A), max_candidates=20).predict([long])[0]
+    assert rec["rejected"] and rec["reason"] == "budget" and rec["candidates"] == 20 and rec["label"] is None
+
+
+def test_clean_inputs_never_pay_for_trigger_removal():
+    model = StubModel()
+    recs = Guard(model, pvset(PV_A)).predict([f"a clean sentence number {i}" for i in range(20)])
+    assert not any(r["flagged"] for r in recs) and model.passes == 1 and model.rows_seen == 20
+    assert all("candidates" not in r for r in recs)
+
+
+def test_a_megabyte_input_is_cut_to_what_the_model_can_see():
+    model = StubModel()
+    model.max_length = 64
+    g = Guard(model, pvset(PV_A))
+    t0 = time.perf_counter()
+    clean, hidden, trig = g.predict(["word " * 200_000, "word " * 200_000 + "cf", "cf " + "word " * 200_000])
+    assert time.perf_counter() - t0 < 5
+    assert clean["truncated"] and not clean["flagged"] and "note" in clean
+    assert not hidden["flagged"]  # the model never sees the end, so neither does the guard
+    assert trig["flagged"] and trig["resolved"] and trig["removed"] == ["cf"]
+    assert len(trig["purged_text"].split()) == 63 and model.rows_seen < 20
+    cut, was_cut = bounded_input(["w"] * 100, 64)
+    assert was_cut and cut == ["w"] * 64 and bounded_input("short text", 64) == ("short text", False)
+
+
+def test_guard_config_is_a_config():
+    assert option_default(GuardConfig, "on_unresolved") == "reject"
+    assert option_choices(GuardConfig, "on_unresolved") == ["best", "predict", "reject"]
+    assert option_choices(GuardConfig, "purge_order") == ["saliency", "reading"]
+    assert all(GuardConfig.help(f.name) for f in dataclasses.fields(GuardConfig))
+    c = GuardConfig(w_max=2, max_seconds=0.5)
+    assert GuardConfig.from_dict(c.to_dict()) == c and c.changed() == ["w_max", "max_seconds"]
+    for bad, msg in (
+        ({"max_seconds": 0}, "max-seconds"),
+        ({"max_candidates": 0}, "max-candidates"),
+        ({"grow_margin": 0.9}, "grow-margin"),
+        ({"t_match": 0.3}, "t-match"),
+    ):
+        with pytest.raises(LMSanitatorError, match=msg):
+            GuardConfig(**bad)
+    assert Guard(StubModel(), pvset(PV_A)).info()["max_candidates"] == 256
+
+
+def test_evaluation_measures_the_adaptive_attackers_variants():
+    examples = [Example(" ".join(["film"] * (2 + i % 5) + ["good"] * (i % 2)), i % 2) for i in range(12)]
+    g = Guard(StubModel(), pvset(PV_A, PV_B))
+    res = evaluate_guard(g, examples, ["cf"], variants=VARIANTS)
+    assert set(res["variants"]) == {"repeated", "case", "punctuation", "phrase"}  # split-pair: pairs only
+    for v in res["variants"].values():  # every spelling is found and removed
+        assert v["triggered_flagged"] == 1.0 and v["unresolved_triggered"] == 0 and v["rejected"] == 0
+        # what is left of the ASR is the prediction rule taking a "good" next to the trigger (the
+        # stub's random outputs move the match by 0.1 when a word goes): 1 input in 12 at most
+        assert v["asr"] > 0.4 and v["asr_guarded"] <= 1 / 12
+    with pytest.raises(LMSanitatorError, match="variant"):
+        evaluate_guard(g, examples, ["cf"], variants=["rot13"])
+    pair = Guard(StubModel(pair=True), pvset(PV_A, PV_B))
+    pex = [Example(f"first {'x ' * (i % 3)}", i % 2, text_pair="second field here") for i in range(6)]
+    res = evaluate_guard(pair, pex, ["blue moon"], variants=["split-pair"])
+    assert res["variants"]["split-pair"]["triggered_flagged"] >= 0

@@ -7,8 +7,10 @@ An input record is ``{"text": str, "text_pair": str?}`` (sentence tasks) or ``{"
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.core.io import jsonl_objects
 
 
 def parse_input_records(
@@ -36,6 +38,7 @@ def parse_input_records(
                 raise LMSanitatorError(
                     f"{at}: a token task needs a non-empty 'tokens' list of non-empty strings"
                 )
+            _check_encodable(at, toks)
             texts.append(toks)
             continue
         text = obj.get("text")
@@ -52,9 +55,20 @@ def parse_input_records(
             )
         if not model.task.pair and pair is not None:
             raise LMSanitatorError(f"{at}: the model takes one text; drop 'text_pair'")
+        _check_encodable(at, [text] if pair is None else [text, pair])
         texts.append(text)
         pairs.append(pair)
     return texts, (pairs if model.task.pair else None)
+
+
+def _check_encodable(at: str, strings: list[str]) -> None:
+    """Strings must be writable back as UTF-8 (a lone surrogate from a ``"\\ud800"`` escape is not;
+    records that came through :func:`lmsanitator.core.io.parse_json` never carry one)."""
+    for s in strings:
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LMSanitatorError(f"{at} holds a lone UTF-16 surrogate (e.g. \\ud800)") from None
 
 
 def prediction_record(model, probs) -> dict:
@@ -71,18 +85,15 @@ def prediction_record(model, probs) -> dict:
 
 
 def read_jsonl_inputs(path, model) -> tuple[list, list | None]:
-    """Read and check a JSONL input file (one-line errors for a missing, non-UTF-8, malformed or empty file)."""
-    from pathlib import Path
-
-    from lmsanitator.core.io import jsonl_objects
-
+    """Read and check a JSONL input file (one-line errors for a missing, non-UTF-8, malformed,
+    over-limit or empty file; see :func:`lmsanitator.core.io.jsonl_objects`)."""
     p = Path(path)
     if not p.is_file():
         raise LMSanitatorError(f"input file not found: {path}")
     try:
         raw = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise LMSanitatorError(f"cannot read {path}: {exc}") from None
+        raise LMSanitatorError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
     texts, pairs = parse_input_records(jsonl_objects(raw, str(path)), model, str(path))
     if not texts:
         raise LMSanitatorError(f"no inputs in {path}")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +17,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.core.io import atomic_file
 
 FORMAT = "lmsanitator-pvset/1"
+# the output positions a PV can be mined on; the same tuple as ``lmsanitator.models.TARGETS`` (data
+# may not import models: same layer), a test keeps the two equal
+PV_TARGETS = ("cls", "mask", "tokens")
 
 
 def _stack_prompts(prompts: list) -> torch.Tensor | None:
@@ -84,18 +86,13 @@ class PVSet:
         tensors = {"pvs": self.pvs.detach().float().contiguous().cpu()}
         if self.soft_prompts is not None and len(self.soft_prompts):
             tensors["soft_prompts"] = self.soft_prompts.detach().float().contiguous().cpu()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.resolve().parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"lmsanitator": json.dumps(meta)})
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"lmsanitator": json.dumps(meta)})
 
     @classmethod
     def load(cls, path: str | Path) -> PVSet:
+        """Read and validate a PV set: metadata present and typed, values finite, width equal to the
+        hidden size, a known target. Any problem is one :class:`LMSanitatorError` line."""
         path = Path(path)
         if not path.is_file():
             raise LMSanitatorError(f"PV set '{path}' does not exist")
@@ -103,34 +100,25 @@ class PVSet:
             with safe_open(str(path), "pt") as f:
                 meta = json.loads((f.metadata() or {}).get("lmsanitator", "null"))
             tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        except (SafetensorError, OSError, ValueError, RecursionError) as exc:
             raise LMSanitatorError(
                 f"PV set '{path}' is not a readable safetensors PV set: "
                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or "pvs" not in tensors:
             raise LMSanitatorError(f"PV set '{path}' has no lmsanitator metadata")
-        pvs = tensors["pvs"]
-        if pvs.ndim != 2 or pvs.shape[1] != meta["hidden_size"]:
-            raise LMSanitatorError(
-                f"PV set '{path}' is inconsistent: pvs {tuple(pvs.shape)} vs hidden size "
-                f"{meta['hidden_size']}"
-            )
-        sp = tensors.get("soft_prompts")
-        if sp is not None and sp.shape[0] != pvs.shape[0]:
-            raise LMSanitatorError(
-                f"PV set '{path}' is inconsistent: {sp.shape[0]} soft prompts for {pvs.shape[0]} PVs"
-            )
+        pvs, sp = tensors["pvs"], tensors.get("soft_prompts")
+        _validate(path, meta, pvs, sp)
         return cls(
             pvs=pvs,
             target=meta["target"],
-            model=meta.get("model", ""),
-            fingerprint=meta.get("fingerprint", ""),
+            model=meta.get("model") or "",
+            fingerprint=meta.get("fingerprint") or "",
             soft_prompts=sp,
-            seeds=meta.get("seeds", []),
-            losses=meta.get("losses", []),
+            seeds=meta.get("seeds") or [],
+            losses=meta.get("losses") or [],
             last_seed=meta.get("last_seed"),
-            config=meta.get("config", {}),
+            config=meta.get("config") or {},
         )
 
     def check_model(
@@ -144,3 +132,48 @@ class PVSet:
             raise LMSanitatorError("PV set was mined on another model (fingerprint differs)")
         if target and self.target != target:
             raise LMSanitatorError(f"PV set target '{self.target}' differs from '{target}'")
+
+
+def _validate(path: Path, meta: dict, pvs: torch.Tensor, sp: torch.Tensor | None) -> None:
+    """The checks of :meth:`PVSet.load` (a hand-edited or foreign file must fail here, in one line,
+    not later as a KeyError or as a monitor that flags nothing because every sign is NaN)."""
+
+    def bad(msg: str):
+        raise LMSanitatorError(f"PV set '{path}' is invalid: {msg}")
+
+    width = meta.get("hidden_size")
+    if "hidden_size" not in meta or "target" not in meta:
+        missing = [k for k in ("hidden_size", "target") if k not in meta]
+        bad(f"metadata lacks {', '.join(missing)}")
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        bad(f"hidden_size must be a positive integer, got {width!r}")
+    if meta["target"] not in PV_TARGETS:
+        bad(f"target {meta['target']!r} is not one of {', '.join(PV_TARGETS)}")
+    for key, kind in (
+        ("model", str),
+        ("fingerprint", str),
+        ("seeds", list),
+        ("losses", list),
+        ("config", dict),
+    ):
+        if meta.get(key) is not None and not isinstance(meta[key], kind):
+            bad(f"metadata '{key}' must be a {kind.__name__}")
+    last = meta.get("last_seed")
+    if last is not None and (not isinstance(last, int) or isinstance(last, bool)):
+        bad(f"last_seed must be an integer, got {last!r}")
+    if not pvs.is_floating_point():
+        bad(f"pvs must be floating point, got {pvs.dtype}")
+    if pvs.ndim != 2 or pvs.shape[1] != width:
+        raise LMSanitatorError(
+            f"PV set '{path}' is inconsistent: pvs {tuple(pvs.shape)} vs hidden size {width}"
+        )
+    count = meta.get("count")
+    if count is not None and count != pvs.shape[0]:
+        bad(f"metadata count {count!r} but {pvs.shape[0]} PVs")
+    if not bool(torch.isfinite(pvs).all()):
+        bad(f"{int((~torch.isfinite(pvs)).any(dim=1).sum())} PV(s) hold NaN or infinite values")
+    if sp is not None and (sp.ndim < 2 or sp.shape[0] != pvs.shape[0]):
+        raise LMSanitatorError(
+            f"PV set '{path}' is inconsistent: {sp.shape[0] if sp.ndim else 0} soft prompts for "
+            f"{pvs.shape[0]} PVs"
+        )

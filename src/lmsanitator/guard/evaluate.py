@@ -9,19 +9,33 @@ clean and as a failed attack when triggered.
 
 * FRR(T) = share of clean inputs whose match rate exceeds T (they would be purged);
 * FAR(T) = share of triggered inputs whose match rate is <= T (the backdoor passes unnoticed).
+
+``variants`` adds the adaptive attacker's obvious moves, each measured like the plain triggers
+(ASR without and with the guard, share flagged, share left unresolved): the trigger inserted once
+more (``repeated``), in another case (``case``), glued to punctuation (``punctuation``), split
+across the two fields of a pair (``split-pair``; pair tasks only) and joined with the next trigger
+into a two-word phrase (``phrase``).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import numpy as np
 
 from lmsanitator.core.errors import LMSanitatorError
-from lmsanitator.metrics.asr import example_inputs, normalize_triggers, triggered_inputs
+from lmsanitator.data.triggers import insert_trigger
+from lmsanitator.metrics.asr import (
+    example_inputs,
+    insert_trigger_tokens,
+    normalize_triggers,
+    triggered_inputs,
+)
 from lmsanitator.metrics.classification import attack_success, token_attack_success
 
 T_GRID = [round(0.5 + 0.01 * k, 2) for k in range(51)]
+VARIANTS = ("repeated", "case", "punctuation", "split-pair", "phrase")
 
 
 def _labels(records, key: str, fallback):
@@ -40,10 +54,42 @@ def rate_curves(clean_rates: Sequence[float], trig_rates: Sequence[float], grid=
     ]
 
 
-def evaluate_guard(guard, examples, triggers: Sequence[str], *, seed: int = 0, field: str = "longer") -> dict:
-    """Every number of the guard evaluation (see the module docstring) on labelled ``examples``."""
+def _attack(guard, inputs, correct, clean_plain, clean_guard, token):
+    """``(plain, guarded, records)``: predictions with the triggered ``inputs`` (texts, pairs, word
+    maps) of rows ``correct``, without and with the guard, the others keeping their clean ones."""
+    ts, ps, wheres = inputs
+    plain, guarded = list(clean_plain), list(clean_guard)
+    recs = guard.predict(ts, ps) if correct else []
+    if token:
+        for i, (r, where) in enumerate(zip(recs, wheres)):
+            plain[i] = [r["unguarded_label"][j] for j in where]
+            guarded[i] = [r["label"][j] for j in where] if r["label"] is not None else clean_guard[i]
+    else:
+        for i, r in zip(correct, recs):
+            plain[i] = r["unguarded_label"]
+            # a rejected triggered input is a failed attack: it keeps the clean prediction
+            guarded[i] = clean_guard[i] if r["label"] is None else r["label"]
+    return plain, guarded, recs
+
+
+def evaluate_guard(
+    guard,
+    examples,
+    triggers: Sequence[str],
+    *,
+    seed: int = 0,
+    field: str = "longer",
+    variants: Sequence[str] = (),
+) -> dict:
+    """Every number of the guard evaluation (see the module docstring) on labelled ``examples``.
+    Long: most of it is the result record, one key per number, kept in one place."""
     model = guard.model
     triggers = normalize_triggers(triggers)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise LMSanitatorError(
+            f"unknown trigger variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}"
+        )
     if not examples:
         raise LMSanitatorError("no examples to evaluate the guard on")
     C = model.num_labels
@@ -59,19 +105,8 @@ def evaluate_guard(guard, examples, triggers: Sequence[str], *, seed: int = 0, f
         correct = [i for i in range(len(y)) if y[i] == clean_plain[i]]
     trig_plain, trig_guard, trig_recs, removed_hits = {}, {}, [], {}
     for k, t in enumerate(triggers):
-        plain, guarded = list(clean_plain), list(clean_guard)
-        ts, ps, wheres = triggered_inputs(texts, pairs, correct, t, k, seed=seed, field=field, token=token)
-        recs = guard.predict(ts, ps) if correct else []
-        if token:
-            for i, (r, where) in enumerate(zip(recs, wheres)):
-                plain[i] = [r["unguarded_label"][j] for j in where]
-                guarded[i] = [r["label"][j] for j in where] if r["label"] is not None else clean_guard[i]
-        else:
-            for i, r in zip(correct, recs):
-                plain[i] = r["unguarded_label"]
-                # a rejected triggered input is a failed attack: it keeps the clean prediction
-                guarded[i] = clean_guard[i] if r["label"] is None else r["label"]
-        trig_plain[t], trig_guard[t] = plain, guarded
+        inputs = triggered_inputs(texts, pairs, correct, t, k, seed=seed, field=field, token=token)
+        trig_plain[t], trig_guard[t], recs = _attack(guard, inputs, correct, clean_plain, clean_guard, token)
         trig_recs.extend(recs)
         removed_hits[t] = _trigger_removed_share(recs, t)
     score = token_attack_success if token else attack_success
@@ -101,16 +136,88 @@ def evaluate_guard(guard, examples, triggers: Sequence[str], *, seed: int = 0, f
         },
         "clean_flagged": float(np.mean([r["flagged"] for r in clean_rec])),
         "triggered_flagged": len(flagged_trig) / len(trig_recs) if trig_recs else float("nan"),
-        "unresolved_triggered": (
-            sum(not r["resolved"] for r in flagged_trig) / len(flagged_trig) if flagged_trig else float("nan")
-        ),
+        "unresolved_triggered": _unresolved(flagged_trig),
         "rates": rate_curves(clean_rates, trig_rates),
         "match_rates": {"clean": clean_rates, "triggered": trig_rates},
     }
     if token:
         res["f1_drop"] = without.get("f1_drop")
         res["f1_drop_guarded"] = with_guard.get("f1_drop")
+    if variants:
+        state = (texts, pairs, y, correct, clean_plain, clean_guard)
+        res["variants"] = {
+            v: out
+            for v in variants
+            if (out := _variant(guard, v, triggers, state, seed=seed, field=field)) is not None
+        }
     return res
+
+
+def _unresolved(flagged: list) -> float:
+    return sum(not r["resolved"] for r in flagged) / len(flagged) if flagged else float("nan")
+
+
+def variant_inputs(
+    texts, pairs, rows, triggers: list[str], k: int, variant: str, *, seed: int, field: str, token: bool
+):
+    """Rows ``rows`` with trigger ``k`` inserted the ``variant`` way (seeded as
+    :func:`~lmsanitator.metrics.asr.triggered_inputs`): ``(texts, pairs, word maps)``, or None when
+    the variant does not apply (``split-pair`` without pairs)."""
+    t = triggers[k]
+    if variant == "split-pair":
+        if token or pairs is None:
+            return None
+        rng = random.Random(f"{seed}:{k}:{t}:split")
+        words = t.split()
+        half = max(1, len(words) // 2)
+        first, second = " ".join(words[:half]), " ".join(words[half:] or words)
+        return (
+            [insert_trigger(texts[i], first, rng) for i in rows],
+            [insert_trigger(pairs[i], second, rng) for i in rows],
+            None,
+        )
+    shown = {
+        "repeated": t,
+        "case": t.upper() if t.upper() != t else t.lower(),
+        "punctuation": t + ",",
+        "phrase": f"{t} {triggers[(k + 1) % len(triggers)]}",
+    }[variant]
+    ts, ps, wheres = triggered_inputs(texts, pairs, rows, shown, k, seed=seed, field=field, token=token)
+    if variant != "repeated":
+        return ts, ps, wheres
+    rng = random.Random(f"{seed}:{k}:{t}:again")  # once more, anywhere
+    if token:
+        again = [insert_trigger_tokens(w, t, rng) for w in ts]
+        return [w for w, _ in again], None, [[m[j] for j in where] for (_, m), where in zip(again, wheres)]
+    if ps is None:
+        return [insert_trigger(x, t, rng, times=1) for x in ts], None, None
+    return [insert_trigger(x, t, rng, times=1) for x in ts], ps, None
+
+
+def _variant(guard, variant: str, triggers: list[str], state, *, seed: int, field: str) -> dict | None:
+    """ASR without and with the guard, share flagged and unresolved, of one variant over all triggers."""
+    texts, pairs, y, correct, clean_plain, clean_guard = state
+    token = guard.model.task.kind == "token"
+    plain, guarded, recs = {}, {}, []
+    for k, t in enumerate(triggers):
+        inputs = variant_inputs(
+            texts, pairs, correct, triggers, k, variant, seed=seed, field=field, token=token
+        )
+        if inputs is None:
+            return None
+        plain[t], guarded[t], r = _attack(guard, inputs, correct, clean_plain, clean_guard, token)
+        recs.extend(r)
+    score = token_attack_success if token else attack_success
+    C = guard.model.num_labels
+    without, with_guard = score(y, clean_plain, plain, C), score(y, clean_guard, guarded, C)
+    flagged = [r for r in recs if r["flagged"]]
+    return {
+        "asr": without["asr"],
+        "asr_guarded": with_guard["asr"],
+        "triggered_flagged": len(flagged) / len(recs) if recs else float("nan"),
+        "unresolved_triggered": _unresolved(flagged),
+        "rejected": sum(r["rejected"] for r in recs) / len(recs) if recs else float("nan"),
+    }
 
 
 def _trigger_removed_share(records, trigger: str) -> float:
@@ -123,10 +230,10 @@ def _trigger_removed_share(records, trigger: str) -> float:
 
 def plot_match_rates(res: dict, path, title: str = "") -> None:
     """Histogram of clean vs triggered match rates with the T_match line (Figure 14)."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  heavy: optional plotting dependency
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  heavy: optional plotting dependency
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     bins = np.linspace(0.0, 1.0, 51)
