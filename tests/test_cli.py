@@ -73,7 +73,7 @@ VALIDATORS = {
     ("psim train", "method"): lambda v, t: PSIMConfig(method=v),
     ("psim train", "head_init"): lambda v, t: PSIMConfig(head_init=v),
 }
-for _cmd in ("scan", "search"):
+for _cmd in ("scan", "search", "zoo"):
     VALIDATORS[(_cmd, "target")] = lambda v, t: ScanConfig(target=v)
 for _cmd in ("guard", "serve", "evaluate guard"):
     VALIDATORS[(_cmd, "on_unresolved")] = lambda v, t: GuardConfig(on_unresolved=v)
@@ -112,6 +112,11 @@ DEFAULTS = {
     ("scan", "loops"): (ScanConfig, "loops"),
     ("scan", "target"): (ScanConfig, "target"),
     ("search", "max_length"): (ScanConfig, "max_length"),
+    ("zoo", "loops"): (ScanConfig, "loops"),
+    ("zoo", "max_length"): (ScanConfig, "max_length"),
+    ("guard", "max_candidates"): (GuardConfig, "max_candidates"),
+    ("serve", "max_seconds"): (GuardConfig, "max_seconds"),
+    ("evaluate guard", "max_words"): (GuardConfig, "max_words"),
     ("tune", "epochs"): (TuneConfig, "epochs"),
     ("tune", "batch_size"): (TuneConfig, "batch_size"),
     ("attack", "max_length"): (AttackConfig, "max_length"),

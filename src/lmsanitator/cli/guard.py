@@ -26,10 +26,19 @@ from lmsanitator.core.runtime import set_threads
 from lmsanitator.data.inputs import read_jsonl_inputs
 from lmsanitator.data.pvset import PVSet
 from lmsanitator.data.tasks import SPLITS
-from lmsanitator.guard.evaluate import evaluate_guard, plot_match_rates
+from lmsanitator.guard.evaluate import VARIANTS, evaluate_guard, plot_match_rates
 from lmsanitator.guard.guard import POLICIES, Guard, GuardConfig
 from lmsanitator.guard.purge import ORDERS
-from lmsanitator.guard.service import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, serve
+from lmsanitator.guard.service import (
+    DEFAULT_DEADLINE_S,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_WAITING,
+    DEFAULT_QUEUE_WAIT_S,
+    DEFAULT_READ_TIMEOUT_S,
+    DEFAULT_SHUTDOWN_TIMEOUT_S,
+    serve,
+)
 from lmsanitator.tuning import read_tune_json
 
 
@@ -52,8 +61,9 @@ def _guard_options(p) -> None:
         "--on-unresolved",
         choices=config_choices(GuardConfig, "on_unresolved", POLICIES),
         default=option_default(GuardConfig, "on_unresolved"),
-        help="when no window of <= w-max words unflags an input: predict on the candidate that matched "
-        "the PVs least (best, default), on the input as it is (predict), or reject it",
+        help="when no window of <= w-max words unflags an input (or the removal budget is spent): reject "
+        "it (default: a backdoor's input is never answered as if clean), predict on the candidate that "
+        "matched the PVs least (best; the record says answered_unresolved), or on the input as it is",
     )
     p.add_argument(
         "--purge-order",
@@ -63,6 +73,18 @@ def _guard_options(p) -> None:
         "towards the matched PV (saliency, default; one extra backward pass) or reading order (the paper)",
     )
     p.add_argument("--batch-size", type=int, default=option_default(GuardConfig, "batch_size"))
+    for flag, kind in (
+        ("max_candidates", int),
+        ("max_seconds", float),
+        ("max_words", int),
+        ("grow_margin", float),
+    ):
+        p.add_argument(
+            "--" + flag.replace("_", "-"),
+            type=kind,
+            default=option_default(GuardConfig, flag),
+            help=GuardConfig.help(flag) + " (default %(default)s)",
+        )
     p.add_argument(
         "--calibrate-input",
         metavar="CLEAN.jsonl",
@@ -118,6 +140,15 @@ def add_commands(sub) -> None:
         default=DEFAULT_MAX_BODY_BYTES,
         help="largest request body in bytes (default %(default)s)",
     )
+    limits = (
+        ("--read-timeout", DEFAULT_READ_TIMEOUT_S, "seconds a client has to send its whole body (else 408)"),
+        ("--queue-wait", DEFAULT_QUEUE_WAIT_S, "seconds a request waits for the busy model (else 503)"),
+        ("--max-waiting", DEFAULT_MAX_WAITING, "requests allowed to wait for the model (more: 503 at once)"),
+        ("--deadline", DEFAULT_DEADLINE_S, "seconds one batch may run (else 504)"),
+        ("--shutdown-timeout", DEFAULT_SHUTDOWN_TIMEOUT_S, "seconds a running batch gets after SIGTERM"),
+    )
+    for flag, default, text in limits:
+        p.add_argument(flag, type=type(default), default=default, help=f"{text} (default %(default)s)")
     p.set_defaults(handler=cmd_serve)
 
 
@@ -145,6 +176,10 @@ def add_evaluate_guard(esub) -> None:
         metavar="N",
         help="calibrate per-PV thresholds on the texts of the first N validation examples (labels unused)",
     )
+    e.add_argument(
+        "--variants",
+        help="comma-separated adaptive trigger variants to measure too: " + ", ".join(VARIANTS),
+    )
     e.add_argument("--out", help="results JSON")
     e.add_argument("--plot", help="match-rate histogram PNG (Figure 14)")
     add_overwrite(e, "--out/--plot")
@@ -159,6 +194,10 @@ def _make_guard(a) -> Guard:
         on_unresolved=a.on_unresolved,
         batch_size=a.batch_size,
         purge_order=a.purge_order,
+        max_candidates=a.max_candidates,
+        max_seconds=a.max_seconds,
+        max_words=a.max_words,
+        grow_margin=a.grow_margin,
     )
     read_tune_json(a.adapter)  # clear errors before loading anything heavy
     pvset = PVSet.load(a.pvs)
@@ -197,7 +236,20 @@ def cmd_serve(a) -> int:
         file=sys.stderr,
         flush=True,
     )
-    serve(guard, a.host, a.port, max_batch=a.max_batch, max_body_bytes=a.max_body_bytes)
+    if min(a.read_timeout, a.queue_wait, a.deadline, a.shutdown_timeout) <= 0 or a.max_waiting < 0:
+        raise LMSanitatorError("--read-timeout, --queue-wait, --deadline, --shutdown-timeout must be > 0")
+    serve(
+        guard,
+        a.host,
+        a.port,
+        shutdown_timeout=a.shutdown_timeout,
+        max_batch=a.max_batch,
+        max_body_bytes=a.max_body_bytes,
+        read_timeout=a.read_timeout,
+        queue_wait=a.queue_wait,
+        max_waiting=a.max_waiting,
+        deadline=a.deadline,
+    )
     return 0
 
 
@@ -217,6 +269,12 @@ def cmd_evaluate_guard(a) -> int:
     check_max_examples(a)
     if a.calibrate_validation and a.calibrate_input:  # before loading (and calibrating) anything
         raise LMSanitatorError("give --calibrate-validation or --calibrate-input, not both")
+    variants = [v.strip() for v in (a.variants or "").split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise LMSanitatorError(
+            f"--variants: unknown {', '.join(unknown)} (choose from {', '.join(VARIANTS)})"
+        )
     out = check_output_file(a.out, a.overwrite, "--out")
     plot = check_output_file(a.plot, a.overwrite, "--plot")
     task = load_task_arg(a)
@@ -226,7 +284,7 @@ def cmd_evaluate_guard(a) -> int:
     if a.calibrate_validation:
         _calibrate_on_validation(guard, task, a.calibrate_validation, a.calibrate_frr)
     examples = task.split(a.split)[: a.max_examples]
-    res = evaluate_guard(guard, examples, triggers, seed=a.seed, field=a.field)
+    res = evaluate_guard(guard, examples, triggers, seed=a.seed, field=a.field, variants=variants)
     res = {
         "adapter": str(a.adapter),
         "pvs": str(a.pvs),
