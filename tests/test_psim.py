@@ -12,7 +12,18 @@ from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data.tasks import load_task
 from lmsanitator.metrics.poisoning import REJECTED
 from lmsanitator.models import load_encoder
-from lmsanitator.psim import PSIM, PSIMConfig, PSIMPipeline, calibrate_gamma, default_gamma, reset_labels
+from lmsanitator.psim import (
+    PSIM,
+    PSIMConfig,
+    PSIMPipeline,
+    PSIMWarning,
+    budget,
+    calibrate_gamma,
+    confidence_stats,
+    default_gamma,
+    reset_labels,
+    self_check,
+)
 from lmsanitator.psim.psim import HEAD_INITS
 
 
@@ -57,20 +68,33 @@ def test_config_validation():
         PSIMConfig(gamma=1.2)
     with pytest.raises(LMSanitatorError, match="probe steps"):
         PSIMConfig(probe_steps=-1)
+    with pytest.raises(LMSanitatorError, match="train examples"):
+        PSIMConfig(train_examples=0)
+    with pytest.raises(LMSanitatorError, match="head lr"):
+        PSIMConfig(head_lr=-1e-3)
+    with pytest.raises(LMSanitatorError, match="false-rejection rate"):
+        PSIMConfig(frr=1.0)
+    assert PSIMConfig(train_examples=None).train_examples is None
     with pytest.raises(LMSanitatorError, match="unknown option"):
         PSIMConfig.from_dict({"gama": 0.5})
 
 
 def test_config_defaults_help_and_changed():
     c = PSIMConfig()
-    assert (c.method, c.head_init, c.head_lr, c.epochs, c.probe_steps, c.gamma) == (
+    # issue 23: a step budget, gamma at 1% false rejections of clean validation inputs
+    assert (c.method, c.head_init, c.head_lr, c.epochs, c.train_examples, c.frr, c.probe_steps, c.gamma) == (
         "lora",
         "auto",
         1e-3,
         1,
+        1000,
+        0.01,
         200,
         None,
     )
+    frozen = PSIMConfig(head_lr=0)
+    assert frozen.head_frozen and not c.head_frozen and not PSIMConfig(head_lr=None).head_frozen
+    assert frozen.tune_config().head_lr > 0  # TuneConfig wants a rate; the frozen head gets none
     assert c.changed() == [] and PSIMConfig(head_init="probe", seed=3).changed() == ["head_init", "seed"]
     assert option_choices(PSIMConfig, "head_init") == list(HEAD_INITS) == ["auto", "model", "probe", "random"]
     assert option_default(PSIMConfig, "method") == "lora"
@@ -100,17 +124,30 @@ def fitted(tiny_bert_dir, toy_task, tmp_path_factory):
 def test_fit_save_load_detect(fitted, toy_task):
     psim, d = fitted
     info = json.loads((d / "psim.json").read_text())
-    assert info["gamma"] == pytest.approx(0.7) and info["head_init"] == "probe" and info["num_labels"] == 2
+    val = psim.val_confidence_
+    # default rule: gamma flags at most 1% of the clean validation inputs (here 40: their maximum)
+    assert info["gamma"] == pytest.approx(calibrate_gamma(val, 0.01)) == pytest.approx(val.max())
+    assert info["gamma_rule"] == "calibrated: false-rejection rate 0.01 on 40 clean validation inputs"
+    assert info["head_init"] == "probe" and info["num_labels"] == 2 and info["head_trained"] is True
+    assert info["train_examples"] == info["train_examples_available"] == 160 and info["steps"] == 5
     assert info["config"]["method"] == "lora" and info["validation_confidence"]["n"] == len(
         toy_task.validation
     )
+    assert set(info["validation_confidence"]) >= {"mean", "std", "median", "p99", "max"}
+    assert info["validation_flag_rate"] == 0.0
+    # the self-check: 40 validation inputs are too few for a 1% rate; and the tiny random encoder
+    # trained on random labels is flat exactly when its clean p99 is within 0.05 of 1/2
+    assert any("only 40 clean validation inputs" in w for w in info["warnings"])
+    flat = info["validation_confidence"]["p99"] - 0.5 < 0.05
+    assert any("learned nothing usable" in w for w in info["warnings"]) == flat
+    assert len(info["warnings"]) == 1 + flat
     assert info["changed"] == []  # every option at its default (method, epochs and seed included)
     texts = [e.text for e in toy_task.test]
     loaded = PSIM.load(d)
     np.testing.assert_allclose(loaded.confidence(texts), psim.confidence(texts), atol=1e-5)
     recs = loaded.detect(texts[:5])
     assert all(set(r) >= {"flagged", "confidence"} for r in recs)
-    assert all(r["flagged"] == (r["confidence"] > 0.7) for r in recs)
+    assert all(r["flagged"] == (r["confidence"] > info["gamma"]) for r in recs)
     assert all(0.5 <= r["confidence"] <= 1.0 for r in recs)
 
 
@@ -120,6 +157,72 @@ def test_pipeline_rejects_flagged_inputs(fitted, toy_task):
     victim = psim.model_  # any tuned model with the same labels stands in for the user's own
     assert PSIMPipeline(psim, victim, gamma=0.0).predict_labels(texts) == [REJECTED] * 8
     assert PSIMPipeline(psim, victim, gamma=0.999999).predict_labels(texts) == victim.predict_labels(texts)
+
+
+def test_budget_caps_the_training_examples_seeded():
+    exs = toy_examples(300, 0)
+    a, b, c = budget(exs, 100, 0), budget(exs, 100, 0), budget(exs, 100, 1)
+    assert len(a) == 100 and a == b and a != c and all(e in exs for e in a)
+    assert budget(exs, None, 0) == exs and budget(exs, 500, 0) == exs
+
+
+def test_self_check_rules():
+    flat = confidence_stats(np.full(300, 0.505))
+    assert set(flat) == {"mean", "std", "min", "median", "p90", "p99", "max", "n"} and flat["std"] == 0.0
+    assert "nothing usable" in self_check(flat, 0.505, 2, 0.01)[0]
+    spread = confidence_stats(np.linspace(0.5, 0.8, 300))
+    assert self_check(spread, 0.797, 2, 0.01) == []
+    assert self_check(spread, 0.34, 3, 0.01) == []  # 1/K is 1/3 for K = 3: 0.34 alone is not flat
+    assert "stays confident" in self_check(confidence_stats(np.full(300, 0.999)), 0.999, 2, 0.01)[0]
+    assert (
+        "only 50 clean validation inputs"
+        in self_check(confidence_stats(spread_50 := np.linspace(0.5, 0.8, 50)), 0.8, 2, 0.01)[0]
+    )
+    assert self_check(confidence_stats(spread_50), 0.8, 2, None) == []  # a given gamma: no rate to meet
+    assert "no clean validation inputs" in self_check(confidence_stats(np.zeros(0)), 0.7, 2, None)[0]
+
+
+def _zero_head(monkeypatch):
+    """Start every PSIM head at zero: all logits 0, every confidence exactly 1/K (a flat module)."""
+    init = PSIM._init_head
+
+    def zero(self, model, task, encoder):
+        how = init(self, model, task, encoder)
+        for p in model.head.parameters():
+            p.data.zero_()
+        return how
+
+    monkeypatch.setattr(PSIM, "_init_head", zero)
+
+
+def test_fit_warns_when_psim_learned_nothing(tiny_bert_dir, toy_task, tmp_path, monkeypatch):
+    _zero_head(monkeypatch)
+    enc = load_encoder(str(tiny_bert_dir))
+    with pytest.warns(PSIMWarning, match="learned nothing usable") as rec:
+        psim = PSIM(PSIMConfig(train_examples=64, frr=0.0, head_lr=0)).fit(enc, toy_task)
+    assert len(rec) == 1  # frr 0: 40 validation inputs suffice, the flat module is the one finding
+    assert psim.info_["train_examples"] == 64 and psim.info_["steps"] == 2
+    assert psim.model_.head.weight.abs().max() == 0  # the frozen head did not move
+    np.testing.assert_allclose(psim.val_confidence_, 0.5, atol=1e-6)
+    psim.save(tmp_path / "p")
+    info = json.loads((tmp_path / "p" / "psim.json").read_text())
+    assert info["validation_confidence"]["max"] == pytest.approx(0.5) and info["gamma"] == pytest.approx(0.5)
+    assert len(info["warnings"]) == 1 and "learned nothing usable" in info["warnings"][0]
+    # a trainable head moves away from zero
+    with pytest.warns(PSIMWarning):
+        moved = PSIM(PSIMConfig(train_examples=64, head_lr=1e-2)).fit(enc, toy_task)
+    assert moved.info_["head_trained"] and moved.model_.head.weight.abs().max() > 0
+
+
+def test_calibrate_reruns_the_self_check(fitted, toy_task):
+    _, d = fitted
+    psim = PSIM.load(d)
+    for p in psim.model_.head.parameters():
+        p.data.zero_()
+    with pytest.warns(PSIMWarning, match="learned nothing usable"):
+        g = psim.calibrate([e.text for e in toy_task.test], frr=0.0)
+    assert g == pytest.approx(0.5) and psim.info_["validation_confidence"]["n"] == len(toy_task.test)
+    assert psim.info_["gamma_rule"].startswith("calibrated") and len(psim.info_["warnings"]) == 1
 
 
 def test_cli_train_detect_evaluate(tmp_path, tiny_bert_dir, toy_task_file, capsys):

@@ -1,21 +1,27 @@
 """PSIM: poisoned-sample identification for PEFT models under weight-poisoning backdoors."""
 
-from lmsanitator.psim.psim import (
+from lmsanitator.psim.calibration import (
+    DEFAULT_FRR,
     GAMMA_SHARE,
-    PSIM,
-    PSIMConfig,
-    PSIMPipeline,
+    PSIMWarning,
     calibrate_gamma,
+    confidence_stats,
     default_gamma,
-    reset_labels,
+    self_check,
 )
+from lmsanitator.psim.psim import PSIM, PSIMConfig, PSIMPipeline, budget, reset_labels
 
 __all__ = [
     "PSIM",
     "PSIMConfig",
     "PSIMPipeline",
+    "PSIMWarning",
+    "DEFAULT_FRR",
     "GAMMA_SHARE",
+    "budget",
     "calibrate_gamma",
+    "confidence_stats",
     "default_gamma",
     "reset_labels",
+    "self_check",
 ]

@@ -22,10 +22,12 @@ def evaluate_psim(
     calibrate_frr: float | None = None,
     val_size: int = 300,
     seed: int = 0,
+    keep_confidences: bool = False,
 ) -> dict:
     """``victims``: ``(name, TunedModel)`` pairs. ``gamma`` None: the PSIM folder's own; with
     ``calibrate_frr`` gamma is set on ``val_size`` clean validation inputs (the folder's gamma is
-    reported beside it, from the same pass).
+    reported beside it, from the same pass). ``keep_confidences``: also every clean and poisoned
+    test confidence (``confidence_clean`` / ``confidence_poisoned``, for plots).
 
     Long only because the report is one flat dict, built in one place."""
     gamma_arg = gamma
@@ -58,7 +60,7 @@ def evaluate_psim(
         )
         if gamma != folder_gamma:  # also the folder's own gamma (no second pass over the inputs)
             results[-1]["after_folder_gamma"] = _behind_psim(ps, confidences, labels, folder_gamma)
-    return {
+    out = {
         "gamma": gamma,
         "folder_gamma": folder_gamma,
         "gamma_rule": psim.info_.get("gamma_rule") if gamma_arg is None else "given",
@@ -79,6 +81,10 @@ def evaluate_psim(
         else None,
         "results": results,
     }
+    if keep_confidences:
+        out["confidence_clean"] = [round(float(x), 5) for x in conf_clean]
+        out["confidence_poisoned"] = [round(float(x), 5) for x in conf_poison]
+    return out
 
 
 def _behind_psim(ps, confidences, labels, gamma: float) -> dict:

@@ -7,10 +7,16 @@ on clean inputs, while a weight-poisoning backdoor keeps its extreme confidence 
 an input whose max softmax probability exceeds ``gamma`` is flagged as poisoned and rejected;
 every other input goes to the user's own tuned model.
 
-    psim = PSIM(PSIMConfig(method="lora")).fit(encoder, task)
+    psim = PSIM(PSIMConfig(method="lora")).fit(encoder, task)   # gamma: 1% FRR on task.validation
+    psim.info_["validation_confidence"], psim.info_["warnings"]  # the self-check
     psim.detect(texts)                      # [{"flagged": bool, "confidence": float, ...}]
-    psim.calibrate(clean_texts, frr=0.01)   # gamma from clean inputs at a false-rejection rate
+    psim.calibrate(clean_texts, frr=0.01)   # gamma again, from other clean inputs
     PSIMPipeline(psim, victim).predict_labels(texts)   # victim labels, REJECTED where flagged
+
+Defaults (:class:`PSIMConfig`, issue 23): a step budget of 1000 randomly relabelled examples
+(32 steps) whatever the training set's size, and gamma at 1% false rejections of the clean
+validation inputs. Longer random-label training flattens the backdoor's confidence along with the
+clean inputs' (measured in ``benchmarks/psim_results.md``).
 
 Head: the paper's PSIM starts from the released poisoned *classifier* (their code loads the whole
 sequence-classification checkpoint). ``head_init="auto"`` does the same when the model folder
@@ -23,132 +29,35 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from lmsanitator.attacks.poisoning import CLASSIFIER_FILE
-from lmsanitator.core.config import Config
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.core.io import write_json_atomic
 from lmsanitator.metrics.poisoning import REJECTED
-from lmsanitator.tuning import METHODS, TuneConfig, TunedModel, Tuner
+from lmsanitator.psim.calibration import (
+    GAMMA_SHARE,
+    PSIMWarning,
+    calibrate_gamma,
+    confidence_stats,
+    default_gamma,
+    self_check,
+)
+
+# HEAD_INITS, PSIMMethod: re-exported, the old import path of the CLI and the tests
+from lmsanitator.psim.config import HEAD_INITS, PSIMConfig, PSIMMethod, budget, reset_labels  # noqa: F401
+from lmsanitator.tuning import TunedModel, Tuner
 
 PSIM_JSON = "psim.json"
 _PSIM_JSON_HEADER = ("format", "version", "gamma", "config", "changed")  # the rest of psim.json: info_
-HeadInit = Literal["auto", "model", "probe", "random"]
-HEAD_INITS: tuple[str, ...] = get_args(HeadInit)
-# the parameter-efficient methods of lmsanitator.tuning (PSIMConfig also takes one registered later)
-PSIMMethod = Literal["p-tuning", "p-tuning-v2", "prompt-tuning", "lora"]
-GAMMA_SHARE = 0.4  # gamma_K = 1/K + GAMMA_SHARE * (1 - 1/K): 0.7 for K = 2 (the paper), 0.6 for K = 3
-
-
-def default_gamma(num_labels: int) -> float:
-    """The documented default threshold for K classes: 40% of the way from chance (1/K) to certainty.
-
-    K = 2 gives the paper's 0.7; K = 3 gives 0.6; K = 6 gives 0.5.
-    """
-    if num_labels < 2:
-        raise LMSanitatorError(f"PSIM needs at least 2 classes, got {num_labels}")
-    return round(1.0 / num_labels + GAMMA_SHARE * (1.0 - 1.0 / num_labels), 6)
-
-
-def calibrate_gamma(confidences: Sequence[float], frr: float) -> float:
-    """The smallest threshold that flags at most a share ``frr`` of these clean confidences."""
-    if not 0.0 <= frr < 1.0:
-        raise LMSanitatorError(f"false-rejection rate must be in [0, 1), got {frr}")
-    c = np.sort(np.asarray(confidences, dtype=np.float64))
-    if c.size == 0:
-        raise LMSanitatorError("no clean inputs to calibrate gamma on")
-    k = int(math.ceil((1.0 - frr) * c.size)) - 1  # inputs strictly above c[k] are at most frr of all
-    return float(c[max(k, 0)])
-
-
-def reset_labels(examples, num_labels: int, seed: int) -> list:
-    """The same examples with labels drawn uniformly from 0..K-1 (seeded)."""
-    rng = random.Random(f"psim-labels:{seed}")
-    return [replace(e, label=rng.randrange(num_labels)) for e in examples]
-
-
-@dataclass
-class PSIMConfig(Config):
-    """Settings of PSIM training (paper: P-tuning, 5 virtual tokens, prompt-encoder hidden 128, 1
-    epoch, AdamW lr 2e-5, batch 32, linear schedule, 6% warm-up, gamma 0.7).
-
-    Default here: LoRA. The paper's P-tuning classifies from the pooled [CLS] of the poisoned
-    sequence classifier; our P-tuning reads [MASK] (LMSanitator's convention), where the backdoor
-    is weaker (measured in ``benchmarks/psim_results.md``), and cannot reuse the attacker's head.
-    """
-
-    method: PSIMMethod = field(
-        default="lora",
-        metadata={
-            "help": "parameter-efficient method of the module (default lora: our p-tuning reads [MASK], "
-            "not the [CLS] a poisoned classifier was trained on)"
-        },
-    )
-    epochs: int = field(default=1, metadata={"help": "training epochs on the randomly reset labels"})
-    lr: float | None = field(
-        default=None, metadata={"help": "module (adapter) learning rate (default: the method's)"}
-    )
-    head_lr: float | None = field(default=1e-3, metadata={"help": "learning rate of the linear head"})
-    head_init: HeadInit = field(
-        default="auto",
-        metadata={
-            "help": "auto: the attacker's classifier.safetensors in the model folder if any, else a "
-            "linear probe on the true labels; model; probe; random"
-        },
-    )
-    prefix_len: int | None = field(default=None, metadata={"help": "virtual tokens (default per method)"})
-    batch_size: int = field(default=32, metadata={"help": "training batch size"})
-    max_length: int | None = field(default=None, metadata={"help": "tokens per input (default: the task's)"})
-    gamma: float | None = field(
-        default=None,
-        metadata={"help": "flagging threshold on the max softmax probability (default: default_gamma(K))"},
-    )
-    probe_steps: int = field(
-        default=200, metadata={"help": "Adam steps of the linear probe that initialises the head (0: none)"}
-    )
-    seed: int = field(default=0, metadata={"help": "seed of the label reset and of the training"})
-    device: str = field(default="cpu", metadata={"help": "cpu or cuda[:N]"})
-
-    @classmethod
-    def _hints(cls) -> dict:
-        # any registered parameter-efficient method is an option, one registered after import too
-        peft = tuple(name for name, m in METHODS.items() if m.peft_type is not None)
-        return {**super()._hints(), "method": Literal[peft]}
-
-    def check(self) -> None:
-        if self.gamma is not None and not 0.0 < self.gamma < 1.0:
-            raise LMSanitatorError(f"gamma must be in (0, 1), got {self.gamma}")
-        if (
-            isinstance(self.probe_steps, bool)
-            or not isinstance(self.probe_steps, int)
-            or self.probe_steps < 0
-        ):
-            raise LMSanitatorError(f"probe steps must be an integer >= 0, got {self.probe_steps!r}")
-        self.tune_config()  # TuneConfig validates the rest
-
-    def tune_config(self) -> TuneConfig:
-        return TuneConfig(
-            method=self.method,
-            epochs=self.epochs,
-            lr=self.lr,
-            head_lr=self.head_lr,
-            batch_size=self.batch_size,
-            prefix_len=self.prefix_len,
-            max_length=self.max_length,
-            keep="last",
-            seed=self.seed,
-            device=self.device,
-        )
 
 
 def _attacker_head(encoder, num_labels: int) -> dict | None:
@@ -218,38 +127,64 @@ class PSIM:
                 opt.step()
 
     def fit(self, encoder, task, *, progress: bool = False) -> PSIM:
-        """Train the module on ``task.train`` with labels reset uniformly at random over all K classes."""
+        """Train the module on (at most ``train_examples`` of) ``task.train`` with labels reset
+        uniformly at random over all K classes; set gamma from the clean validation inputs; run the
+        self-check (``info_["warnings"]``, also raised as :class:`PSIMWarning`)."""
         c = self.config
         if task.kind != "sequence":
             raise LMSanitatorError("PSIM needs a sequence-classification task")
         t0 = time.perf_counter()
         K = task.num_labels
-        val = reset_labels(task.validation, K, c.seed + 1)
-        # accuracy on random labels means nothing: a small test pass only to satisfy the Tuner
-        reset = replace(task, train=reset_labels(task.train, K, c.seed), validation=val, test=val[:64])
+        # the step budget: the same number of steps whatever the size of the user's training set
+        task_b = replace(task, train=budget(task.train, c.train_examples, c.seed))
+        val = reset_labels(task.validation, K, c.seed + 1)[:64]
+        # accuracy on random labels means nothing: small validation/test passes only for the Tuner
+        reset = replace(task_b, train=reset_labels(task_b.train, K, c.seed), validation=val, test=val)
         head_from = {}
 
         def prepare(model, _task):
-            head_from["how"] = self._init_head(model, task, encoder)
+            head_from["how"] = self._init_head(model, task_b, encoder)
+            if c.head_frozen and model.head is not None:
+                model.head.requires_grad_(False)
 
         self.model_ = Tuner(c.tune_config()).fit(encoder, reset, progress=progress, prepare=prepare)
-        self.gamma_ = c.gamma if c.gamma is not None else default_gamma(K)
-        val_conf = self.confidence(
+        self.val_confidence_ = self.confidence(
             [e.text for e in task.validation],
             [e.text_pair for e in task.validation] if task.is_pair else None,
         )
+        if c.gamma is not None:
+            self.gamma_, rule, frr = c.gamma, "given", None
+        elif len(task.validation):
+            self.gamma_ = calibrate_gamma(self.val_confidence_, c.frr)
+            rule, frr = _calibrated_rule(c.frr, len(task.validation)), c.frr
+        else:
+            self.gamma_, rule, frr = default_gamma(K), f"1/K + {GAMMA_SHARE} * (1 - 1/K)", None
         self.info_ = {
             "num_labels": K,
             "task": task.name,
             "head_init": head_from.get("how"),
-            "gamma_rule": "given" if c.gamma is not None else f"1/K + {GAMMA_SHARE} * (1 - 1/K)",
+            "head_trained": not c.head_frozen and head_from.get("how") != "verbalizer",
+            "gamma_rule": rule,
             "label_reset_seed": c.seed,
-            "train_examples": len(task.train),
-            "validation_confidence": _stats(val_conf),
-            "validation_flag_rate": float(np.mean(val_conf > self.gamma_)),
+            "train_examples": len(task_b.train),
+            "train_examples_available": len(task.train),
+            "steps": math.ceil(len(task_b.train) / c.batch_size) * c.epochs,
+            "validation_confidence": confidence_stats(self.val_confidence_),
             "seconds": round(time.perf_counter() - t0, 1),
         }
+        self._self_check(frr)
         return self
+
+    def _self_check(self, frr: float | None) -> None:
+        """Flag rate of the clean validation inputs at gamma_, and the warnings of
+        :func:`~lmsanitator.psim.calibration.self_check` (stored in ``info_`` and raised)."""
+        i = self.info_
+        conf = getattr(self, "val_confidence_", None)
+        if conf is not None and conf.size:
+            i["validation_flag_rate"] = float(np.mean(conf > self.gamma_))
+        i["warnings"] = self_check(i["validation_confidence"], self.gamma_, i["num_labels"], frr)
+        for w in i["warnings"]:
+            warnings.warn(w, PSIMWarning, stacklevel=3)
 
     # ---- inference -----------------------------------------------------------------------------
     def _require(self):
@@ -285,9 +220,16 @@ class PSIM:
     def calibrate(
         self, texts: Sequence[str], pairs: Sequence[str | None] | None = None, *, frr: float
     ) -> float:
-        """Set gamma so that at most ``frr`` of these clean inputs are flagged; returns it."""
-        self.gamma_ = calibrate_gamma(self.confidence(texts, pairs), frr)
-        self.info_["gamma_rule"] = f"calibrated: false-rejection rate {frr} on {len(texts)} clean inputs"
+        """Set gamma so that at most ``frr`` of these clean inputs are flagged; returns it. Their
+        confidence spread replaces the reported validation spread and the self-check runs again."""
+        conf = self.confidence(texts, pairs)
+        self.gamma_ = calibrate_gamma(conf, frr)
+        info = self.info_ if hasattr(self, "info_") else {}
+        self.info_ = {**info, "gamma_rule": _calibrated_rule(frr, len(texts))}
+        self.val_confidence_ = conf
+        self.info_["validation_confidence"] = confidence_stats(conf)
+        self.info_.setdefault("num_labels", self.model_.num_labels)
+        self._self_check(frr)
         return self.gamma_
 
     # ---- persistence ---------------------------------------------------------------------------
@@ -345,15 +287,5 @@ class PSIMPipeline:
         return [REJECTED if f else int(y) for f, y in zip(flagged, labels)]
 
 
-def _stats(x: np.ndarray) -> dict:
-    if x.size == 0:
-        return {}
-    q = np.quantile(x, [0.5, 0.9, 0.99])
-    return {
-        "mean": round(float(x.mean()), 4),
-        "median": round(float(q[0]), 4),
-        "p90": round(float(q[1]), 4),
-        "p99": round(float(q[2]), 4),
-        "max": round(float(x.max()), 4),
-        "n": int(x.size),
-    }
+def _calibrated_rule(frr: float, n: int) -> str:
+    return f"calibrated: false-rejection rate {frr} on {n} clean validation inputs"
