@@ -249,7 +249,11 @@ def test_cli_train_detect_evaluate(tmp_path, tiny_bert_dir, toy_task_file, capsy
     )
     info = json.loads((d / "psim.json").read_text())
     assert info["gamma_rule"].startswith("calibrated")
-    assert info["changed"] == ["method"] and info["config"]["method"] == "prompt-tuning"
+    assert (
+        info["changed"] == ["method", "frr"]
+        and info["config"]["frr"] == 0.1
+        and info["config"]["method"] == "prompt-tuning"
+    )
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"text": e.text}) + "\n" for e in toy_examples(12, 9)))
     out = tmp_path / "out.jsonl"

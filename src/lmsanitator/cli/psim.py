@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -109,12 +110,24 @@ def _add_train(ps) -> None:
         help="clean validation inputs for statistics/calibration (default %(default)s)",
     )
     g = q.add_mutually_exclusive_group()
-    g.add_argument("--gamma", type=float, help="threshold (default 1/K + 0.4 (1 - 1/K): 0.7 for 2 classes)")
+    g.add_argument(
+        "--gamma",
+        type=float,
+        help="threshold (default: calibrated on the clean validation inputs at --calibrate-frr)",
+    )
     g.add_argument(
         "--calibrate-frr",
         type=float,
         metavar="R",
-        help="set gamma so that a share R of the clean validation inputs is flagged",
+        default=option_default(PSIMConfig, "frr"),
+        help="set gamma so that a share R of the clean validation inputs is flagged (default %(default)s)",
+    )
+    q.add_argument(
+        "--train-examples",
+        type=_examples_or_all,
+        default=option_default(PSIMConfig, "train_examples"),
+        help="random-label examples PSIM trains on, drawn from the training split (a step budget that does "
+        "not grow with the data; 'all': every one; default %(default)s)",
     )
     q.add_argument(
         "--seed",
@@ -189,6 +202,8 @@ def cmd_train(a) -> int:
         head_init=a.head_init,
         prefix_len=a.prefix_len,
         gamma=a.gamma,
+        frr=a.calibrate_frr,
+        train_examples=a.train_examples,
         seed=a.seed,
         device=a.device,
     )
@@ -198,12 +213,6 @@ def cmd_train(a) -> int:
     encoder = load_encoder(a.model, device=a.device)
     psim = PSIM(cfg).fit(encoder, task, progress=not a.no_progress)
     psim.model_.report["task_spec"] = a.task
-    if a.calibrate_frr is not None:
-        psim.calibrate(
-            [e.text for e in task.validation],
-            [e.text_pair for e in task.validation] if task.is_pair else None,
-            frr=a.calibrate_frr,
-        )
     with atomic_output_dir(a.out, a.overwrite) as tmp:
         psim.save(tmp)
     i = psim.info_
@@ -214,6 +223,15 @@ def cmd_train(a) -> int:
         f"{i['seconds']:.0f} s -> {a.out}"
     )
     return 0
+
+
+def _examples_or_all(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got '{text}'") from None
 
 
 def _load_psim(a) -> PSIM:
