@@ -60,9 +60,13 @@ STANDARDIZED_T_L = 1.0
 STANDARDIZED_LR = {"detect": 3e-3, "search": 1e-3}
 DEFAULT_EPOCHS = {"detect": 3, "search": 6}
 DIV_MARGIN = 0.0197  # ln(32) - 3.446: how close to a full collapse the batch must get
+# Issue 19 (see scan.evidence): the clean outputs nearest a PV count as a cluster the model already
+# forms on clean text when their per-dimension variance is below this share of the clean outputs'
+# overall variance; their diversity is then below about -(ln B - share / 2): -3.2157 at B = 32.
+CLEAN_SPREAD = 0.5
 
 Mode = Literal["detect", "search"]
-Target = Literal["cls", "mask", "tokens"]  # models.TARGETS (tests check they agree)
+Target = Literal["cls", "mask", "tokens", "last"]  # models.TARGETS (tests check they agree)
 
 # None in the signature, resolved on construction from the mode (and epochs): see ScanConfig.default
 MODE_DEFAULTS = ("stop_at_first", "epochs", "abort_epoch")
@@ -82,11 +86,15 @@ def t_div_for(batch_size: int) -> float:
     return -(math.log(batch_size) - DIV_MARGIN)
 
 
+def t_clean_div_for(batch_size: int) -> float:
+    return -(math.log(batch_size) - CLEAN_SPREAD / 2)
+
+
 @dataclass
 class ScanConfig(Config):
     target: Target = field(
         default="cls",
-        metadata={"help": "read-out the PVs are mined at: [CLS], the [MASK] token or every token"},
+        metadata={"help": "read-out of the PVs: [CLS], [MASK], every token or a decoder's last token"},
     )
     sentences: int = field(
         default=320,
@@ -159,6 +167,33 @@ class ScanConfig(Config):
     stop_at_first: bool | None = field(
         default=None, metadata={"help": "stop at the first legit PV (default: in detection mode only)"}
     )
+    # Issue 19: after early acceptance the loop walks back towards the clean outputs while the batch's
+    # collapse still improves, so the PV is read before the distance loss overshoots it (fuzz._settle).
+    settle_epochs: int = field(
+        default=3,
+        metadata={
+            "help": "epochs after early acceptance, pulled back towards the clean outputs while the "
+            "diversity improves"
+        },
+    )
+    settle_pull: float = field(
+        default=0.1, metadata={"help": "weight of the pull towards the clean outputs while settling"}
+    )
+    # Issue 19: a fine-tuned classifier's class direction passes T_L and T_div, but it sits in a cluster
+    # the model already forms on clean sentences; a backdoor's PV does not (see scan.evidence).
+    clean_evidence: bool = field(
+        default=True,
+        metadata={
+            "help": "reject a PV whose nearest clean outputs the model already collapses (a class direction)"
+        },
+    )
+    t_clean_div: float | None = field(
+        default=None,
+        metadata={
+            "help": "the clean-evidence threshold: nearest clean outputs' diversity <= this rejects a PV "
+            "(default -(ln batch_size - 0.25); off when t_div is set and this is not)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "first fuzz seed"})
     corpus_seed: int = field(default=0, metadata={"help": "which sentences, and where the prompt goes"})
     mode: Mode = field(default="detect", metadata={"help": "detection (is there a PV?) or search (every PV)"})
@@ -183,6 +218,8 @@ class ScanConfig(Config):
             return STANDARDIZED_T_L if self.standardize else default_t_l(bert_like)
         if name == "t_div":
             return t_div_for(self.batch_size)
+        if name == "t_clean_div":
+            return t_clean_div_for(self.batch_size)
         if name == "lr":
             return STANDARDIZED_LR[self.mode] if self.standardize else default_lr(bert_like, self.mode)
         return option_default(type(self), name)
@@ -233,14 +270,31 @@ class ScanConfig(Config):
             raise LMSanitatorError("lambda_probe must be >= 0")
         if self.range_factor < 1:
             raise LMSanitatorError("range_factor must be >= 1")
+        if self.settle_epochs < 0:
+            raise LMSanitatorError(f"settle_epochs must be >= 0, got {self.settle_epochs}")
+        if self.t_clean_div is not None and self.t_clean_div >= 0:
+            raise LMSanitatorError("t_clean_div is a negative entropy threshold, e.g. -3.216")
+        if self.settle_pull < 0:
+            raise LMSanitatorError(f"settle_pull must be >= 0, got {self.settle_pull}")
         if self.workers < 1:
             raise LMSanitatorError(f"workers must be >= 1, got {self.workers}")
+
+    def _resolved_t_clean_div(self) -> float | None:
+        """The clean-evidence threshold in force: None when switched off, or when T_div is set by hand
+        and t_clean_div is not (a hand-set T_div is the whole collapse test, as before issue 19: the
+        paper's rule and the ablations keep their meaning; the default pair is calibrated together)."""
+        if not self.clean_evidence:
+            return None
+        if self.t_clean_div is not None:
+            return self.t_clean_div
+        return None if self.t_div is not None else self.default("t_clean_div")
 
     def resolved(self, bert_like: bool) -> dict:
         """Thresholds actually used for a model family."""
         return {
             "t_l": self.t_l if self.t_l is not None else self.default("t_l", bert_like),
             "t_div": self.t_div if self.t_div is not None else self.default("t_div"),
+            "t_clean_div": self._resolved_t_clean_div(),
             "lr": self.lr if self.lr is not None else self.default("lr", bert_like),
             "standardize": self.standardize,
             "lr_boost": self.lr_boost,

@@ -11,9 +11,12 @@ seed, is fed through the *frozen* suspect model and optimised (a fresh Adam per 
 * for an antipode probe only, move towards ``-v`` of a PV ``v`` found before (``lambda_probe * MSE``).
 
 The adaptive learning rate starts at ``lr_boost x lr`` until the largest gradient magnitude exceeds
-``T_grad``. A loop with no PV by ``abort_epoch`` is abandoned. The candidate PV (the mean output
-with the final prompt) is accepted when ``L_D < -T_L``, ``L_div < T_div``, it is unique (MSE to every
-known PV >= ``T_L``) and the soft prompt stays inside the widened embedding range.
+``T_grad``. A loop with no PV by ``abort_epoch`` is abandoned. An early-accepted loop settles for up to
+``settle_epochs`` more epochs (:func:`_settle`, issue 19) before its PV is read. The candidate PV (the
+mean output with the final prompt) is accepted when ``L_D < -T_L``, ``L_div < T_div``, it is unique
+(MSE to every known PV >= ``T_L``), the clean sentences nearest to it are not already collapsed
+(``t_clean_div``, :mod:`lmsanitator.scan.evidence`: a class direction is not a PV) and the soft prompt
+stays inside the widened embedding range.
 
 :func:`fuzz_loop` is a pure function of the prepared :class:`FuzzSetup` and the PVs known when the
 loop starts: it returns the :class:`Candidate` and, when accepted, a :class:`FoundPV`.
@@ -30,6 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lmsanitator.metrics import batch_entropy
+from lmsanitator.scan.evidence import clean_evidence
 from lmsanitator.scan.prompts import PromptBatch
 from lmsanitator.scan.setup import FuzzSetup
 
@@ -51,6 +55,9 @@ class Candidate:
     pv_index: int | None = None
     seconds: float = 0.0
     probe_of: int | None = None  # antipode probe: index of the PV v it was pulled towards -v of
+    settle_diversity: list[float] = dataclasses.field(default_factory=list)  # epochs after acceptance
+    clean_evidence: dict | None = None  # evidence.clean_evidence of a candidate that passed the rest
+    t_clean_div: float | None = None  # the threshold its nn_diversity was held against
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ class _Loop:
     cand: Candidate
     bar: tqdm
     step: int = 0
+    settling: bool = False  # after acceptance: pulled back towards the clean outputs (see _settle)
 
 
 def fuzz_loop(
@@ -185,7 +193,33 @@ def _train(setup: FuzzSetup, loop: _Loop) -> None:
         # (POR MiniLM, seed 0: the sign agreement with the planted PV peaks at 0.98 when the batch
         # first collapses and falls to 0.76 by the end of epoch 4).
         if cfg.early_accept and distance < -th["t_l"] and diversity < th["t_div"]:
+            _settle(setup, loop)
             return
+
+
+def _settle(setup: FuzzSetup, loop: _Loop) -> None:
+    """Up to ``settle_epochs`` epochs after early acceptance that walk the prompt back towards the
+    clean outputs (``+settle_pull x MSE`` to them, a fresh optimiser at the base lr) while the
+    diversity keeps improving and the batch stays far (T_L); the best epoch's prompt is kept.
+
+    Why: the distance loss rewards going ever further, so by the time the batch collapses the outputs
+    have overshot the planted PV (POR SPLADE-tiny: sign agreement 0.94-0.99 after epoch 1, 0.84 at
+    acceptance, 0.76 three epochs later on the same loss; 0.95 after one settling epoch)."""
+    cfg, th, cand = setup.config, setup.thresholds, loop.cand
+    if cfg.settle_epochs == 0:
+        return
+    best, keep = cand.diversity[-1], loop.prompt.detach().clone()
+    loop.opt = torch.optim.Adam([loop.prompt], lr=th["lr"])
+    loop.boosted, loop.settling = False, True
+    for _ in range(cfg.settle_epochs):
+        distance, diversity = _train_epoch(setup, loop)
+        cand.settle_diversity.append(diversity)
+        if not (diversity < best and distance < -th["t_l"]):
+            break
+        best, keep = diversity, loop.prompt.detach().clone()
+    loop.settling = False
+    with torch.no_grad():
+        loop.prompt.copy_(keep)
 
 
 def _train_epoch(setup: FuzzSetup, loop: _Loop) -> tuple[float, float]:
@@ -212,7 +246,8 @@ def _fuzz_losses(setup: FuzzSetup, b: PromptBatch, loop: _Loop):
     clean = setup.z(setup.clean_of(b))
     l_d = -F.mse_loss(f, clean)
     l_div = -batch_entropy(setup.diversity_rows(f, b))
-    loss = cfg.lambda_distance * l_d + cfg.lambda_diversity * l_div
+    # settling (after acceptance): pulled back towards the clean outputs instead of away from them
+    loss = cfg.lambda_diversity * l_div + (-cfg.settle_pull if loop.settling else cfg.lambda_distance) * l_d
     if loop.path_pvs is not None:  # path loss: away from the nearest known PV
         pvs = loop.path_pvs
         with torch.no_grad():
@@ -252,6 +287,8 @@ def _filter(setup: FuzzSetup, cand: Candidate, prompt: torch.Tensor, known: list
         cand.min_mse_to_pvs = min((float(F.mse_loss(zpv, setup.z(q.to(dev)))) for q in known), default=None)
         if cand.min_mse_to_pvs is not None and cand.min_mse_to_pvs < th["t_l"]:
             reasons.append(f"not unique (MSE {cand.min_mse_to_pvs:.4f} to a known PV < T_L)")
+    if not reasons:  # the PV is far, collapsed and new: is it where clean sentences already go?
+        _check_clean_evidence(setup, cand, pv, reasons)
     if not cand.prompt_in_range:
         reasons.append(
             f"soft prompt outside {setup.config.range_factor}x the embedding range (by {float(excess):.4f})"
@@ -260,3 +297,19 @@ def _filter(setup: FuzzSetup, cand: Candidate, prompt: torch.Tensor, known: list
         cand.reason = "; ".join(reasons)
         return None
     return pv
+
+
+def _check_clean_evidence(setup: FuzzSetup, cand: Candidate, pv: torch.Tensor, reasons: list[str]) -> None:
+    """Reject a class direction: a PV whose nearest clean outputs the model already collapses below
+    ``t_clean_div`` (see :mod:`lmsanitator.scan.evidence`)."""
+    limit = setup.thresholds["t_clean_div"]
+    if limit is None or setup.clean_rows is None:
+        return
+    cand.t_clean_div = limit
+    ev = clean_evidence(pv, setup.clean_rows, setup.config.batch_size)
+    cand.clean_evidence = {k: round(v, 4) for k, v in ev.items()}
+    if not ev["nn_diversity"] > limit:
+        reasons.append(
+            f"clean evidence: the {setup.config.batch_size} clean outputs nearest the PV already have "
+            f"diversity {ev['nn_diversity']:.4f} <= t_clean_div {limit} (a clean cluster, not a PV)"
+        )

@@ -32,6 +32,7 @@ class FuzzSetup:
     prompt_lo: torch.Tensor  # per-dimension range a legit soft prompt stays inside
     prompt_hi: torch.Tensor
     recompute_clean: bool = False  # benchmark switch: the naive way, clean outputs every step
+    clean_rows: torch.Tensor | None = None  # every clean output (rows, model units): the clean evidence
 
     @classmethod
     def prepare(
@@ -67,8 +68,10 @@ class FuzzSetup:
                     "tokens",
                     exclude=b.prompt_mask,
                 )
+        rows = torch.cat([setup.clean_of(b) for b in batches])
+        # one row per sentence, as the diversity loss sees them (target tokens: a sentence's mean token)
+        setup.clean_rows = torch.cat([setup.diversity_rows(setup.clean_of(b), b) for b in batches])
         if cfg.standardize:
-            rows = torch.cat([setup.clean_of(b) for b in batches])
             setup.clean_mean = rows.mean(dim=0)
             setup.clean_std = rows.std(dim=0).clamp_min(1e-6)
         emb = encoder.input_embeddings().detach()
