@@ -87,6 +87,31 @@ def add_scan_options(p) -> None:
         action="store_true",
         help="measure losses on raw outputs like the paper (default: clean-std units)",
     )
+    p.add_argument(
+        "--t-clean-div",
+        type=float,
+        help="clean-evidence threshold: reject a candidate PV whose nearest clean outputs already collapse "
+        "below this diversity (a class direction, not a backdoor; default -(ln batch - 0.25); off when "
+        "--t-div is set by hand unless this is given too)",
+    )
+    p.add_argument(
+        "--no-clean-evidence",
+        action="store_true",
+        help="accept on the collapse test alone (the paper; fine-tuned clean classifiers may then pass)",
+    )
+    p.add_argument(
+        "--settle-epochs",
+        type=int,
+        default=option_default(ScanConfig, "settle_epochs"),
+        help="epochs an accepted loop trains on to settle its PV (0: read it at acceptance; "
+        "default %(default)s)",
+    )
+    p.add_argument(
+        "--settle-pull",
+        type=float,
+        default=option_default(ScanConfig, "settle_pull"),
+        help="weight of the pull towards the clean outputs while settling (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=option_default(ScanConfig, "seed"), help="first fuzz seed")
 
 
@@ -165,6 +190,10 @@ def scan_config(a, mode: str) -> ScanConfig:
         early_accept=not a.no_early_accept,
         standardize=not a.raw_features,
         seed=a.seed,
+        t_clean_div=a.t_clean_div,
+        clean_evidence=not a.no_clean_evidence,
+        settle_epochs=a.settle_epochs,
+        settle_pull=a.settle_pull,
         mode=mode,
         stop_at_first=mode == "detect",
         antipode_probe=not getattr(a, "no_antipode_probe", False),
