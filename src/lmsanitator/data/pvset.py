@@ -22,7 +22,7 @@ from lmsanitator.core.io import atomic_file
 FORMAT = "lmsanitator-pvset/1"
 # the output positions a PV can be mined on; the same tuple as ``lmsanitator.models.TARGETS`` (data
 # may not import models: same layer), a test keeps the two equal
-PV_TARGETS = ("cls", "mask", "tokens")
+PV_TARGETS = ("cls", "mask", "tokens", "last")
 
 
 def _stack_prompts(prompts: list) -> torch.Tensor | None:

@@ -7,8 +7,8 @@
   ``*ForSequenceClassification`` heads of LLaMA-style models read (found from the attention mask, so
   left and right padding alike).
 
-``TARGETS`` are the outputs a scan and a PV file name today; ``TAPS`` adds ``last``, which the
-models, tuning and attacks read on decoders (the scan takes it once it mines decoders).
+``TARGETS`` are the outputs a scan mines and a PV file names (``last`` on decoders); ``TAPS``, the
+outputs the models, tuning and attacks read, are the same four (kept as a name of its own for them).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 
 from lmsanitator.core.errors import LMSanitatorError
 
-TARGETS = ("cls", "mask", "tokens")
-TAPS = (*TARGETS, "last")
+TARGETS = ("cls", "mask", "tokens", "last")
+TAPS = TARGETS
 
 
 def special_ids(tokenizer) -> list[int]:

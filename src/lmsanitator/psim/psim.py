@@ -88,7 +88,8 @@ class PSIM:
         if model.head is None:  # P-tuning through an MLM head's verbalizer: nothing to initialise
             return "verbalizer"
         want = c.head_init
-        if want in ("auto", "model") and model.target == "cls":
+        # the attacker's head reads the sequence feature: [CLS] on an encoder, the last token on a decoder
+        if want in ("auto", "model") and model.target == encoder.sequence_target:
             state = _attacker_head(encoder, task.num_labels)
             if state is not None:
                 model.head.load_state_dict(state)
@@ -96,7 +97,8 @@ class PSIM:
         if want == "model":
             raise LMSanitatorError(
                 f"head init 'model': '{encoder.path}' has no classifier.safetensors for "
-                f"{task.num_labels} labels read from [CLS]"
+                f"{task.num_labels} labels read from "
+                + ("[CLS]" if encoder.sequence_target == "cls" else "the last token")
             )
         if want == "random" or c.probe_steps == 0:
             return "random"

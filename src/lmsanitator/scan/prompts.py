@@ -1,6 +1,11 @@
 """Prompted batches (LMSanitator step I's input): each clean sentence with ``l_sp`` soft-prompt
 slots at a random word position, and the same sentence without them.
 
+A decoder's ``last`` target is different: the slots go right before the last token, so the token
+the tap reads comes after the soft prompt and attends to it (under the causal mask a token never
+sees what follows it; at a random word position the prompt would also shift where the sentence
+ends relative to the read-out, for no gain: every position before the last is visible to it).
+
 The slots hold a placeholder id; :class:`~lmsanitator.scan.setup.FuzzSetup` replaces their input
 embeddings by the soft prompt. Batches are full and length-bucketed (dynamic padding), so the
 diversity loss's entropy floor is always ``ln(batch_size)``.
@@ -61,9 +66,18 @@ def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
     raise LMSanitatorError("cannot work out the special tokens of this tokenizer")
 
 
+def _before_last(tok, sentence, prefix, suffix, budget, l_sp) -> tuple[list[int], list[int]]:
+    """(prompted, clean) ids for the ``last`` target: the prompt slots right before the sequence's last
+    token (the tap's row; a suffix the tokenizer appends, e.g. an EOS, stays last)."""
+    content = tok(sentence, add_special_tokens=False)["input_ids"][:budget]
+    clean = prefix + content + suffix
+    return clean[:-1] + [_SENTINEL] * l_sp + clean[-1:], clean
+
+
 def build_prompt_batches(encoder: Encoder, sentences: list[str], cfg: ScanConfig) -> list[PromptBatch]:
-    """Tokenise once: each sentence with ``l_sp`` prompt slots at a random word position, and
-    without them; length-bucketed full batches (dynamic padding), in a seeded order."""
+    """Tokenise once: each sentence with ``l_sp`` prompt slots at a random word position (target
+    ``last``: right before the last token), and without them; length-bucketed full batches (dynamic
+    padding), in a seeded order."""
     tok = encoder.tokenizer
     rng = random.Random(cfg.corpus_seed)
     prefix, suffix = special_affixes(tok)
@@ -74,6 +88,9 @@ def build_prompt_batches(encoder: Encoder, sentences: list[str], cfg: ScanConfig
     for s in sentences:
         words = s.split()
         if not words:
+            continue
+        if cfg.target == "last":
+            items.append(_before_last(tok, s, prefix, suffix, budget, cfg.prompt_length))
             continue
         pos = rng.randint(1, min(cfg.max_prompt_position, len(words)))
         left = tok(" ".join(words[:pos]), add_special_tokens=False)["input_ids"]
