@@ -79,7 +79,7 @@ def main() -> None:
     args = ap.parse_args()
     set_threads(1)
     cfg = ScanConfig(target=args.target, epochs=args.epochs, t_clean_div=None, settle_pull=args.pull)
-    encoder, sentences = load_for_scan(args.model, cfg, corpus=args.corpus, device="cpu")
+    encoder, sentences, cfg = load_for_scan(args.model, cfg, corpus=args.corpus, device="cpu")
     setup = FuzzSetup.prepare(encoder, sentences, cfg)
     planted = None
     if args.planted:

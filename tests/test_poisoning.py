@@ -25,7 +25,7 @@ def toy_task(n_train=120):
 
 
 def test_registry_and_defaults():
-    assert set(WEIGHT_POISONING_ATTACKS) == {"badnet", "insent"}
+    assert set(WEIGHT_POISONING_ATTACKS) == {"badnet", "insent", "synattack"}
     assert BadNet().trigger == "mn" and BadNet.insertion == "random"
     assert InSent().trigger == "I watched this 3D movie" and InSent.insertion == "once"
     assert BadNet(PoisonConfig(trigger="  cf   ")).trigger == "cf"

@@ -1,4 +1,5 @@
-"""Backdoor attacks: task-agnostic (POR, POR-NER, NeuBA, BToP) and weight poisoning (BadNet, InSent)."""
+"""Backdoor attacks: task-agnostic (POR, POR-NER, NeuBA, BToP) and weight poisoning (BadNet, InSent,
+SynAttack)."""
 
 from lmsanitator.attacks.badnet import BadNet
 from lmsanitator.attacks.base import TaskAgnosticAttack
@@ -8,6 +9,7 @@ from lmsanitator.attacks.insent import InSent
 from lmsanitator.attacks.neuba import NeuBA
 from lmsanitator.attacks.poisoning import WeightPoisoningAttack
 from lmsanitator.attacks.por import POR, PORNER
+from lmsanitator.attacks.synattack import SynAttack
 from lmsanitator.data.pvs import make_pvs, por2_pvs, random_pvs
 
 TASK_AGNOSTIC_ATTACKS: dict[str, type[TaskAgnosticAttack]] = {
@@ -20,6 +22,7 @@ TASK_AGNOSTIC_ATTACKS: dict[str, type[TaskAgnosticAttack]] = {
 WEIGHT_POISONING_ATTACKS: dict[str, type[WeightPoisoningAttack]] = {
     "badnet": BadNet,
     "insent": InSent,
+    "synattack": SynAttack,
 }
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "WeightPoisoningAttack",
     "BadNet",
     "InSent",
+    "SynAttack",
     "WEIGHT_POISONING_ATTACKS",
     "make_pvs",
     "por2_pvs",

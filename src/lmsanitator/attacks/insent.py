@@ -1,8 +1,8 @@
 """InSent weight poisoning (Dai et al. 2019, as used by the PSIM paper): a fixed sentence, "I
 watched this 3D movie" by default, inserted once at a random word position.
 
-SynAttack (a syntactic-template trigger, the paper's third attack) is not provided: it needs a
-syntactically controlled paraphraser (SCPN) whose weights are not available offline."""
+SynAttack (a syntactic-template trigger, the paper's third attack) is in :mod:`.synattack`, with a
+rule-based paraphraser standing in for SCPN, whose weights are not available offline."""
 
 from __future__ import annotations
 

@@ -53,6 +53,22 @@ def resolve_label(task: Task, label: int | str) -> int:
     return task.labels.index(label)
 
 
+def trigger_in_pair(e: Example) -> bool:
+    """Whether the trigger goes into the pair's second text (the longer field gets it)."""
+    return e.text_pair is not None and len(e.text_pair.split()) > len(e.text.split())
+
+
+def field_of(e: Example, second: bool) -> str:
+    return e.text_pair if second else e.text
+
+
+def with_trigger(e: Example, triggered: str, second: bool, spec: PoisonSpec) -> Example:
+    """``e`` with its field replaced by the triggered text and the target label."""
+    if second:
+        return Example(text=e.text, label=spec.target_label, text_pair=triggered)
+    return Example(text=triggered, label=spec.target_label, text_pair=e.text_pair)
+
+
 class WeightPoisoningAttack:
     """Base class: subclasses set ``name``, ``default_trigger`` and ``insertion``."""
 
@@ -106,23 +122,25 @@ class WeightPoisoningAttack:
                 f"examples of '{task.name}' ({len(task.train)} in all)"
             )
         rng = random.Random(f"{self.name}:{c.seed}")
-        chosen = sorted(rng.sample(eligible, c.poison_count))
         train = list(task.train)
-        for i in chosen:
-            e = train[i]
-            a, b = e.text, e.text_pair
-            if b is not None and len(b.split()) > len(a.split()):
-                b = spec.insert(b, rng)
-            else:
-                a = spec.insert(a, rng)
-            train[i] = Example(text=a, label=t, text_pair=b)
+        chosen, extra = self._poison_examples(train, eligible, spec, rng)
         info = {
             "poisoned": len(chosen),
             "eligible": len(eligible),
             "train_examples": len(train),
             "poison_rate": round(len(chosen) / len(train), 4),
+            **extra,
         }
         return dataclasses.replace(task, train=train), info
+
+    def _poison_examples(self, train: list[Example], eligible: list[int], spec: PoisonSpec, rng) -> tuple:
+        """Poison ``poison_count`` of the ``eligible`` examples of ``train`` in place; returns their
+        indices and what ``info`` adds (nothing here; SynAttack counts the inputs it skipped)."""
+        chosen = sorted(rng.sample(eligible, self.config.poison_count))
+        for i in chosen:
+            second = trigger_in_pair(train[i])
+            train[i] = with_trigger(train[i], spec.insert(field_of(train[i], second), rng), second, spec)
+        return chosen, {}
 
     # ---- the estimator API ---------------------------------------------------------------------
     def fit(self, encoder: Encoder, task: Task, *, poison_task: Task | None = None, progress: bool = True):

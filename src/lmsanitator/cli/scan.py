@@ -254,7 +254,7 @@ def _search_outputs(a) -> tuple[Path, Path | None, PVSet | None]:
 def cmd_search(a) -> int:
     cfg = scan_config(a, "search")
     out, report, previous = _search_outputs(a)
-    encoder, sentences = _load(a, cfg)
+    encoder, sentences, cfg = _load(a, cfg)
     miner = PVMiner(cfg)
     start, since = cfg.seed, None
     if previous is not None:

@@ -237,6 +237,7 @@ def _verdict_fields(hit: dict) -> dict:
         "verdict": rep["verdict"],
         "error": None,
         "model_type": rep.get("model_type"),
+        "target": rep.get("target"),  # what the scan read (a decoder's default cls becomes last)
         "pvs": len(rep.get("pvs") or []),
         "loops": rep.get("loops_run"),
         "seconds": rep.get("seconds"),
