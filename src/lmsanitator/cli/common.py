@@ -153,7 +153,14 @@ def check_max_examples(a) -> None:
 def triggers_arg(a) -> tuple[list[str], dict | None]:
     """Triggers of ``--attack-json`` (with its report) or of ``--triggers`` (report None)."""
     if a.attack_json:
-        return triggers_from_attack_json(a.attack_json)
+        triggers, report = triggers_from_attack_json(a.attack_json)
+        if report.get("insertion") == "syntactic":
+            # a syntactic template is not a word to insert: use `evaluate psim` (it paraphrases)
+            raise LMSanitatorError(
+                f"{a.attack_json}: a syntactic (SynAttack) trigger cannot be inserted as words; "
+                "measure it with `lmsanitator evaluate psim --attack-json`"
+            )
+        return triggers, report
     triggers = [t.strip() for t in a.triggers.split(",")]
     if not all(triggers):
         raise LMSanitatorError("--triggers has an empty trigger")
