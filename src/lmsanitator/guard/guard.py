@@ -84,7 +84,7 @@ class GuardConfig(Config):
     max_seconds: float = field(
         default=DEFAULT_MAX_SECONDS,
         metadata={
-            "help": "trigger removal budget: seconds per call, shared by the flagged inputs of a batch"
+            "help": "trigger removal budget: seconds per flagged input (a batch of n gets n times this)"
         },
     )
     max_words: int = field(
@@ -265,7 +265,10 @@ class Guard:
         truncated = [c or t for c, t in zip(cut, self._truncated(texts, pairs))]
         idx = [i for i, f in enumerate(flagged) if f]
         cfg = self.config
-        seconds = cfg.max_seconds if deadline is None else min(cfg.max_seconds, _check_deadline(deadline))
+        # per flagged input; under a service deadline the whole purge must fit in what is left
+        seconds = cfg.max_seconds
+        if deadline is not None:
+            seconds = min(seconds, _check_deadline(deadline) / max(1, len(idx)))
         fixes = purge(
             self.model,
             self.monitor,

@@ -18,7 +18,7 @@ which also flips the prediction, from being taken). Each growth must lower the m
 margin is below each PV's own threshold, so a natural near-trigger next to the trigger goes too.
 
 Budget (the service must not be held by one input): each input stops after ``max_candidates``
-candidates or ``max_seconds`` of wall time (measured from the start of the call: inputs of one call
+candidates or ``max_seconds`` of wall time per flagged input (the call's clock: inputs of one call
 share its rounds), and only windows touching its ``max_words`` most salient words (reading order:
 its first ``max_words`` words per field) are tried. An input the budget stops is unresolved with
 ``reason = "budget"``; one whose every window was tried, ``reason = "no-window"``.
@@ -290,7 +290,9 @@ def purge(
         if not active:
             break
         elapsed = time.perf_counter() - t0
-        left_s = None if max_seconds is None else max_seconds - elapsed
+        # max_seconds is per flagged input: a call with n of them may take n times as long (a shared
+        # clock let one batch of 32 flagged inputs time out after 2 s, every input unresolved)
+        left_s = None if max_seconds is None else max_seconds * len(inputs) - elapsed
         take = _round_size(len(active), first, batch_size, est, left_s)
         first = False
         round_: list[tuple[int, Candidate, bool]] = []
