@@ -93,6 +93,7 @@ def main() -> int:
             "--rescan",
             "--overwrite",
             "--no-progress",
+            *loops,
         ]
     )
     doc = json.loads((work / "zoo" / "zoo.json").read_text())
@@ -113,6 +114,7 @@ def main() -> int:
             str(cache),
             "--overwrite",
             "--no-progress",
+            *loops,
         ]
     )
     again = json.loads((work / "zoo-again" / "zoo.json").read_text())
