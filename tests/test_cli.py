@@ -7,7 +7,6 @@ import random
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -204,11 +203,9 @@ def _unwritable(tmp_path):
 @pytest.mark.parametrize("flag", ["--report", "--sarif"])
 def test_scan_refuses_an_unwritable_output_before_any_work(case, flag, tmp_path, no_work, capsys):
     path = _unwritable(tmp_path)[case]
-    t0 = time.perf_counter()
     rc = main(["scan", "splade-tiny", "--loops", "1", "--no-progress", flag, str(path)])
-    elapsed = time.perf_counter() - t0
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and not no_work and elapsed < 1.0
+    assert rc == 2 and not no_work  # refused before the model or the corpus was loaded
     assert len(err.splitlines()) == 1 and err.startswith(f"lmsanitator: error: cannot write {flag}"), err
 
 
@@ -242,11 +239,9 @@ OUTPUT_COMMANDS = {
 def test_every_output_is_checked_before_any_work(name, tmp_path, inputs, capsys):
     bad = tmp_path / "missing" / "x"
     argv = OUTPUT_COMMANDS[name].format(bad=bad, inp=inputs, ok=tmp_path / "ok.safetensors").split()
-    t0 = time.perf_counter()
     rc = main(argv)
-    elapsed = time.perf_counter() - t0
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and elapsed < 1.0 and len(err.splitlines()) == 1, err
+    assert rc == 2 and len(err.splitlines()) == 1, err
     assert str(bad) in err and "does not exist" in err, err
 
 
@@ -359,7 +354,7 @@ def test_evaluate_guard_and_asr_take_every_field_on_a_sentence_pair_task(field, 
     out = tmp_path / "guard.json"
     assert main(["evaluate", "guard", *common, "--pvs", str(d / "pvs.safetensors"), "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res["n"] > 0 and 0.0 <= res["asr"] <= 1.0
+    assert res["n"] > 0 and res["triggers"] == ["zebra"]
     out = tmp_path / "asr.json"
     assert main(["evaluate", "asr", *common, "--out", str(out)]) == 0
     assert json.loads(out.read_text())["field"] == field
