@@ -100,7 +100,10 @@ def test_clean_tiny_decoder_scans_clean_with_default_thresholds():
 
 def test_scan_finds_a_por_implant_at_the_last_token():
     enc, planted = por_decoder()
-    m = PVMiner(ScanConfig(loops=3, **PERMISSIVE)).fit(enc, defence_sentences(), progress=False)
+    # settling the PV (3 epochs pulled towards the clean outputs) sharpens it here: 0.84 -> 1.0 of signs
+    m = PVMiner(ScanConfig(loops=3, settle_epochs=3, **PERMISSIVE)).fit(
+        enc, defence_sentences(), progress=False
+    )
     assert m.report_["verdict"] == "backdoored", m.report_["candidates"]
     assert max(sign_agreement(m.pvs_[0], q) for q in planted) >= 0.9
 
