@@ -3,10 +3,11 @@ padding, every tuning method, weight poisoning and a POR implant at the last tok
 decoders with the real SmolLM2 tokenizer; the real SmolLM2 / Gemma 3 checks are marked ``real``."""
 
 import functools
+import hashlib
 import json
 import os
 import random
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,16 +246,14 @@ def test_por_implants_a_backdoor_at_the_last_token():
 # ---------------------------------------------------------------------------- real decoders
 @pytest.mark.real
 def test_real_smollm2_loads_as_a_decoder_body_from_a_cached_copy():
-    t0 = time.perf_counter()
     enc = load_encoder("smollm2")
-    first = time.perf_counter() - t0
     assert type(enc.backbone).__name__ == "LlamaModel" and enc.hidden_size == 576
     assert enc.config.num_hidden_layers == 30 and enc.path.endswith(".gguf")
-    copies = [p for p in (cache_dir() / "models").iterdir() if (p / "source.json").is_file()]
-    assert any(json.loads((p / "source.json").read_text())["gguf"] == enc.path for p in copies)
-    t0 = time.perf_counter()
-    again = load_encoder("smollm2")
-    assert time.perf_counter() - t0 < max(first, 60)
+    # the copy is keyed by the GGUF's content (another install of the same file reuses it)
+    digest = hashlib.sha256(Path(enc.path).read_bytes()).hexdigest()
+    source = cache_dir() / "models" / digest / "source.json"
+    assert json.loads(source.read_text())["sha256"] == digest
+    again = load_encoder("smollm2")  # from the cached copy (speed: benchmarks, not a test)
     f, rows = again.features(["Hello there.", "A much longer sentence to pad the other one."], target="last")
     assert f.shape == (2, 576) and rows.tolist() == [0, 1] and torch.isfinite(f).all()
     lm = load_causal_lm("smollm2")  # ONION's model reads the same copy, with its LM head
