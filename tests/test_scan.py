@@ -8,6 +8,7 @@ import torch
 from lmsanitator.cli.main import main
 from lmsanitator.core.config import option_choices, option_default
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.core.runtime import available_cores
 from lmsanitator.data import load_corpus
 from lmsanitator.models import TARGETS, special_ids, tiny_encoder
 from lmsanitator.scan import FoundPV, PVMiner, PVSet, ScanConfig, build_prompt_batches, t_div_for
@@ -277,9 +278,14 @@ def test_cli_scan_report_and_sarif(thresholds, expect, tiny_bert_dir, small_corp
     assert r["loops_run"] == (1 if expect else 2) and len(r["pvs"]) == expect
     for k in ("model", "corpus", "loops_run", "seconds", "thresholds", "candidates", "pvs", "config"):
         assert k in r
-    # the CLI's flags are the chosen values; everything else is ScanConfig's default
-    assert r["changed"] == ["sentences", "batch_size", "max_length", "epochs", "loops"] + (
-        ["t_l", "t_div"] if expect else []
+    # the CLI's flags are the chosen values; everything else is ScanConfig's default, except the
+    # worker count, which the CLI sets to the cores this process may use (1 on one core: the default)
+    workers = ["workers"] if available_cores() > 1 else []
+    assert (
+        r["changed"]
+        == ["sentences", "batch_size", "max_length", "epochs", "loops"]
+        + (["t_l", "t_div"] if expect else [])
+        + workers
     )
     s = json.loads(sarif.read_text())
     assert s["version"] == "2.1.0" and len(s["runs"][0]["results"]) == expect
