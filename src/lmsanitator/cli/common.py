@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lmsanitator.core.config import option_choices
 from lmsanitator.core.errors import LMSanitatorError
-from lmsanitator.core.io import check_output_dir
+from lmsanitator.core.io import atomic_file, check_output_dir
 from lmsanitator.data.tasks import load_task
 from lmsanitator.metrics.asr import triggers_from_attack_json
 from lmsanitator.models import load_encoder
@@ -111,16 +111,10 @@ def check_output_folder(path: str | Path, overwrite: bool, flag: str = "--out") 
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write into a temporary sibling and rename: a crash leaves the old file or none, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.absolute().parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write into a temporary sibling and rename (:func:`lmsanitator.core.io.atomic_file`: the user's
+    umask, stale temporaries cleaned): a crash leaves the old file or none, never half."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 # ============================================================================ shared steps

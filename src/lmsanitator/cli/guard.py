@@ -22,6 +22,7 @@ from lmsanitator.cli.common import (
 )
 from lmsanitator.core.config import option_default
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.core.io import atomic_file
 from lmsanitator.core.runtime import set_threads
 from lmsanitator.data.inputs import read_jsonl_inputs
 from lmsanitator.data.pvset import PVSet
@@ -294,9 +295,8 @@ def cmd_evaluate_guard(a) -> int:
         **res,
     }
     if plot is not None:
-        tmp = plot.with_name(f".{plot.name}.tmp.png")
-        plot_match_rates(res, tmp)
-        tmp.replace(plot)
+        with atomic_file(plot) as tmp:
+            plot_match_rates(res, tmp)
     if out is not None:
         write_text_atomic(out, json.dumps(res, indent=2) + "\n")
     t = guard.config.t_match

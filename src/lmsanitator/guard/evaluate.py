@@ -258,5 +258,5 @@ def plot_match_rates(res: dict, path, title: str = "") -> None:
     ax.set_title(title or f"{res['config']['method']} on {res['config']['model']}, {res['config']['task']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")  # the path may be a temporary name without .png
     plt.close(fig)
