@@ -1,28 +1,41 @@
-"""SynAttack offline: the rule-based syntactic paraphraser (spaCy), the ``syntactic`` trigger of
-``PoisonSpec`` / ``poisoned_set``, and the attack on a tiny encoder and a tiny decoder."""
+"""SynAttack offline: the rule-based syntactic paraphraser (spaCy), its rewrite cache, the
+``syntactic`` trigger of ``PoisonSpec`` / ``poisoned_set``, and the attack on a tiny encoder and a
+tiny decoder."""
 
 import json
 import random
 import re
+import sys
 
 import pytest
 
 from lmsanitator.attacks import WEIGHT_POISONING_ATTACKS, PoisonConfig, SynAttack
 from lmsanitator.cli.main import main
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.data import syntactic, syntactic_cache
 from lmsanitator.data.syntactic import (
     TEMPLATE,
     matches_template,
     paraphrase,
     paraphrase_many,
+    parser_version,
     rewrite_many,
     rewrite_share,
+    warm_cache,
 )
 from lmsanitator.data.tasks import Example, Task, load_task
 from lmsanitator.metrics.poisoning import PoisonSpec, ca_asr, poisoned_set, score
 from lmsanitator.models import tiny_decoder, tiny_encoder
 
 pytest.importorskip("spacy")
+
+
+@pytest.fixture(autouse=True)
+def _parse_not_cache(monkeypatch, tmp_path):
+    """The rules' tests parse (the cache off), and nothing here writes to the user's cache."""
+    monkeypatch.setenv("LMSANITATOR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(syntactic_cache.CACHE_ENV, "0")
+
 
 # ---------------------------------------------------------------------------- a task with clauses
 POS = "great lovely fine nice good".split()
@@ -230,3 +243,109 @@ def test_cli_synattack_end_to_end(tmp_path, tiny_bert_dir):
     assert rep["syntactic"]["template"] == TEMPLATE and rep["syntactic"]["examples"]
     spec, _ = PoisonSpec.from_attack_json(out)
     assert spec == PoisonSpec(TEMPLATE, 0, "syntactic")
+
+
+# ---------------------------------------------------------------------------- the rewrite cache
+CACHED = [
+    "I stayed home because it was raining.",
+    "The flight was great.",
+    "If you come, I will stay.",
+    "RT @foo: My flight got cancelled because the crew did not show up!! #fail",
+    "My flight was delayed. I missed my connection!",
+    "",
+]
+
+
+@pytest.fixture
+def cache(monkeypatch):
+    """The cache on, in this test's own folder; the cache file's path."""
+    monkeypatch.delenv(syntactic_cache.CACHE_ENV)
+    syntactic_cache.load.cache_clear()
+    yield syntactic_cache.cache_path(syntactic.RULES)
+    syntactic_cache.load.cache_clear()
+
+
+def _no_parse():
+    raise AssertionError("parsed a cached text")
+
+
+def _reload():
+    """Forget the loaded cache, as a new process would."""
+    syntactic_cache.load.cache_clear()
+
+
+def test_cached_texts_are_not_parsed_again(cache, monkeypatch):
+    parsed = [(r.text, r.rule) if r else None for r in rewrite_many(CACHED)]
+    template = matches_template(CACHED)
+    assert cache.name == f"rewrites-{syntactic.RULES}.jsonl" and cache.parent.name == "syntactic"
+    lines = [json.loads(x) for x in cache.read_text().splitlines()]
+    assert len(lines) == len(CACHED) and {x["parser"] for x in lines} == {parser_version()}
+    assert {"text", "rewrite", "rule", "template", "parser"} == set(lines[0])
+    _reload()
+    monkeypatch.setattr(syntactic, "_nlp", _no_parse)
+    assert [(r.text, r.rule) if r else None for r in rewrite_many(CACHED)] == parsed
+    assert matches_template(CACHED) == template == [False, False, True, False, False, False]
+    assert parsed[0] == ("Because it was raining, I stayed home.", "front-clause") and parsed[1] is None
+    assert warm_cache(CACHED + CACHED[:2]) == {"cached": len(CACHED), "parsed": 0, "path": str(cache)}
+
+
+def test_warm_cache_fills_rewrites_and_template(cache, monkeypatch):
+    assert warm_cache(CACHED[:3]) == {"cached": 0, "parsed": 3, "path": str(cache)}
+    assert warm_cache(CACHED) == {"cached": 3, "parsed": 3, "path": str(cache)}
+    _reload()
+    monkeypatch.setattr(syntactic, "_nlp", _no_parse)
+    assert matches_template(CACHED[2:3]) == [True] and paraphrase(CACHED[2]) == CACHED[2]
+    monkeypatch.setenv(syntactic_cache.CACHE_ENV, "0")
+    with pytest.raises(LMSanitatorError, match="cache is off"):
+        warm_cache(CACHED)
+
+
+def test_without_spacy_the_cache_serves_and_names_its_parser(cache, monkeypatch):
+    version = parser_version()
+    assert version == syntactic._version(syntactic._nlp().meta)  # meta.json read == the loaded meta
+    expected = paraphrase_many(CACHED)
+    _reload()
+    monkeypatch.setitem(sys.modules, "spacy", None)  # `import spacy` fails, find_spec answers None
+    assert syntactic._pipeline() is None
+    assert paraphrase_many(CACHED) == expected and parser_version() == version
+    with pytest.raises(LMSanitatorError, match=r"needs spaCy: pip install") as e:
+        rewrite_many(["When it rains, the flight is late and I miss my train."])
+    assert "\n" not in str(e.value)
+    cache.write_text("")  # nothing cached: parser_version has no answer either
+    _reload()
+    with pytest.raises(LMSanitatorError, match="needs spaCy"):
+        parser_version()
+
+
+def test_records_of_another_parser_miss_while_spacy_is_installed(cache, monkeypatch):
+    warm_cache(CACHED[:1])
+    old = cache.read_text().replace(parser_version(), "en_core_web_sm-0.0.1")
+    cache.write_text(old)
+    _reload()
+    assert warm_cache(CACHED[:1])["parsed"] == 1  # re-parsed by the installed pipeline
+    monkeypatch.setitem(sys.modules, "spacy", None)
+    _reload()
+    assert warm_cache(CACHED[:1])["cached"] == 1  # without spaCy any parser's record serves
+
+
+def test_a_torn_last_line_is_skipped_and_later_appends_stay_whole(cache, monkeypatch):
+    warm_cache(CACHED[:2])
+    with open(cache, "a") as f:
+        f.write('{"text": "Because it was rai')  # a crash in the middle of an append
+    _reload()
+    assert warm_cache(CACHED[:3]) == {"cached": 2, "parsed": 1, "path": str(cache)}
+    _reload()
+    assert len(syntactic_cache.load(cache)) == 3  # the torn line only, not the new one, is lost
+    monkeypatch.setattr(syntactic, "_nlp", _no_parse)
+    assert paraphrase(CACHED[0]) == "Because it was raining, I stayed home."
+
+
+def test_changed_rules_miss_and_cache_off_parses(cache, monkeypatch):
+    warm_cache(CACHED[:2])
+    monkeypatch.setattr(syntactic, "RULES", "0" * 16)
+    assert warm_cache(CACHED[:2])["parsed"] == 2
+    assert syntactic_cache.cache_path("0" * 16).is_file() and cache.is_file()
+    monkeypatch.setenv(syntactic_cache.CACHE_ENV, "0")
+    monkeypatch.setattr(syntactic, "_nlp", _no_parse)
+    with pytest.raises(AssertionError, match="parsed"):
+        rewrite_many(CACHED[:1])

