@@ -20,6 +20,7 @@ EXPERIMENTS: dict[str, str] = {
     "adaptive": "lmsanitator.experiments.adaptive:Adaptive",
     "monitor-overhead": "lmsanitator.experiments.monitor_overhead:MonitorOverhead",
     "psim": "lmsanitator.experiments.psim:PSIMExperiment",
+    "psim-llama": "lmsanitator.experiments.psim:PSIMDecoderExperiment",
     "onion-compare": "lmsanitator.experiments.onion_compare:OnionCompare",
     "dataset-size": "lmsanitator.experiments.dataset_size:DatasetSize",
 }

@@ -75,23 +75,25 @@ class PSIMExperiment(Experiment):
 
     def _poisoned(self, unit: dict, config: dict, task, ctx: Context):
         """The poisoned encoder's folder (encoder + the attacker's head), built once."""
+        # per-attack settings over the shared ones (SynAttack: fewer, dirty-label examples)
+        a = {**config["attack"], **(config.get("attack_overrides", {}).get(unit["attack"]) or {})}
         recipe = {
             "base": config["base"],
             "task": config["task"],
             "attack": unit["attack"],
             "proxy": unit["proxy_task"],
-            "settings": config["attack"],
+            "settings": a,
             "target": config["target_label"],
             "seed": config["seed"],
         }
         folder = ctx.models / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
         if (folder / "attack.json").exists():
             return folder, json.loads((folder / "attack.json").read_text(encoding="utf-8"))
-        a = config["attack"]
         attack = WEIGHT_POISONING_ATTACKS[unit["attack"]](
             PoisonConfig(
                 target_label=config["target_label"],
                 poison_count=a["poison_count"],
+                dirty_label=a.get("dirty_label", False),
                 epochs=a["epochs"],
                 lr=a["lr"],
                 train_size=a["train_size"],
@@ -126,6 +128,7 @@ class PSIMExperiment(Experiment):
                 "asr": v.get("asr"),
                 "knowledge": report.get("knowledge"),
                 "triggers": report.get("triggers"),
+                **({"syntactic": report["syntactic"]} if "syntactic" in report else {}),
             }
             attack_name = unit["attack"]
         else:  # PSIM's cost on a clean encoder; ASR measured with the BadNet trigger for reference
@@ -215,4 +218,55 @@ class PSIMExperiment(Experiment):
                 f"{100 * p['flagged_clean']:.1f} / {100 * (p['flagged_poisoned'] or 0):.1f} | "
                 f"gamma {p['gamma']:.3f} |"
             )
+            syn = (r.get("attack") or {}).get("syntactic")
+            if syn:  # SynAttack poisons and measures only what the paraphraser can rewrite
+                train, test = syn.get("train_rewrite_share") or 0, syn.get("test_rewrite_share") or 0
+                lines.append(
+                    f"| {r['unit']['id']} | *rewritable: train {100 * train:.1f}%, test {100 * test:.1f}% "
+                    f"({syn.get('test_poisoned')} measured)* | | | | | | |"
+                )
         return summary, "\n".join(lines)
+
+
+class PSIMDecoderExperiment(PSIMExperiment):
+    """The PSIM paper's LLaMA row on ``smollm2`` (SmolLM2-135M, the LLaMA architecture): BadNet,
+    InSent and SynAttack (dirty-label, as Hidden Killer; the paraphraser rewrites a few percent of
+    tweets, so only those are poisoned and measured) against the four PEFT victims and a fully
+    fine-tuned one, whose ASR the paper contrasts with PEFT's. The target feature is the last
+    non-padding token. Sized for a GPU (``--device cuda``); ``--quick`` fits a CPU in minutes."""
+
+    name = "psim-llama"
+    paper = "PSIM Tables 1-2, LLaMA row (weight poisoning vs PEFT and full-FT decoder victims)"
+    description = (
+        "smollm2 (LLaMA architecture), last-token features. BadNet / InSent clean-label and SynAttack "
+        "dirty-label weight poisoning; victims tuned with PEFT and full fine-tuning; PSIM (LoRA, random "
+        "labels, gamma calibrated at 1% FRR on clean validation inputs)."
+    )
+
+    def config(self, quick: bool) -> dict:
+        cfg = super().config(quick=False)
+        if quick:
+            scenarios = [_scenario("badnet-full-data", "badnet")]
+            attack = {"train_size": 400, "poison_count": 100, "epochs": 1, "lr": 5e-5}
+            sizes = {"train": 200, "validation": 100, "test": 100, "epochs": 1, "psim_train": 200}
+            methods, synattack = ["lora"], None
+        else:
+            scenarios = [
+                _scenario("badnet-full-data", "badnet"),
+                _scenario("insent-full-data", "insent"),
+                _scenario("synattack-full-data", "synattack"),
+                _scenario("clean", None),
+            ]
+            attack = {"train_size": 6000, "poison_count": 1000, "epochs": 2, "lr": 5e-5}
+            sizes = {"train": 1000, "validation": 300, "test": 1000, "epochs": 3, "psim_train": 1000}
+            # the paraphraser rewrites ~6% of tweets: 150 of the ~180 rewritable non-target ones
+            methods, synattack = [*METHODS, "full"], {"poison_count": 150, "dirty_label": True}
+        return {
+            **cfg,
+            "base": "smollm2",
+            "methods": methods,
+            "scenarios": scenarios,
+            "attack": attack,
+            "attack_overrides": {"synattack": synattack} if synattack else {},
+            "sizes": sizes,
+        }
