@@ -81,6 +81,9 @@ SESSION = [
     Cell(label="dirty", poison=250, train=1000, target=1, victim="p-tuning"),
     Cell(poison=1000, train=6000),
     Cell(seed=1),
+    # then the largest poison count on the largest set, and a K = 3 dirty-label InSent on another seed
+    Cell(attack="insent", poison=2000, train=6000, target=1, victim="p-tuning"),
+    Cell(attack="insent", label="dirty", poison=500, train=3000, task="tweets", victim="prompt-tuning", seed=1),
 ]
 
 
