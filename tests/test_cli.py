@@ -3,10 +3,13 @@ config classes, the exit-code contract, the output policy and help texts that na
 
 import argparse
 import json
+import os
 import random
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -158,6 +161,27 @@ def test_keyboard_interrupt_is_exit_130(monkeypatch, capsys):
     monkeypatch.setattr(models_cli, "cmd_models", _raise(KeyboardInterrupt()))
     assert main(["models"]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_sigterm_runs_cleanup_and_is_exit_130(monkeypatch, capsys):
+    """A SIGTERM while a command runs unwinds like Ctrl-C: its finally blocks run (temp outputs,
+    a local Ray) and the exit code is 130; the previous handler is restored afterwards."""
+    cleaned = []
+
+    def killed(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises during the sleep
+            return 0
+        finally:
+            cleaned.append(True)
+
+    monkeypatch.setattr(models_cli, "cmd_models", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["models"]) == 130
+    assert cleaned == [True]
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_debug_prints_the_traceback(monkeypatch, capsys):

@@ -2,11 +2,13 @@
 on real SPLADE-tiny models (clean, fine-tuned, POR-backdoored with random triggers)."""
 
 import json
+import signal
 
 import pytest
 import torch
 
 from lmsanitator.cli.main import main
+from lmsanitator.core.cluster import ray_session
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.experiments import EXPERIMENTS, get_experiment, run_experiment
 from lmsanitator.experiments.base import Context, Experiment
@@ -78,6 +80,21 @@ def test_units_run_as_ray_tasks(tmp_path):
     assert {r["pid"] for r in ray_run["records"]}.isdisjoint({os.getpid()})
     assert {r["pid"] for r in local["records"]} == {os.getpid()}
     assert [r["id"] for r in ray_run["records"]] == ["x1", "x2", "x3", "x4"]  # unit order, not finish order
+
+
+def test_ray_session_keeps_the_sigterm_handler():
+    """ray.init installs a C-level SIGTERM handler that kills the driver and orphans the local
+    cluster; the session puts the Python one back, so the CLI's interrupt (and shutdown) run."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with ray_session(num_cpus=1):
+            assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_only_runs_the_matching_units(tmp_path):

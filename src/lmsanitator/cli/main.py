@@ -9,12 +9,15 @@ Exit codes (the same for every command, so scripts and CI can gate on them):
   an output that exists (without ``--overwrite``) or cannot be written (checked before any
   work starts), and any unexpected exception (``lmsanitator: error: <Type>: <message>``, no
   traceback unless the global ``--debug`` flag is given);
-* 130 - interrupted (Ctrl-C).
+* 130 - interrupted (Ctrl-C, or SIGTERM: it is turned into the same interrupt, so ``finally`` blocks
+  run - temporary outputs are removed and a local Ray cluster is shut down instead of orphaned).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import traceback
 
@@ -53,10 +56,30 @@ def _fail(message: str) -> int:
     return EXIT_ERROR
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a CI timeout, ``kill``, a container stop) raises KeyboardInterrupt while a command
+    runs: Python's default would end the process at once, skipping every ``finally``."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # argparse errors: one line, SystemExit(2)
     try:
-        return args.handler(args)
+        with _sigterm_as_interrupt():
+            return args.handler(args)
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -55,11 +57,18 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         kw["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
         if num_gpus is not None:
             kw["num_gpus"] = num_gpus
+    # ray.init installs a C-level SIGTERM handler that ends the driver at once, orphaning the local
+    # cluster's processes; keep the Python one (the CLI's turns SIGTERM into an interrupt, so the
+    # shutdown below runs)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         ray.init(**kw)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise LMSanitatorError(f"cannot start {where}: {str(exc).splitlines()[0]}") from None
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
     try:
         yield ray
     finally:
