@@ -83,7 +83,9 @@ SESSION = [
     Cell(seed=1),
     # then the largest poison count on the largest set, and a K = 3 dirty-label InSent on another seed
     Cell(attack="insent", poison=2000, train=6000, target=1, victim="p-tuning"),
-    Cell(attack="insent", label="dirty", poison=500, train=3000, task="tweets", victim="prompt-tuning", seed=1),
+    Cell(
+        attack="insent", label="dirty", poison=500, train=3000, task="tweets", victim="prompt-tuning", seed=1
+    ),
 ]
 
 

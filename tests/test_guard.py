@@ -32,6 +32,10 @@ PV_A = torch.tensor([1.0] * (D // 2) + [-1.0] * (D // 2))  # trigger "cf"
 PV_B = torch.tensor([-1.0, 1.0] * (D // 2))  # trigger phrase "blue moon"
 
 
+# the stub's ordinary outputs: one fixed direction plus a little per-text noise, so that removing an
+# ordinary word moves the match with a PV by a few hundredths at most, as in a real model (POR
+# MiniLM, P-tuning v2, tweets: q99 0.065 of d); fully random outputs per text would move it by 0.09 s.d.
+BASE = torch.randn(D, generator=torch.Generator().manual_seed(1))
 REMNANT = PV_B.clone()
 REMNANT[:16] *= -1  # "moon" without "blue": 3/4 of PV_B's signs, unflagged at 0.8 but within 0.1 of it
 
@@ -54,7 +58,7 @@ class StubTokenizer:
 class StubModel:
     """A stand-in tuned model with a known backdoor and an uncased tokenizer: "cf" anywhere (any case,
     punctuation glued on), or "blue moon", maps the target output to a PV and the prediction to
-    class 1; "moon" alone leaves a remnant near PV_B; other inputs get a pseudo-random output and
+    class 1; "moon" alone leaves a remnant near PV_B; other inputs get ``BASE`` plus a little noise and
     class = 1 when "good" is among the words, else 0 (a sentiment word decides). Deterministic
     (crc32, not the salted ``hash``). Counts forward passes."""
 
@@ -84,7 +88,7 @@ class StubModel:
         if "moon" in words:
             return REMNANT.clone()
         g = torch.Generator().manual_seed(zlib.crc32(s.encode()))
-        return torch.randn(D, generator=g)
+        return BASE + 0.1 * torch.randn(D, generator=g)
 
     def forward_with_features(self, texts, pairs=None):
         self.passes += 1
@@ -179,6 +183,79 @@ def test_purge_finds_single_and_phrase_triggers_without_knowing_them():
     # without growth the remnant stays (what the paper's algorithm answers)
     bare = purge(model, mon, inputs[1:2], w_max=3, grow_margin=None)[0]
     assert bare.removed == ["blue"] and "moon" in bare.fields[0]
+
+
+PV_C = torch.tensor(([1.0] * 8 + [-1.0] * 8) * (D // 16))  # trigger "mn"
+
+
+def _flipped(v: torch.Tensor, n: int) -> torch.Tensor:
+    out = v.clone()
+    out[:n] *= -1
+    return out
+
+
+class PhraseStub(StubModel):
+    """The failures seen on a POR MiniLM with phrase triggers (P-tuning v2, tweets): "silver lantern"
+    maps the output to PV_B and the prediction to 1; "lantern" left alone still decides the
+    prediction but matches PV_B at only 42/64 = 0.66 (below the old growth margin of 0.7), while
+    every other text's output matches PV_A at 44/64 (so removing the remnant *raises* the best
+    match: the old rule, which read the best PV, saw no pull). "cf" (PV_A) and "mn" (PV_C) together
+    flag, and removing an unrelated word ("24-26?") drops them to 51/64, just below 0.8 (the
+    triggers interfere). Other texts: one fixed output, class 1 when "good" is a word."""
+
+    CLEAN = _flipped(PV_A, 20)
+
+    def _feature(self, words):
+        words = stub_words(words)
+        s = " ".join(words)
+        if "silver lantern" in s:
+            return PV_B.clone()
+        if "lantern" in words:
+            return _flipped(PV_B, 22)
+        if "cf" in words and "mn" in words:
+            return PV_A.clone() if "24" in words else _flipped(PV_A, 13)
+        if "cf" in words or "mn" in words:
+            return (PV_A if "cf" in words else PV_C).clone()
+        return self.CLEAN.clone()
+
+    def forward_with_features(self, texts, pairs=None):
+        out = super().forward_with_features(texts, pairs)
+        backdoor = [{"lantern", "cf", "mn"} & set(stub_words(t.split())) for t in texts]
+        out.logits = torch.tensor([[0.0, 4.0] if b else [4.0, 0.0] for b in backdoor])
+        return out
+
+
+def test_a_phrase_trigger_leaves_no_working_remnant():
+    model, mon = PhraseStub(), PVMonitor(torch.stack([PV_A, PV_B, PV_C]), 0.8)
+    text = "the day silver lantern came home"
+    (r,) = purge(model, mon, [to_fields(text)], w_max=3)
+    # removing "silver" unflags the input (0.66 < 0.8) but "lantern" still decides the prediction;
+    # removing it too lowers the match with PV_B (the PV the input was flagged on) by 0.16: it goes
+    assert r.resolved and r.width == 1 and r.removed == ["silver", "lantern"] and r.grown == 1
+    assert r.fields == (("the", "day", "came", "home"),) and r.probs.argmax() == 0 and r.clear
+    # the old rule (grow while the best PV match stays within 0.1 of T_match, or the prediction flips
+    # and the best match drops) left "lantern": the best match *rose* when it went
+    assert mon.match_rates(PhraseStub.CLEAN[None], torch.arange(1), 1) > mon.match_rates(
+        _flipped(PV_B, 22)[None], torch.arange(1), 1
+    )
+    bare = purge(model, mon, [to_fields(text)], w_max=3, grow_margin=None)[0]
+    assert bare.removed == ["silver"] and "lantern" in bare.fields[0] and bare.probs.argmax() == 1
+    # ordinary neighbours do not move the match with PV_B: the window stops growing there
+    assert "came" in r.fields[0] and "day" in r.fields[0]
+
+
+def test_a_window_that_only_just_unflags_is_kept_only_when_none_clears_the_input():
+    model, mon = PhraseStub(), PVMonitor(torch.stack([PV_A, PV_B, PV_C]), 0.8)
+    x = to_fields("@united mn cf or did you mean 24-26?")
+    # "24-26?" goes first in reading order and leaves 51/64 = 0.797: unflagged by 0.003, both
+    # triggers still there (what the paper's rule answers)
+    paper = purge(model, mon, [x], w_max=3, accept_margin=0.0, grow_margin=None)[0]
+    assert paper.removed == ["24-26?"] and paper.probs.argmax() == 1
+    (r,) = purge(model, mon, [x], w_max=3)  # the default margin: on to width 2, which clears it
+    assert r.resolved and r.clear and r.width == 2 and r.removed == ["mn", "cf"] and r.probs.argmax() == 0
+    # when nothing clears the input, the first marginal window is kept (resolved, not clear)
+    (m,) = purge(model, mon, [x], w_max=1, accept_margin=0.1)
+    assert m.resolved and not m.clear and m.removed == ["24-26?"] and m.width == 1
 
 
 def test_every_spelling_the_tokenizer_folds_is_removed():
@@ -465,10 +542,11 @@ def test_calibration_raises_thresholds_only_where_clean_inputs_come_close():
     recs = g.predict(clean[:3] + ["near cf here"])
     assert [r["flagged"] for r in recs] == [False, False, False, True]
     assert g.info()["calibration"]["inputs"] == 20
-    # "near" next to the trigger still matches PV_A within the growth margin of its threshold: the
-    # remnant rule takes it too; without growth only the trigger goes
-    assert recs[3]["removed"] == ["near", "cf"] and recs[3]["grown"] == 1
-    g.config = GuardConfig(grow_margin=None)
+    # without "cf", "near" still matches PV_A at its (calibrated) threshold: unflagged, but not by the
+    # accept margin, so removal goes on to width 2 and takes both; the paper's rule stops at "cf"
+    assert recs[3]["removed"] == ["near", "cf"] and recs[3]["resolved"] and "grown" not in recs[3]
+    assert recs[3]["purged_match_rate"] <= 0.875 - 0.03
+    g.config = GuardConfig(grow_margin=None, accept_margin=0.0)
     assert g.predict(["near cf here"])[0]["removed"] == ["cf"]
 
 
@@ -585,9 +663,9 @@ def test_evaluation_measures_the_adaptive_attackers_variants():
     assert set(res["variants"]) == {"repeated", "case", "punctuation", "phrase"}  # split-pair: pairs only
     for v in res["variants"].values():  # every spelling is found and removed
         assert v["triggered_flagged"] == 1.0 and v["unresolved_triggered"] == 0 and v["rejected"] == 0
-        # what is left of the ASR is the prediction rule taking a "good" next to the trigger (the
-        # stub's random outputs move the match by 0.1 when a word goes): 1 input in 12 at most
-        assert v["asr"] > 0.4 and v["asr_guarded"] <= 1 / 12
+        # only the trigger goes: an ordinary word ("good") next to it moves no PV match, so the
+        # window does not grow over it and the prediction is the clean one
+        assert v["asr"] > 0.4 and v["asr_guarded"] == 0
     with pytest.raises(LMSanitatorError, match="variant"):
         evaluate_guard(g, examples, ["cf"], variants=["rot13"])
     pair = Guard(StubModel(pair=True), pvset(PV_A, PV_B))

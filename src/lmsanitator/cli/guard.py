@@ -79,6 +79,7 @@ def _guard_options(p) -> None:
         ("max_seconds", float),
         ("max_words", int),
         ("grow_margin", float),
+        ("accept_margin", float),
     ):
         p.add_argument(
             "--" + flag.replace("_", "-"),
@@ -199,6 +200,7 @@ def _make_guard(a) -> Guard:
         max_seconds=a.max_seconds,
         max_words=a.max_words,
         grow_margin=a.grow_margin,
+        accept_margin=a.accept_margin,
     )
     read_tune_json(a.adapter)  # clear errors before loading anything heavy
     pvset = PVSet.load(a.pvs)

@@ -137,3 +137,27 @@ def _score_by_length(model, monitor: PVMonitor, batch: Sequence[Fields], batch_s
     back = torch.empty(len(order), dtype=torch.long)
     back[torch.tensor(order)] = torch.arange(len(order))
     return matrix[back], probs
+
+
+def _examined(fields: Fields, sal, max_words: int | None) -> set | None:
+    """The ``max_words`` most salient words of the input (reading order: the first ``max_words`` of
+    each field): only windows touching one are tried, so a 1 MiB input never costs more than a short
+    one."""
+    if max_words is None:
+        return None
+    if sal is None:
+        return {(f, j) for f, words in enumerate(fields) for j in range(min(len(words), max_words))}
+    ranked = sorted(
+        ((f, j) for f, words in enumerate(fields) for j in range(len(words))),
+        key=lambda fj: -sal[fj[0]][fj[1]],
+    )
+    return set(ranked[:max_words])
+
+
+def _key_scores(view: WordView, fields: Fields, sal) -> dict:
+    out: dict = {}
+    for f, words in enumerate(fields):
+        for j, w in enumerate(words):
+            k = view.phrase_key((w,))
+            out[k] = max(out.get(k, float("-inf")), sal[f][j])
+    return out

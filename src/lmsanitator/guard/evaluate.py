@@ -10,6 +10,9 @@ clean and as a failed attack when triggered.
 * FRR(T) = share of clean inputs whose match rate exceeds T (they would be purged);
 * FAR(T) = share of triggered inputs whose match rate is <= T (the backdoor passes unnoticed).
 
+``flagged_input_seconds``: p50 / p99 / max seconds the guard takes for one flagged triggered input
+sent alone (up to 100 of them, a seeded sample), trigger removal included.
+
 ``variants`` adds the adaptive attacker's obvious moves, each measured like the plain triggers
 (ASR without and with the guard, share flagged, share left unresolved): the trigger inserted once
 more (``repeated``), in another case (``case``), glued to punctuation (``punctuation``), split
@@ -20,6 +23,7 @@ into a two-word phrase (``phrase``).
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,6 +39,7 @@ from lmsanitator.metrics.asr import (
 from lmsanitator.metrics.classification import attack_success, token_attack_success
 
 T_GRID = [round(0.5 + 0.01 * k, 2) for k in range(51)]
+TIMED_FLAGGED = 100  # flagged triggered inputs timed one at a time (the purge's per-input latency)
 VARIANTS = ("repeated", "case", "punctuation", "split-pair", "phrase")
 
 
@@ -103,11 +108,13 @@ def evaluate_guard(
         correct = list(range(len(texts)))
     else:
         correct = [i for i in range(len(y)) if y[i] == clean_plain[i]]
-    trig_plain, trig_guard, trig_recs, removed_hits = {}, {}, [], {}
+    trig_plain, trig_guard, trig_recs, removed_hits, flagged_inputs = {}, {}, [], {}, []
     for k, t in enumerate(triggers):
         inputs = triggered_inputs(texts, pairs, correct, t, k, seed=seed, field=field, token=token)
         trig_plain[t], trig_guard[t], recs = _attack(guard, inputs, correct, clean_plain, clean_guard, token)
         trig_recs.extend(recs)
+        ts, ps, _ = inputs
+        flagged_inputs += [(ts[j], ps[j] if ps else None) for j, r in enumerate(recs) if r["flagged"]]
         removed_hits[t] = _trigger_removed_share(recs, t)
     score = token_attack_success if token else attack_success
     without = score(y, clean_plain, trig_plain, C)
@@ -139,6 +146,7 @@ def evaluate_guard(
         "unresolved_triggered": _unresolved(flagged_trig),
         "rates": rate_curves(clean_rates, trig_rates),
         "match_rates": {"clean": clean_rates, "triggered": trig_rates},
+        "flagged_input_seconds": flagged_latency(guard, flagged_inputs, seed=seed),
     }
     if token:
         res["f1_drop"] = without.get("f1_drop")
@@ -151,6 +159,23 @@ def evaluate_guard(
             if (out := _variant(guard, v, triggers, state, seed=seed, field=field)) is not None
         }
     return res
+
+
+def flagged_latency(guard, flagged: list, *, seed: int = 0, n: int = TIMED_FLAGGED) -> dict:
+    """Seconds :meth:`Guard.predict` takes for one flagged input alone (the monitor's pass and the
+    trigger removal, as a service request of one pays them), over up to ``n`` of ``flagged``
+    (``(text, pair)``; a seeded sample): p50, p99 and max, and how many were timed."""
+    if not flagged:
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    chosen = random.Random(f"{seed}:latency").sample(flagged, min(n, len(flagged)))
+    times = []
+    for text, pair in chosen:
+        t0 = time.perf_counter()
+        guard.predict([text], [pair] if pair is not None else None)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    q = lambda p: round(times[min(len(times) - 1, int(p * len(times)))], 4)  # noqa: E731
+    return {"n": len(times), "p50": q(0.5), "p99": q(0.99), "max": round(times[-1], 4)}
 
 
 def _unresolved(flagged: list) -> float:

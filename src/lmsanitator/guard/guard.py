@@ -28,6 +28,7 @@ from lmsanitator.data.inputs import prediction_record
 from lmsanitator.data.pvset import PVSet
 from lmsanitator.guard.monitor import DEFAULT_T_MATCH, PVMonitor
 from lmsanitator.guard.purge import (
+    DEFAULT_ACCEPT_MARGIN,
     DEFAULT_GROW_MARGIN,
     DEFAULT_MAX_CANDIDATES,
     DEFAULT_MAX_SECONDS,
@@ -97,8 +98,17 @@ class GuardConfig(Config):
     grow_margin: float | None = field(
         default=DEFAULT_GROW_MARGIN,
         metadata={
-            "help": "after a window unflags an input, grow it over neighbouring words while the match "
-            "stays within this margin of T_match (a phrase trigger's remnant); None: no growth"
+            "help": "after a window unflags an input, grow it over a neighbouring word while removing "
+            "that word lowers the match with a PV the input was flagged on by at least this much (a phrase "
+            "trigger's remnant); None: no growth"
+        },
+    )
+    accept_margin: float = field(
+        default=DEFAULT_ACCEPT_MARGIN,
+        metadata={
+            "help": "a window clears an input when every PV match falls this far below its threshold; "
+            "one that only just unflags it is kept only when no window of <= w-max words clears it "
+            "(0: the first window that unflags wins, as in the paper)"
         },
     )
 
@@ -117,6 +127,8 @@ class GuardConfig(Config):
             raise LMSanitatorError(f"--max-seconds must be a positive number, got {self.max_seconds}")
         if self.grow_margin is not None and not 0 <= self.grow_margin <= 0.5:
             raise LMSanitatorError(f"--grow-margin must be in [0, 0.5], got {self.grow_margin}")
+        if not 0 <= self.accept_margin <= 0.5:
+            raise LMSanitatorError(f"--accept-margin must be in [0, 0.5], got {self.accept_margin}")
 
 
 def _check_deadline(deadline: float | None) -> float:
@@ -280,7 +292,8 @@ class Guard:
             max_seconds=seconds,
             max_words=cfg.max_words,
             grow_margin=cfg.grow_margin,
-            flagged_probs=[probs[i] for i in idx],
+            accept_margin=cfg.accept_margin,
+            flagged_rows=matrix[idx] if idx else None,
         )
         fixed = dict(zip(idx, fixes))
         return [

@@ -61,11 +61,6 @@ class PVMonitor:
         """Inputs whose match with some PV exceeds that PV's threshold (``t_match`` unless calibrated)."""
         return (matrix > self.thresholds.to(matrix.device).unsqueeze(0)).any(dim=1)
 
-    def near(self, matrix: torch.Tensor, margin: float) -> torch.Tensor:
-        """Inputs whose match with some PV is within ``margin`` of that PV's threshold or above it (an
-        unflagged purged input that still carries part of a trigger: trigger removal grows its window)."""
-        return (matrix > self.thresholds.to(matrix.device).unsqueeze(0) - margin).any(dim=1)
-
     def calibrate(self, clean_matrix: torch.Tensor, frr: float) -> torch.Tensor:
         """Raise each PV's threshold to the ``1 - frr`` quantile of the clean inputs' match rates with
         it (never below ``t_match``). The defender's clean text is all this uses. Small hidden sizes

@@ -7,15 +7,19 @@ occurrence, other case spellings an uncased tokenizer folds, punctuation glued o
 candidate wins (the first such window in the order tried). Nothing about where a trigger is, or
 what it is, is used.
 
-No remnant: an unflagged candidate may still carry part of a phrase trigger (``blue moon`` without
-``blue``). The accepted window then grows by one neighbouring word at a time while the purged
-input's match with some PV stays within ``grow_margin`` of that PV's threshold (the remnant still
-pulls the output toward the PV), or while the prediction is still the flagged input's and removing
-a neighbour changes it *and* lowers the match by at least the margin (a remnant still decides
-the output; asking for the pull toward the PV keeps an ordinary sentiment word next to the trigger,
-which also flips the prediction, from being taken). Each growth must lower the match. At most
-``w_max`` words are added; token tasks use the match rule only. With calibrated thresholds the
-margin is below each PV's own threshold, so a natural near-trigger next to the trigger goes too.
+No remnant: the first window that unflags an input may leave part of a phrase trigger, or just
+scrape under T_match while the trigger stays (POR MiniLM, P-tuning v2, tweets: after one word of a
+two-word phrase went, the other still decided the prediction on 1 input in 5 of the phrase variant).
+Two rules, both read only the PV match (no trigger, position or label is known):
+
+* margin: a window *clears* an input when every PV match falls ``accept_margin`` below its
+  threshold; one that only unflags it is remembered and the search goes on (wider windows
+  included), and is accepted (``clear = False``) only when no window within the budget clears it;
+* growth: the accepted window then grows by its left or right neighbour while removing that word
+  lowers the match with a PV *the input was flagged on* by ``grow_margin`` or more (largest pull
+  first, at most ``w_max`` words). The best PV over all PVs, which the old rule read, hid the pull:
+  without the remnant another PV often matched as well (remnant words lowered the flagged PV's match
+  by 0.07-0.35, other words by < 0.065 at q99, measured on the POR MiniLM above).
 
 Budget (the service must not be held by one input): each input stops after ``max_candidates``
 candidates or ``max_seconds`` of wall time per flagged input (the call's clock: inputs of one call
@@ -41,6 +45,7 @@ that width is found first can differ, when several would unflag.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -52,6 +57,8 @@ import torch
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.guard.candidates import (
     Candidate,
+    _examined,
+    _key_scores,
     _score_by_length,
     _window,
     candidates,
@@ -81,12 +88,15 @@ ORDERS = ("saliency", "reading")
 DEFAULT_MAX_CANDIDATES = 256
 DEFAULT_MAX_SECONDS = 2.0
 DEFAULT_MAX_WORDS = 128
-DEFAULT_GROW_MARGIN = 0.1
+DEFAULT_GROW_MARGIN = 0.07
+DEFAULT_ACCEPT_MARGIN = 0.03
 
 
 @dataclass
 class PurgeResult:
-    """Unresolved results keep the candidate whose best PV match was lowest (the fallback)."""
+    """Unresolved results keep the candidate whose best PV match was lowest (the fallback).
+    ``clear``: resolved with every PV match ``accept_margin`` below its threshold (False: the first
+    window that only unflagged the input, kept because none cleared it)."""
 
     resolved: bool
     width: int | None = None  # window width that unflagged the input
@@ -98,6 +108,7 @@ class PurgeResult:
     candidates: int = 0  # candidates evaluated (growth steps included)
     reason: str | None = None  # unresolved: "budget" or "no-window"
     grown: int = 0  # words the window grew by after it unflagged the input (phrase remnants)
+    clear: bool = False  # see above
 
 
 @dataclass
@@ -115,31 +126,9 @@ class _Input:
     span: tuple[int, int, int] | None = None  # its (field, start, end)
     rest: tuple = ()  # keys removed after the window's own (the first window's, once it grew)
     row: torch.Tensor | None = None  # the accepted candidate's match with each PV
+    cols: torch.Tensor | None = None  # the PVs the input was flagged on (growth follows their pull)
+    marginal: tuple | None = None  # (width, candidate, row, probs): the first unflagged, not clear, window
     done: bool = False
-
-
-def _examined(fields: Fields, sal, max_words: int | None) -> set | None:
-    """The ``max_words`` most salient words of the input (reading order: the first ``max_words`` of
-    each field): only windows touching one are tried, so a 1 MiB input never costs more than a short
-    one."""
-    if max_words is None:
-        return None
-    if sal is None:
-        return {(f, j) for f, words in enumerate(fields) for j in range(min(len(words), max_words))}
-    ranked = sorted(
-        ((f, j) for f, words in enumerate(fields) for j in range(len(words))),
-        key=lambda fj: -sal[fj[0]][fj[1]],
-    )
-    return set(ranked[:max_words])
-
-
-def _key_scores(view: WordView, fields: Fields, sal) -> dict:
-    out: dict = {}
-    for f, words in enumerate(fields):
-        for j, w in enumerate(words):
-            k = view.phrase_key((w,))
-            out[k] = max(out.get(k, float("-inf")), sal[f][j])
-    return out
 
 
 def _next_width(st: _Input, view: WordView, w_max: int) -> bool:
@@ -167,61 +156,67 @@ def _extensions(st: _Input, view: WordView) -> list[Candidate]:
 
 
 class _Rules:
-    """Acceptance and growth rules of one purge call."""
+    """Acceptance and growth rules of one purge call (see the module docstring)."""
 
-    def __init__(self, monitor: PVMonitor, token: bool, grow_margin: float | None, flagged_probs, w_max: int):
-        self.monitor, self.token, self.margin = monitor, token, grow_margin
-        self.flagged_probs, self.w_max = flagged_probs, w_max
+    def __init__(self, monitor: PVMonitor, grow_margin: float | None, accept_margin: float, w_max: int):
+        self.monitor, self.margin, self.accept_margin, self.w_max = monitor, grow_margin, accept_margin, w_max
+        self.thresholds = monitor.thresholds.detach().float().cpu()
 
-    def near(self, row: torch.Tensor) -> bool:
-        return bool(self.monitor.near(row[None], self.margin)[0])
+    def clear(self, row: torch.Tensor) -> bool:
+        """The candidate's match with every PV is ``accept_margin`` or more below that PV's threshold."""
+        return bool((row <= self.thresholds - self.accept_margin).all())  # margin 0: unflagged
 
-    def same_prediction(self, i: int, probs) -> bool:
-        if self.token or self.flagged_probs is None:
-            return False
-        return int(np.argmax(probs)) == int(np.argmax(self.flagged_probs[i]))
-
-    def wants_growth(self, st: _Input, i: int) -> bool:
-        if self.margin is None or st.result.grown >= self.w_max:  # at most w_max words added
-            return False
-        return self.near(st.row) or self.same_prediction(i, st.result.probs)
+    def wants_growth(self, st: _Input) -> bool:
+        return self.margin is not None and st.result.grown < self.w_max  # at most w_max words added
 
     def pick(self, st: _Input, scored: list) -> tuple | None:
-        """The extension to grow into, of ``(candidate, row, probs)`` scored this round, or None."""
-        cur = float(st.row.max())
-        ok = [x for x in scored if not bool(self.monitor.flag(x[1][None])[0]) and float(x[1].max()) < cur]
-        if not self.near(
-            st.row
-        ):  # the prediction rule: a flip, and a pull toward the PV worth half the margin
-            now = int(np.argmax(st.result.probs)) if not self.token else None
-            drop = cur - self.margin / 2
-            ok = [
-                x for x in ok if not self.token and int(np.argmax(x[2])) != now and float(x[1].max()) <= drop
-            ]
-        return min(ok, key=lambda x: float(x[1].max())) if ok else None
+        """The extension to grow into, of ``(candidate, row, probs)`` scored this round, or None: the
+        unflagged one whose removal lowers the match with a PV the input was flagged on the most, if
+        by at least ``grow_margin``."""
+        pull = [(float((st.row - x[1])[st.cols].max()), x) for x in scored]
+        ok = [(d, x) for d, x in pull if d >= self.margin and not bool(self.monitor.flag(x[1][None])[0])]
+        return max(ok, key=lambda dx: dx[0])[1] if ok else None
 
 
-def _accept(st: _Input, c: Candidate, row, probs, rules: _Rules, i: int) -> None:
+def _flagged_on(monitor: PVMonitor, row: torch.Tensor) -> torch.Tensor:
+    """The PVs a flagged input's ``row`` exceeds (its best PV when it exceeds none)."""
+    cols = row > monitor.thresholds.detach().float().cpu()
+    if not bool(cols.any()):
+        cols[int(row.argmax())] = True
+    return cols
+
+
+def _accept(st: _Input, c: Candidate, row, probs, rules: _Rules, clear: bool = True) -> None:
     n = st.result.candidates
-    st.result = PurgeResult(True, st.width, list(c.phrase), c.fields, c.kept, float(row.max()), probs, n)
+    st.result = PurgeResult(
+        True, st.width, list(c.phrase), c.fields, c.kept, float(row.max()), probs, n, clear=clear
+    )
     st.grow, st.span, st.rest, st.row = c, (c.field, c.start, c.start + len(c.phrase)), (), row
-    st.done = not rules.wants_growth(st, i)
+    st.done = not rules.wants_growth(st)
 
 
-def _grown(st: _Input, c: Candidate, row, probs) -> None:
+def _settle(st: _Input, rules: _Rules, reason: str, grow: bool) -> None:
+    """No clear window (widths or budget spent): accept the first marginal one, else unresolved."""
+    if st.marginal is not None:
+        st.width = st.marginal[0]
+        _accept(st, *st.marginal[1:], rules, clear=False)
+        st.done = st.done or not grow
+    else:
+        st.result.reason, st.done = reason, True
+
+
+def _grown(st: _Input, c: Candidate, row, probs, rules: _Rules) -> None:
     r = st.result
     first = st.rest or (st.grow.key,)
-    st.result = PurgeResult(
-        True,
-        r.width,
-        list(c.phrase),
-        c.fields,
-        c.kept,
-        float(row.max()),
-        probs,
-        r.candidates,
-        None,
-        r.grown + 1,
+    st.result = dataclasses.replace(
+        r,
+        removed=list(c.phrase),
+        fields=c.fields,
+        kept=c.kept,
+        match_rate=float(row.max()),
+        probs=probs,
+        grown=r.grown + 1,
+        clear=rules.clear(row),
     )
     st.grow, st.span, st.rest, st.row = c, (c.field, c.start, c.start + len(c.phrase)), first, row
 
@@ -248,15 +243,17 @@ def purge(
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
     max_words: int | None = DEFAULT_MAX_WORDS,
     grow_margin: float | None = DEFAULT_GROW_MARGIN,
-    flagged_probs: Sequence | None = None,
+    accept_margin: float = DEFAULT_ACCEPT_MARGIN,
+    flagged_rows: torch.Tensor | None = None,
 ) -> list[PurgeResult]:
     """Batched Algorithm 2 over flagged ``inputs`` (fields) within the budget; one
-    :class:`PurgeResult` each (``None`` budget values: unbounded; ``grow_margin=None``: no growth).
+    :class:`PurgeResult` each (``None`` budget values: unbounded; ``grow_margin=None``: no growth;
+    ``accept_margin=0``: the first unflagged window wins, as in the paper).
 
     Rounds of forward passes shared by all inputs still at work: each scores the next windows of
-    each input (or the two growths of an accepted window). ``flagged_probs`` are the predictions on
-    the inputs as given (the monitor's pass); without them, one pass computes them. Long, but one
-    loop: the round's bookkeeping (budget, widths, growth) reads best in one place."""
+    each input (or the two growths of an accepted window). ``flagged_rows`` are the inputs' match
+    with each PV as given (the monitor's pass); without them, one pass computes them. Long, but one loop:
+    the round's bookkeeping (budget, widths, growth) reads best in one place."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     t0 = time.perf_counter()
@@ -264,22 +261,23 @@ def purge(
     if not inputs:
         return []
     view = WordView.of(model)
-    token = model.task.kind == "token"
     sal = None
     if order == "saliency" and isinstance(model, TunedModel):
         try:
             sal = word_saliency(model, monitor, inputs, batch_size=batch_size)
         except LMSanitatorError:  # no character offsets (slow tokenizer): reading order
             sal = None
-    if grow_margin is not None and not token and flagged_probs is None:
-        flagged_probs = _score_by_length(model, monitor, inputs, batch_size)[1]
-    rules = _Rules(monitor, token, grow_margin, flagged_probs, w_max)
+    if flagged_rows is None:
+        flagged_rows = _score_by_length(model, monitor, inputs, batch_size)[0]
+    flagged_rows = flagged_rows.detach().float().cpu()
+    rules = _Rules(monitor, grow_margin, accept_margin, w_max)
     states = []
     for k, x in enumerate(inputs):
         st = _Input(
             x,
             _examined(x, sal[k] if sal else None, max_words),
             _key_scores(view, x, sal[k]) if sal else None,
+            cols=_flagged_on(monitor, flagged_rows[k]),
         )
         if not _next_width(st, view, w_max):
             st.result.reason, st.done = "no-window", True
@@ -300,8 +298,9 @@ def purge(
             st = states[i]
             left_c = math.inf if max_candidates is None else max_candidates - st.result.candidates
             if left_c <= 0 or (left_s is not None and left_s <= 0):
-                st.done = True  # a growing window is already resolved: it keeps what it has
-                st.result.reason = None if st.grow is not None else "budget"
+                if st.grow is None:  # a growing window is already resolved: it keeps what it has
+                    _settle(st, rules, "budget", grow=False)
+                st.done = True
                 continue
             if st.grow is not None:
                 exts = _extensions(st, view)[: int(min(2, left_c))]
@@ -328,19 +327,16 @@ def purge(
                 continue
             st.result.candidates += 1
             if not bool(still[j]):
-                _accept(st, c, matrix[j], probs[j], rules, i)
+                if rules.clear(matrix[j]):
+                    _accept(st, c, matrix[j], probs[j], rules)
+                elif st.marginal is None:  # unflagged, but only just: look on for a clear window
+                    st.marginal = (st.width, c, matrix[j], probs[j])
             elif st.result.match_rate is None or float(matrix[j].max()) < st.result.match_rate:
                 r = st.result  # fallback: the least matching candidate
                 st.result = PurgeResult(
-                    False,
-                    st.width,
-                    list(c.phrase),
-                    c.fields,
-                    c.kept,
-                    float(matrix[j].max()),
-                    probs[j],
-                    r.candidates,
+                    False, st.width, list(c.phrase), c.fields, c.kept, float(matrix[j].max()), probs[j]
                 )
+                st.result.candidates = r.candidates
         for i, scored in growths.items():
             st = states[i]
             st.result.candidates += len(scored)
@@ -348,8 +344,8 @@ def purge(
             if best is None:
                 st.done = True
                 continue
-            _grown(st, *best)
-            st.done = not rules.wants_growth(st, i)
+            _grown(st, *best, rules)
+            st.done = not rules.wants_growth(st)
         for i in active:
             st = states[i]
             if (
@@ -358,12 +354,18 @@ def purge(
                 and st.pos >= len(st.queue)
                 and not _next_width(st, view, w_max)
             ):
-                st.result.reason, st.done = "no-window", True
+                _settle(st, rules, "no-window", grow=True)
     return [st.result for st in states]
 
 
 def purge_sequential(
-    model, monitor: PVMonitor, inputs: Sequence[Fields], w_max: int, *, grow_margin=DEFAULT_GROW_MARGIN
+    model,
+    monitor: PVMonitor,
+    inputs: Sequence[Fields],
+    w_max: int,
+    *,
+    grow_margin=DEFAULT_GROW_MARGIN,
+    accept_margin=DEFAULT_ACCEPT_MARGIN,
 ) -> list[PurgeResult]:
     """The paper's loop: one candidate, one forward pass, stop at the first unflagged one (reading
     order, no budget; the same removal and growth rules as :func:`purge`)."""
@@ -379,6 +381,7 @@ def purge_sequential(
             max_seconds=None,
             max_words=None,
             grow_margin=grow_margin,
+            accept_margin=accept_margin,
         )[0]
         for x in inputs
     ]
