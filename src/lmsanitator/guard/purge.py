@@ -162,6 +162,13 @@ class _Rules:
         self.monitor, self.margin, self.accept_margin, self.w_max = monitor, grow_margin, accept_margin, w_max
         self.thresholds = monitor.thresholds.detach().float().cpu()
 
+    def flagged_on(self, row: torch.Tensor) -> torch.Tensor:
+        """The PVs a flagged input's ``row`` exceeds (its best PV when it exceeds none)."""
+        cols = row > self.thresholds
+        if not bool(cols.any()):
+            cols[int(row.argmax())] = True
+        return cols
+
     def clear(self, row: torch.Tensor) -> bool:
         """The candidate's match with every PV is ``accept_margin`` or more below that PV's threshold."""
         return bool((row <= self.thresholds - self.accept_margin).all())  # margin 0: unflagged
@@ -176,14 +183,6 @@ class _Rules:
         pull = [(float((st.row - x[1])[st.cols].max()), x) for x in scored]
         ok = [(d, x) for d, x in pull if d >= self.margin and not bool(self.monitor.flag(x[1][None])[0])]
         return max(ok, key=lambda dx: dx[0])[1] if ok else None
-
-
-def _flagged_on(monitor: PVMonitor, row: torch.Tensor) -> torch.Tensor:
-    """The PVs a flagged input's ``row`` exceeds (its best PV when it exceeds none)."""
-    cols = row > monitor.thresholds.detach().float().cpu()
-    if not bool(cols.any()):
-        cols[int(row.argmax())] = True
-    return cols
 
 
 def _accept(st: _Input, c: Candidate, row, probs, rules: _Rules, clear: bool = True) -> None:
@@ -277,7 +276,7 @@ def purge(
             x,
             _examined(x, sal[k] if sal else None, max_words),
             _key_scores(view, x, sal[k]) if sal else None,
-            cols=_flagged_on(monitor, flagged_rows[k]),
+            cols=rules.flagged_on(flagged_rows[k]),
         )
         if not _next_width(st, view, w_max):
             st.result.reason, st.done = "no-window", True
