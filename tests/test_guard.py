@@ -177,8 +177,9 @@ def test_purge_finds_single_and_phrase_triggers_without_knowing_them():
     assert res[1].resolved and res[1].width == 1 and res[1].removed == ["blue", "moon"] and res[1].grown == 1
     assert res[1].fields == (("once", "in", "a", "it", "rains", "today"),)
     # an unflagged input passed in anyway: the first window already "unflags" it (Guard never does this);
-    # its prediction is still the input's, so one growth is tried (it changes nothing)
-    assert res[2].resolved and res[2].removed == ["nothing"] and res[2].candidates == 2 and not res[2].grown
+    # its prediction is still the input's, so one growth is tried (it changes nothing), then the
+    # stability check removes its one neighbour ("to") too: the prediction stays
+    assert res[2].resolved and res[2].removed == ["nothing"] and res[2].candidates == 3 and not res[2].grown
     assert res[0].probs.argmax() == 0  # prediction on the purged text
     # without growth the remnant stays (what the paper's algorithm answers)
     bare = purge(model, mon, inputs[1:2], w_max=3, grow_margin=None)[0]
@@ -228,7 +229,7 @@ class PhraseStub(StubModel):
 def test_a_phrase_trigger_leaves_no_working_remnant():
     model, mon = PhraseStub(), PVMonitor(torch.stack([PV_A, PV_B, PV_C]), 0.8)
     text = "the day silver lantern came home"
-    (r,) = purge(model, mon, [to_fields(text)], w_max=3)
+    (r,) = purge(model, mon, [to_fields(text)], w_max=3, stable=False)
     # removing "silver" unflags the input (0.66 < 0.8) but "lantern" still decides the prediction;
     # removing it too lowers the match with PV_B (the PV the input was flagged on) by 0.16: it goes
     assert r.resolved and r.width == 1 and r.removed == ["silver", "lantern"] and r.grown == 1
@@ -238,10 +239,35 @@ def test_a_phrase_trigger_leaves_no_working_remnant():
     assert mon.match_rates(PhraseStub.CLEAN[None], torch.arange(1), 1) > mon.match_rates(
         _flipped(PV_B, 22)[None], torch.arange(1), 1
     )
-    bare = purge(model, mon, [to_fields(text)], w_max=3, grow_margin=None)[0]
+    bare = purge(model, mon, [to_fields(text)], w_max=3, grow_margin=None, stable=False)[0]
     assert bare.removed == ["silver"] and "lantern" in bare.fields[0] and bare.probs.argmax() == 1
     # ordinary neighbours do not move the match with PV_B: the window stops growing there
     assert "came" in r.fields[0] and "day" in r.fields[0]
+
+
+def test_a_purge_whose_answer_hangs_on_a_neighbour_is_unresolved():
+    """The stability check: the prediction must not change when a word next to the removed ones goes
+    too, or when the window's growth is undone (the guard cannot tell a remnant from a content word)."""
+    model, mon = PhraseStub(), PVMonitor(torch.stack([PV_A, PV_B, PV_C]), 0.8)
+    text = to_fields("the day silver lantern came home")
+    # without growth "lantern" stays and decides the prediction; removing it (a neighbour) flips it
+    (bare,) = purge(model, mon, [text], w_max=3, grow_margin=None)
+    assert not bare.resolved and bare.reason == "unstable" and bare.removed == ["silver"]
+    # with growth the answer is that of the grown window, which differs from the window's own: the
+    # answer hung on the grown-over word, so it is not given as clean either
+    (grown,) = purge(model, mon, [text], w_max=3)
+    assert not grown.resolved and grown.reason == "unstable" and grown.grown == 1
+    # a trigger next to a word that decides the prediction ("good"): the same
+    model = StubModel()
+    mon = PVMonitor(PV_A[None], 0.8)
+    far, near = purge(model, mon, [to_fields("good film cf here"), to_fields("film good cf here")], w_max=3)
+    assert far.resolved and far.removed == ["cf"] and far.probs.argmax() == 1
+    assert not near.resolved and near.reason == "unstable"
+    # through the guard the default policy rejects it; --no-stability-check answers it
+    g = Guard(StubModel(), pvset(PV_A))
+    assert g.predict(["film good cf here"])[0]["rejected"]
+    g.config = GuardConfig(stable=False)
+    assert g.predict(["film good cf here"])[0]["label"] == 1
 
 
 def test_a_window_that_only_just_unflags_is_kept_only_when_none_clears_the_input():
@@ -662,10 +688,11 @@ def test_evaluation_measures_the_adaptive_attackers_variants():
     res = evaluate_guard(g, examples, ["cf"], variants=VARIANTS)
     assert set(res["variants"]) == {"repeated", "case", "punctuation", "phrase"}  # split-pair: pairs only
     for v in res["variants"].values():  # every spelling is found and removed
-        assert v["triggered_flagged"] == 1.0 and v["unresolved_triggered"] == 0 and v["rejected"] == 0
+        assert v["triggered_flagged"] == 1.0
         # only the trigger goes: an ordinary word ("good") next to it moves no PV match, so the
-        # window does not grow over it and the prediction is the clean one
-        assert v["asr"] > 0.4 and v["asr_guarded"] == 0
+        # window does not grow over it and the prediction is the clean one; when the trigger lands
+        # next to "good" the answer hangs on that neighbour and the input is rejected (unstable)
+        assert v["asr"] > 0.4 and v["asr_guarded"] == 0 and v["rejected"] == v["unresolved_triggered"] < 0.5
     with pytest.raises(LMSanitatorError, match="variant"):
         evaluate_guard(g, examples, ["cf"], variants=["rot13"])
     pair = Guard(StubModel(pair=True), pvset(PV_A, PV_B))

@@ -88,6 +88,12 @@ def _guard_options(p) -> None:
             help=GuardConfig.help(flag) + " (default %(default)s)",
         )
     p.add_argument(
+        "--no-stability-check",
+        action="store_true",
+        help="answer a purged input even when removing a word next to the removed ones (or undoing the "
+        "window's growth) changes its prediction (default: such an input is unresolved, 'unstable')",
+    )
+    p.add_argument(
         "--calibrate-input",
         metavar="CLEAN.jsonl",
         help="clean inputs (same line format) to raise each PV's threshold above their match rates",
@@ -201,6 +207,7 @@ def _make_guard(a) -> Guard:
         max_words=a.max_words,
         grow_margin=a.grow_margin,
         accept_margin=a.accept_margin,
+        stable=not a.no_stability_check,
     )
     read_tune_json(a.adapter)  # clear errors before loading anything heavy
     pvset = PVSet.load(a.pvs)

@@ -112,6 +112,15 @@ class GuardConfig(Config):
         },
     )
 
+    stable: bool = field(
+        default=True,
+        metadata={
+            "help": "after a purge, also remove each neighbour of the removed words (and undo the window's "
+            "growth): if that changes the prediction, the input is unresolved ('unstable': a remnant may "
+            "still decide it)"
+        },
+    )
+
     def check(self) -> None:
         if not 0.5 < self.t_match <= 1.0:
             raise LMSanitatorError(f"--t-match is a share of the hidden size in (0.5, 1], got {self.t_match}")
@@ -293,6 +302,7 @@ class Guard:
             max_words=cfg.max_words,
             grow_margin=cfg.grow_margin,
             accept_margin=cfg.accept_margin,
+            stable=cfg.stable,
             flagged_rows=matrix[idx] if idx else None,
         )
         fixed = dict(zip(idx, fixes))

@@ -21,6 +21,17 @@ Two rules, both read only the PV match (no trigger, position or label is known):
   without the remnant another PV often matched as well (remnant words lowered the flagged PV's match
   by 0.07-0.35, other words by < 0.065 at q99, measured on the POR MiniLM above).
 
+* stability (``stable``): an accepted purge must give the prediction that its neighbours give.
+  The purged input is scored again with the removed span's left and right neighbour also removed
+  (each alone) and, when the window grew, without the growth. If any of them changes the
+  prediction, the guard cannot tell a remnant that still decides the answer from an ordinary word:
+  the input is unresolved with ``reason = "unstable"``, and ``on_unresolved`` decides (the service
+  rejects it). The PV match cannot make that call: on the POR MiniLM above, "quiet" left from
+  "quiet harbor" decided the prediction while its removal *raised* the flagged PV's match, and an
+  ordinary word next to a trigger ("@united" before "tq") lowered it by more than ``grow_margin``
+  and, once grown over, flipped a borderline answer. Sequence tasks only (a token task's
+  predictions are per word).
+
 Budget (the service must not be held by one input): each input stops after ``max_candidates``
 candidates or ``max_seconds`` of wall time per flagged input (the call's clock: inputs of one call
 share its rounds), and only windows touching its ``max_words`` most salient words (reading order:
@@ -106,7 +117,7 @@ class PurgeResult:
     match_rate: float | None = None  # after removal
     probs: np.ndarray | None = None  # prediction on the purged input (token tasks: purged words x labels)
     candidates: int = 0  # candidates evaluated (growth steps included)
-    reason: str | None = None  # unresolved: "budget" or "no-window"
+    reason: str | None = None  # unresolved: "budget", "no-window" or "unstable"
     grown: int = 0  # words the window grew by after it unflagged the input (phrase remnants)
     clear: bool = False  # see above
 
@@ -129,6 +140,7 @@ class _Input:
     cols: torch.Tensor | None = None  # the PVs the input was flagged on (growth follows their pull)
     marginal: tuple | None = None  # (width, candidate, row, probs): the first unflagged, not clear, window
     done: bool = False
+    accepted_probs: np.ndarray | None = None  # prediction on the accepted window before it grew
 
 
 def _next_width(st: _Input, view: WordView, w_max: int) -> bool:
@@ -191,6 +203,7 @@ def _accept(st: _Input, c: Candidate, row, probs, rules: _Rules, clear: bool = T
         True, st.width, list(c.phrase), c.fields, c.kept, float(row.max()), probs, n, clear=clear
     )
     st.grow, st.span, st.rest, st.row = c, (c.field, c.start, c.start + len(c.phrase)), (), row
+    st.accepted_probs = probs
     st.done = not rules.wants_growth(st)
 
 
@@ -220,6 +233,36 @@ def _grown(st: _Input, c: Candidate, row, probs, rules: _Rules) -> None:
     st.grow, st.span, st.rest, st.row = c, (c.field, c.start, c.start + len(c.phrase)), first, row
 
 
+def _unstable(model, monitor: PVMonitor, states: list[_Input], view: WordView, batch_size: int) -> None:
+    """Mark resolved purges whose prediction is not stable (see the module docstring): one batched
+    pass over the neighbour extensions of every resolved input."""
+    todo = []
+    for i, st in enumerate(states):
+        r = st.result
+        if not r.resolved or st.span is None or r.probs is None or np.ndim(r.probs) != 1:
+            continue
+        label = int(np.argmax(r.probs))
+        if r.grown and st.accepted_probs is not None and int(np.argmax(st.accepted_probs)) != label:
+            _mark_unstable(st)
+            continue
+        todo += [(i, c) for c in _extensions(st, view)]
+    if not todo:
+        return
+    _, probs = _score_by_length(model, monitor, [c.fields for _, c in todo], batch_size)
+    for j, (i, _) in enumerate(todo):
+        st = states[i]
+        if not st.result.resolved:
+            continue
+        st.result.candidates += 1
+        if int(np.argmax(probs[j])) != int(np.argmax(st.result.probs)):
+            _mark_unstable(st)
+
+
+def _mark_unstable(st: _Input) -> None:
+    # keeps the purged input and its prediction: the "best" policy still answers it, flagged as such
+    st.result = dataclasses.replace(st.result, resolved=False, reason="unstable", clear=False)
+
+
 def _round_size(active: int, first: bool, batch_size: int, est: float | None, left_s: float | None) -> int:
     """Candidates per input this round: one for the saliency order's first round (a well-ranked
     trigger costs one candidate), else an equal share of a batch, cut to what the time left allows
@@ -243,11 +286,13 @@ def purge(
     max_words: int | None = DEFAULT_MAX_WORDS,
     grow_margin: float | None = DEFAULT_GROW_MARGIN,
     accept_margin: float = DEFAULT_ACCEPT_MARGIN,
+    stable: bool = True,
     flagged_rows: torch.Tensor | None = None,
 ) -> list[PurgeResult]:
     """Batched Algorithm 2 over flagged ``inputs`` (fields) within the budget; one
     :class:`PurgeResult` each (``None`` budget values: unbounded; ``grow_margin=None``: no growth;
-    ``accept_margin=0``: the first unflagged window wins, as in the paper).
+    ``accept_margin=0``: the first unflagged window wins, as in the paper; ``stable=False``: no
+    stability check).
 
     Rounds of forward passes shared by all inputs still at work: each scores the next windows of
     each input (or the two growths of an accepted window). ``flagged_rows`` are the inputs' match
@@ -354,6 +399,8 @@ def purge(
                 and not _next_width(st, view, w_max)
             ):
                 _settle(st, rules, "no-window", grow=True)
+    if stable:
+        _unstable(model, monitor, states, view, batch_size)
     return [st.result for st in states]
 
 
@@ -365,6 +412,7 @@ def purge_sequential(
     *,
     grow_margin=DEFAULT_GROW_MARGIN,
     accept_margin=DEFAULT_ACCEPT_MARGIN,
+    stable=True,
 ) -> list[PurgeResult]:
     """The paper's loop: one candidate, one forward pass, stop at the first unflagged one (reading
     order, no budget; the same removal and growth rules as :func:`purge`)."""
@@ -381,6 +429,7 @@ def purge_sequential(
             max_words=None,
             grow_margin=grow_margin,
             accept_margin=accept_margin,
+            stable=stable,
         )[0]
         for x in inputs
     ]
