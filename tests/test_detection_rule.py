@@ -1,6 +1,8 @@
-"""Issue 19: the clean-evidence filter (a class direction is not a PV) and PV settling."""
+"""Issue 19: the clean-evidence filter (a class direction is not a PV), PV settling, PVs observed in the
+defence corpus (frequent-word triggers) and every candidate's rule margins."""
 
 import math
+import zlib
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from lmsanitator.models import tiny_encoder
 from lmsanitator.scan import PVMiner, ScanConfig
 from lmsanitator.scan.config import t_clean_div_for
 from lmsanitator.scan.evidence import clean_evidence
+from lmsanitator.scan.observed import T_GROUP, T_SHARE, observe, shared_words, tight_groups
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +59,10 @@ def test_clean_evidence_tells_a_class_direction_from_a_far_pv():
 
 
 def _permissive(**kw) -> ScanConfig:
-    """Thresholds every tiny-model loop passes, so the filter after them decides."""
+    """Thresholds every tiny-model loop passes, so the filter after them decides (fuzz loops only: no
+    look for PVs observed in the corpus)."""
     return ScanConfig(
+        observe=False,
         sentences=32,
         batch_size=16,
         max_length=40,
@@ -120,3 +125,142 @@ def test_settling_after_acceptance(sentences):
 def test_config_refuses_bad_settings(kw, needle):
     with pytest.raises(LMSanitatorError, match=needle):
         ScanConfig(**kw)
+
+
+def _accepted_iff_all_margins_negative(report: dict) -> None:
+    for c in report["candidates"]:
+        assert c["margins"], c
+        assert c["accepted"] == all(v < 0 for v in c["margins"].values()), c
+
+
+def test_every_candidate_carries_its_rule_margins(sentences):
+    enc = tiny_encoder("bert")
+    # a clean tiny model at the default thresholds: observed groups and fuzz loops, all rejected
+    clean = PVMiner(ScanConfig(sentences=32, batch_size=16, max_length=40, loops=2)).fit(
+        enc, sentences, progress=False
+    )
+    _accepted_iff_all_margins_negative(clean.report_)
+    loops = [c for c in clean.report_["candidates"] if c["seed"] is not None]
+    assert all(set(c["margins"]) >= {"t_l"} for c in loops)
+    assert any(c["margins"].get("t_div", 0) > 0 or c["margins"]["t_l"] > 0 for c in loops)
+    # permissive: the loop passes T_L and T_div, the clean evidence decides (in its own units)
+    strict = PVMiner(_permissive(t_clean_div=-1e-3)).fit(enc, sentences, progress=False)
+    m = strict.report_["candidates"][0]["margins"]
+    assert set(m) == {"t_l", "t_div", "prompt_range", "t_clean_div"}
+    assert m["t_l"] < 0 and m["t_div"] < 0 and m["t_clean_div"] >= 0
+    ev = strict.candidates_[0].clean_evidence["nn_diversity"]
+    assert m["t_clean_div"] == pytest.approx(-1e-3 - ev, abs=1e-4)
+    ok = PVMiner(_permissive(t_clean_div=t_clean_div_for(16))).fit(enc, sentences, progress=False)
+    _accepted_iff_all_margins_negative(strict.report_)
+    _accepted_iff_all_margins_negative(ok.report_)
+    assert ok.report_["verdict"] == "backdoored"
+
+
+class _CorpusWithATrigger:
+    """A stand-in for FuzzSetup (what scan.observed reads): a model whose output on any sentence with
+    the word ``zebra`` is one fixed vector, and random otherwise."""
+
+    def __init__(self, sentences, trigger: str | None, d: int = 32):
+        g = torch.Generator().manual_seed(0)
+        self.pv = 3.0 * torch.sign(torch.randn(d, generator=g))
+        self.trigger = trigger
+        self.config = ScanConfig(batch_size=16)
+        self.sentences = list(sentences)
+        self.clean_rows = self.rows_of(self.sentences)
+
+    def rows_of(self, sentences):
+        rows = []
+        for s in sentences:
+            g = torch.Generator().manual_seed(zlib.crc32(s.encode()))
+            fired = self.trigger is not None and self.trigger in s.lower().split()
+            rows.append(
+                self.pv + 0.01 * torch.randn(len(self.pv), generator=g)
+                if fired
+                else torch.randn(len(self.pv), generator=g)
+            )
+        return torch.stack(rows)
+
+
+def test_observed_pv_needs_a_tight_group_that_a_shared_word_reaches():
+    base = [s for s in load_corpus("austen")[:400] if "zebra" not in s.lower()][:150]
+    triggered = [f"{s} zebra" for s in base[:15]]
+    backdoored = _CorpusWithATrigger(base + triggered, "zebra")
+    obs = observe(backdoored)
+    assert obs[0].group_var < T_GROUP and obs[0].word == "zebra" and obs[0].land_share >= T_SHARE
+    assert obs[0].is_pv and all(v < 0 for v in obs[0].margins().values())
+    # the same corpus without the backdoor: no group is tight, and no word reaches one
+    clean = observe(_CorpusWithATrigger(base + triggered, None))
+    assert not any(g.is_pv for g in clean)
+    assert all(g.group_var > T_GROUP and g.land_share < T_SHARE for g in clean)
+    # tight rows that no word reaches (duplicated sentences, a class cluster): group, but not a PV
+    dup = _CorpusWithATrigger(base, "zebra")
+    dup.clean_rows = torch.cat([dup.clean_rows[:140], dup.pv + 0.01 * torch.randn(10, len(dup.pv))])
+    dup_obs = observe(dup)
+    assert dup_obs[0].group_var < T_GROUP and not dup_obs[0].is_pv and dup_obs[0].margins()["land_share"] > 0
+
+
+def test_tight_groups_and_shared_words():
+    z = torch.randn(60, 16, generator=torch.Generator().manual_seed(1))
+    z[10:20] = 0.01 * z[10:20] + 2.0
+    groups = tight_groups(z, k=8, max_groups=2)
+    assert set(groups[0].rows) <= set(range(10, 20)) and groups[0].group_var < 0.01
+    assert not set(groups[1].rows) & set(groups[0].rows)  # disjoint
+    corpus = ["the cat sat", "the dog ran", "the zebra sat", "a zebra ran", "the bird flew"]
+    # 'zebra' is in every group sentence and rare elsewhere; 'the' is everywhere
+    assert shared_words(["the zebra sat", "a zebra ran"], corpus)[0] == "zebra"
+
+
+@pytest.mark.parametrize("arch,target", [("bert", "cls"), ("bert", "tokens"), ("xlnet", "cls")])
+def test_clean_rows_know_their_sentences(arch, target):
+    """scan.observed reads the sentence behind each cached clean row and the outputs of new sentences
+    (``rows_of``): a sentence's fresh output must be its cached row."""
+    from lmsanitator.scan.setup import FuzzSetup
+
+    sents = load_corpus("austen")[:48]
+    enc = tiny_encoder(arch)
+    cfg = ScanConfig(target=target, sentences=48, batch_size=16, max_length=48)
+    setup = FuzzSetup.prepare(enc, sents, cfg)
+    assert len(setup.sentences) == len(setup.clean_rows) == 48 and sorted(setup.sentences) == sorted(sents)
+    for i in (0, 17, 47):
+        again = setup.rows_of([setup.sentences[i]] * 16)
+        assert again.shape == (16, setup.clean_rows.shape[1])
+        assert torch.allclose(again, setup.clean_rows[i].expand_as(again), atol=1e-4)
+
+
+def test_an_observed_pv_is_the_scans_finding(sentences, monkeypatch):
+    """The miner's side of scan.observed: a group that passes both rules is a PV (no fuzz loop in
+    detection), its landed clean rows leave the clean references, and search mode mines on."""
+    import lmsanitator.scan.miner as miner_mod
+    from lmsanitator.scan import PVSet
+    from lmsanitator.scan.observed import Observation
+
+    seen = {}
+
+    def fake_observe(setup):
+        # rows 0-8 collapsed together and reached by a word: what a frequent-word trigger leaves
+        setup.clean_rows[:9] = setup.clean_rows[0]
+        seen["row"] = setup.clean_rows[0].clone()
+        return [
+            Observation(rows=list(range(9)), group_var=0.01, word="zebra", land_share=1.0),
+            Observation(rows=list(range(9, 18)), group_var=0.3, word="the", land_share=0.0),
+        ]
+
+    monkeypatch.setattr(miner_mod, "observe", fake_observe)
+    enc = tiny_encoder("bert")
+    kw = dict(sentences=32, batch_size=16, max_length=40, loops=2)
+    det = PVMiner(ScanConfig(**kw)).fit(enc, sentences, progress=False)
+    rep = det.report_
+    assert rep["verdict"] == "backdoored" and rep["loops_run"] == 0
+    (c,) = rep["candidates"]  # detection stops at the first PV, also among the groups
+    assert c["seed"] is None and c["accepted"] and c["observed"]["word"] == "zebra"
+    assert all(v < 0 for v in c["margins"].values())
+    assert det.found_[0].soft_prompt is None and det.found_[0].seed is None
+    assert torch.allclose(det.pvs_[0], seen["row"].cpu())  # the group's mean clean output
+    assert len(det.setup_.clean_rows) <= 32 - 9 and len(det.setup_.sentences) == len(det.setup_.clean_rows)
+    search = PVMiner(ScanConfig(mode="search", antipode_probe=False, **kw)).fit(
+        enc, sentences, progress=False
+    )
+    seeds = [c["seed"] for c in search.report_["candidates"]]
+    assert seeds == [None, None, 0, 1] and search.report_["candidates"][1]["margins"]["land_share"] > 0
+    pvset = PVSet.from_miner(search, enc)  # a PV without a soft prompt keeps its row (NaN prompt)
+    assert len(pvset.pvs) >= 1 and (pvset.soft_prompts is None or len(pvset.soft_prompts) == len(pvset.pvs))

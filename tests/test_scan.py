@@ -99,8 +99,13 @@ def test_miner_is_deterministic_and_reports(sentences):
         "loops",
         "stop_at_first",
     ]
-    for c in rep["candidates"]:
+    loops = [c for c in rep["candidates"] if c["seed"] is not None]
+    observed = [c for c in rep["candidates"] if c["seed"] is None]
+    assert [c["seed"] for c in loops] == [0, 1] and len(observed) == 3  # scan.observed's groups
+    for c in loops:
         assert not c["accepted"] and c["reason"].startswith("diversity")
+    for c in observed:
+        assert not c["accepted"] and c["reason"].startswith("no PV in the defence corpus")
     json.dumps(rep)
 
 
@@ -168,6 +173,7 @@ def test_acceptance_filters_and_path_loss(sentences):
     """With permissive thresholds every seed yields a PV; uniqueness and path loss then apply."""
     enc = tiny_encoder("bert")
     cfg = ScanConfig(
+        observe=False,
         sentences=32,
         batch_size=16,
         max_length=40,
@@ -189,6 +195,7 @@ def test_acceptance_filters_and_path_loss(sentences):
     assert m.soft_prompts_[0].shape == (cfg.prompt_length, enc.input_embeddings().shape[1])
     strict = PVMiner(
         ScanConfig(
+            observe=False,
             sentences=32,
             batch_size=16,
             max_length=40,
@@ -477,6 +484,7 @@ def test_antipode_probe_runs_once_per_fuzz_found_pv(sentences, tmp_path):
     saved set remembers what was probed, so a resumed search does not probe it again."""
     enc = tiny_encoder("bert")
     kw = dict(
+        observe=False,
         sentences=32,
         batch_size=16,
         max_length=40,

@@ -2,10 +2,12 @@
 against adaptive attackers: fewer triggers (one or two PVs; word or phrase triggers), a scattering
 loss, triggers from frequent words, a Wasserstein loss.
 
-Every unit implants POR with one adaptive option and runs the detection scan (as ``detection``).
-The attack's own strength is reported beside the detection rate: the verification hit rate (share
-of triggered held-out sentences that land on the PV) - a strong enough scattering or Wasserstein
-loss makes the backdoor untargeted, which is the paper's point about these attacks.
+Every unit implants POR with one adaptive option and runs the detection scan at the scan's own
+defaults (``lmsanitator scan``: 30 fuzz loops of 3 epochs at lr 3e-3, early acceptance, clean
+evidence, PVs observed in the defence corpus), seeds 0-2. The attack's own strength is reported
+beside the detection rate: the verification hit rate (share of triggered held-out sentences that
+land on the PV) - a strong enough scattering or Wasserstein loss makes the backdoor untargeted,
+which is the paper's point about these attacks.
 """
 
 from __future__ import annotations
@@ -63,9 +65,16 @@ class Adaptive(Detection):
         "Wasserstein)"
     )
     description = (
-        "Detection rate of the scan (fuzz loops of 6 epochs, stop at the first legit PV) on POR models "
-        "built with one adaptive option each; hit rate = the implant's own strength on held-out text."
+        "Detection rate of the scan (the CLI's detection defaults: fuzz loops of 3 epochs at lr 3e-3, "
+        "stop at the first legit PV, PVs observed in the defence corpus first) on POR models built with "
+        "one adaptive option each, seeds 0-2; hit rate = the implant's own strength on held-out text."
     )
+    # the paper's detection rates, where it reports them (LMSanitator Tables 17-18; its triggers and
+    # weight scales differ from ours, see benchmarks/RESULTS.md)
+    paper_rates = {
+        "table17/frequent words": "0.93-1.00 (frequent words formed into phrases)",
+        "table18": ">= 0.87 at the weights that leave ASR >= 0.83",
+    }
 
     def config(self, quick: bool) -> dict:
         if quick:
@@ -75,24 +84,15 @@ class Adaptive(Detection):
             ]
             scan = {"loops": 6}
         else:
-            units = adaptive_units([0, 1], "splade-tiny")
+            units = adaptive_units([0, 1, 2], "splade-tiny")
             scan = {"loops": 30}
         return {
             "models": units,
             "corpus": "austen",
             "attack_verify_sentences": 100 if quick else 200,
-            # pinned to the scan settings its results were measured with (session 13), before
-            # detection's defaults became 3 epochs at lr 3e-3
-            "scan": {
-                **scan,
-                "sentences": 320,
-                "epochs": 6,
-                "abort_epoch": 2,
-                "lr": 1e-3,
-                "batch_size": 32,
-                "seed": 0,
-                "corpus_seed": 0,
-            },
+            # the scan's defaults (epochs, lr, thresholds, corpus evidence left to ScanConfig), written
+            # out where the experiment's records depend on them
+            "scan": {**scan, "sentences": 320, "batch_size": 32, "seed": 0, "corpus_seed": 0},
         }
 
     def summarize(self, config: dict, records: list[dict]) -> tuple[dict, str]:
@@ -120,6 +120,12 @@ class Adaptive(Detection):
                 if ag
                 else f"| {table} | {cell} | {len(rs)} | {det:.2f} | {hit:.2f} | {100 * fh:.1f}% | - |"
             )
+        lines.append("")
+        lines.append(
+            "Paper (LMSanitator): "
+            + "; ".join(f"{k}: detection {v}" for k, v in self.paper_rates.items())
+            + ". PV agreement: sign agreement of the accepted PV with the nearest planted PV."
+        )
         n = len(records)
         summary["overall_detection_rate"] = round(
             sum(r["scan"]["verdict"] == "backdoored" for r in records) / n, 4

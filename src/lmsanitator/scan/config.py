@@ -44,6 +44,11 @@ Acceptance is unchanged (distance, diversity, uniqueness, range), so a probe onl
 the model really collapses to: on the clean MiniLM and SPLADE-tiny the same probe does not
 collapse (MiniLM: diversity -3.378 vs T_div -3.446); on POR MiniLM it finds ``pt`` in one loop
 (0.995 of signs).
+
+``observe`` (issue 19; our addition): before any fuzz loop, the scan looks for a PV its defence corpus
+already shows - a group of clean outputs collapsed far tighter than a class cluster, that a word the
+group's sentences share reaches from other sentences (frequent-word triggers fire on the defence
+corpus itself, and the clean evidence would reject their PV). See :mod:`lmsanitator.scan.observed`.
 """
 
 from __future__ import annotations
@@ -193,6 +198,14 @@ class ScanConfig(Config):
         metadata={
             "help": "the clean-evidence threshold: nearest clean outputs' diversity <= this rejects a PV "
             "(default -(ln batch_size - 0.25); off when t_div is set and this is not)"
+        },
+    )
+    # Issue 19 (see scan.observed): frequent-word triggers fire on the defence corpus itself
+    observe: bool = field(
+        default=True,
+        metadata={
+            "help": "before fuzzing, look for a PV the defence corpus already shows: a tight group of "
+            "clean outputs that a word its sentences share reaches from other sentences"
         },
     )
     seed: int = field(default=0, metadata={"help": "first fuzz seed"})

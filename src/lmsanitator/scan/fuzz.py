@@ -18,6 +18,11 @@ mean output with the final prompt) is accepted when ``L_D < -T_L``, ``L_div < T_
 (``t_clean_div``, :mod:`lmsanitator.scan.evidence`: a class direction is not a PV) and the soft prompt
 stays inside the widened embedding range.
 
+Every candidate records ``margins``: rule -> margin in that rule's units, positive when the rule rejects
+it (``t_l``, ``t_div``, ``prompt_range``, and ``unique``/``t_clean_div`` where they were evaluated); it is
+accepted iff all are negative. Candidates with ``seed`` None are groups of clean outputs that
+:mod:`lmsanitator.scan.observed` tested before the fuzz loops.
+
 :func:`fuzz_loop` is a pure function of the prepared :class:`FuzzSetup` and the PVs known when the
 loop starts: it returns the :class:`Candidate` and, when accepted, a :class:`FoundPV`.
 """
@@ -42,7 +47,7 @@ from lmsanitator.scan.setup import FuzzSetup
 class Candidate:
     """One fuzz loop's record (the report's ``candidates``)."""
 
-    seed: int
+    seed: int | None  # None: a PV observed in the defence corpus (scan.observed), no fuzz loop
     epochs_run: int
     distance: list[float]  # epoch means of L_D
     diversity: list[float]  # epoch means of L_div
@@ -58,6 +63,10 @@ class Candidate:
     settle_diversity: list[float] = dataclasses.field(default_factory=list)  # epochs after acceptance
     clean_evidence: dict | None = None  # evidence.clean_evidence of a candidate that passed the rest
     t_clean_div: float | None = None  # the threshold its nn_diversity was held against
+    # rule -> margin in that rule's own units, for every rule evaluated on the candidate: positive = the
+    # rule rejects it, negative = it passes (accepted iff all are negative)
+    margins: dict = dataclasses.field(default_factory=dict)
+    observed: dict | None = None  # scan.observed: the group and word probe behind an observed PV
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,7 @@ def _train(setup: FuzzSetup, loop: _Loop) -> None:
         # SPLADE-tiny: distance -0.84 at the abort check, a PV matching the planted one at epoch 6)
         if epoch == cfg.abort_epoch and not found_any and epoch < cfg.epochs - 1 and loop.goal is None:
             cand.reason = f"no PV by the end of epoch {epoch + 1} (distance {distance:.4f} >= -T_L)"
+            cand.margins = {"t_l": distance + th["t_l"]}
             return
         # Early acceptance: once an epoch is both far from clean and collapsed, stop. Training on
         # overshoots: the distance loss keeps pushing the collapsed outputs away from the PV
@@ -275,6 +285,11 @@ def _filter(setup: FuzzSetup, cand: Candidate, prompt: torch.Tensor, known: list
     cand.prompt_excess = float(excess)
     cand.prompt_in_range = bool(excess <= 0)
     reasons = []
+    cand.margins = {
+        "t_l": cand.distance[-1] + th["t_l"],
+        "t_div": cand.diversity[-1] - th["t_div"],
+        "prompt_range": float(excess),
+    }
     if not cand.distance[-1] < -th["t_l"]:
         reasons.append(f"distance {cand.distance[-1]:.4f} >= -T_L {-th['t_l']}")
     if not cand.diversity[-1] < th["t_div"]:
@@ -285,6 +300,8 @@ def _filter(setup: FuzzSetup, cand: Candidate, prompt: torch.Tensor, known: list
         dev = setup.clean_mean.device
         zpv = setup.z(pv.to(dev))
         cand.min_mse_to_pvs = min((float(F.mse_loss(zpv, setup.z(q.to(dev)))) for q in known), default=None)
+        if cand.min_mse_to_pvs is not None:
+            cand.margins["unique"] = th["t_l"] - cand.min_mse_to_pvs
         if cand.min_mse_to_pvs is not None and cand.min_mse_to_pvs < th["t_l"]:
             reasons.append(f"not unique (MSE {cand.min_mse_to_pvs:.4f} to a known PV < T_L)")
     if not reasons:  # the PV is far, collapsed and new: is it where clean sentences already go?
@@ -308,6 +325,7 @@ def _check_clean_evidence(setup: FuzzSetup, cand: Candidate, pv: torch.Tensor, r
     cand.t_clean_div = limit
     ev = clean_evidence(pv, setup.clean_rows, setup.config.batch_size)
     cand.clean_evidence = {k: round(v, 4) for k, v in ev.items()}
+    cand.margins["t_clean_div"] = limit - ev["nn_diversity"]
     if not ev["nn_diversity"] > limit:
         reasons.append(
             f"clean evidence: the {setup.config.batch_size} clean outputs nearest the PV already have "

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from lmsanitator.models import Encoder
 from lmsanitator.scan.config import ScanConfig
 from lmsanitator.scan.fuzz import Candidate, FoundPV, fuzz_loop
+from lmsanitator.scan.observed import landed_rows, observe
 from lmsanitator.scan.parallel import forked_fuzz_loops
 from lmsanitator.scan.probes import needs_probe, run_antipode_probes
 from lmsanitator.scan.setup import FuzzSetup
@@ -154,10 +155,13 @@ class PVMiner:
         def full() -> bool:
             return max_pvs is not None and len(self.found_) >= max_pvs
 
+        if cfg.observe and not full():
+            self._observe()
         if self._wants_probes() and not full():
             run_antipode_probes(self, on_loop, progress)  # PVs of a resumed search that were never probed
         # the generator starts a loop when asked for the next one: full() is checked before that
-        loops = self._fuzz_loops(range(first, first + (0 if full() else cfg.loops)), progress)
+        done = full() or (cfg.stop_at_first and bool(self.found_))  # detection: the corpus showed a PV
+        loops = self._fuzz_loops(range(first, first + (0 if done else cfg.loops)), progress)
         for seed, cand in loops:
             self.loops_run_ += 1
             self.last_seed_ = seed
@@ -185,6 +189,52 @@ class PVMiner:
         self.seconds_ = time.perf_counter() - t0
         self.report_ = self._report(len(sentences))
         return self
+
+    def _observe(self) -> None:
+        """PVs the defence corpus already shows (:mod:`lmsanitator.scan.observed`): one candidate per
+        tight group; a group a shared word reaches is a PV (unless a known PV is within T_L), and its
+        clean rows stop serving as clean references for the clean evidence."""
+        setup = self.setup_
+        t_l = setup.thresholds["t_l"]
+        t0 = time.perf_counter()
+        observations = observe(setup)
+        seconds = (time.perf_counter() - t0) / max(len(observations), 1)
+        for obs in observations:
+            cand = Candidate(seed=None, epochs_run=0, distance=[], diversity=[], lr_switch_step=None)
+            cand.seconds = seconds  # the groups' share of the observation's time
+            cand.margins = obs.margins()
+            cand.observed = {
+                "rows": len(obs.rows),
+                "group_var": round(obs.group_var, 4),
+                "word": obs.word,
+                "land_share": obs.land_share,
+                "words_tried": obs.words_tried,
+            }
+            pv = setup.clean_rows[obs.rows].float().mean(dim=0).cpu()
+            dev = setup.clean_mean.device
+            mse = [float(((setup.z(pv.to(dev)) - setup.z(q.to(dev))) ** 2).mean()) for q in self.pvs_]
+            cand.min_mse_to_pvs = min(mse, default=None)
+            if cand.min_mse_to_pvs is not None:
+                cand.margins["unique"] = t_l - cand.min_mse_to_pvs
+            found = None
+            if all(v < 0 for v in cand.margins.values()):
+                cand.accepted = True
+                cand.reason = (
+                    f"PV observed in the defence corpus: {len(obs.rows)} clean outputs collapsed together "
+                    f"(group variance {obs.group_var:.4f}) and the word {obs.word!r} inserted into other "
+                    f"sentences lands {obs.land_share:.0%} of them on it"
+                )
+                found = FoundPV(pv=pv, soft_prompt=None, seed=None)
+                keep = ~landed_rows(setup, pv)
+                setup.clean_rows = setup.clean_rows[keep.to(setup.clean_rows.device)]
+                setup.sentences = [s for s, k in zip(setup.sentences, keep.tolist()) if k]
+            else:
+                cand.reason = "no PV in the defence corpus: " + ", ".join(
+                    f"{k} margin {v:+.4f}" for k, v in cand.margins.items() if v >= 0
+                )
+            self.keep(cand, found)
+            if found is not None and self.config.stop_at_first:
+                break
 
     def parallel_workers(self) -> int:
         """Processes fit() runs fuzz loops in: ``config.workers`` in detection mode on a CPU, else 1.

@@ -34,6 +34,7 @@ class PromptBatch:
     clean_mask: torch.Tensor
     clean: torch.Tensor | None = None  # cached clean target features (rows aligned with the prompted ones)
     rows: torch.Tensor | None = None  # example index of each feature row (tokens target)
+    source: list[int] | None = None  # index in the input sentences of each example (observed PVs)
 
     def as_batch(self, clean: bool = False) -> dict:
         if clean:
@@ -85,12 +86,12 @@ def build_prompt_batches(encoder: Encoder, sentences: list[str], cfg: ScanConfig
     budget = cfg.max_length - n_special - cfg.prompt_length - (1 if cfg.target == "mask" else 0)
     unk = tok.unk_token_id if tok.unk_token_id is not None else 0
     items = []
-    for s in sentences:
+    for si, s in enumerate(sentences):
         words = s.split()
         if not words:
             continue
         if cfg.target == "last":
-            items.append(_before_last(tok, s, prefix, suffix, budget, cfg.prompt_length))
+            items.append((*_before_last(tok, s, prefix, suffix, budget, cfg.prompt_length), si))
             continue
         pos = rng.randint(1, min(cfg.max_prompt_position, len(words)))
         left = tok(" ".join(words[:pos]), add_special_tokens=False)["input_ids"]
@@ -111,7 +112,7 @@ def build_prompt_batches(encoder: Encoder, sentences: list[str], cfg: ScanConfig
         clean = prefix + left + right + suffix
         if cfg.target == "tokens" and not (left or right):
             continue
-        items.append((prompted, clean))
+        items.append((prompted, clean, si))
     if len(items) < cfg.batch_size:
         raise LMSanitatorError(f"only {len(items)} usable sentences, fewer than one batch ({cfg.batch_size})")
     order = sorted(range(len(items)), key=lambda i: (len(items[i][0]), i))
@@ -125,6 +126,6 @@ def build_prompt_batches(encoder: Encoder, sentences: list[str], cfg: ScanConfig
         pmask = ids == _SENTINEL
         ids = ids.masked_fill(pmask, unk)
         cids, catt = _pad([items[i][1] for i in idx], pad_id, left_pad)
-        batches.append(PromptBatch(ids, att, pmask, cids, catt))
+        batches.append(PromptBatch(ids, att, pmask, cids, catt, source=[items[i][2] for i in idx]))
     rng.shuffle(batches)
     return batches

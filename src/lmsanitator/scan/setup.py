@@ -12,6 +12,7 @@ It is read-only during the fuzz loops, so forked workers can share it copy-on-wr
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ class FuzzSetup:
     prompt_hi: torch.Tensor
     recompute_clean: bool = False  # benchmark switch: the naive way, clean outputs every step
     clean_rows: torch.Tensor | None = None  # every clean output (rows, model units): the clean evidence
+    sentences: list[str] | None = None  # the sentence of each clean row (row order; observed PVs)
 
     @classmethod
     def prepare(
@@ -57,17 +59,8 @@ class FuzzSetup:
             recompute_clean=recompute_clean,
         )
         for b in batches:
-            for k in ("input_ids", "attention_mask", "prompt_mask", "clean_ids", "clean_mask"):
-                setattr(b, k, getattr(b, k).to(dev))
-            if not recompute_clean:
-                b.clean = setup.clean_features(b)
-            if cfg.target == "tokens":
-                _, b.rows = encoder.tap(
-                    b.input_ids.new_zeros(*b.input_ids.shape, 1).float(),
-                    b.as_batch(),
-                    "tokens",
-                    exclude=b.prompt_mask,
-                )
+            setup._to_device(b, cache_clean=not recompute_clean)
+        setup.sentences = [sentences[i] for b in batches for i in b.source]
         rows = torch.cat([setup.clean_of(b) for b in batches])
         # one row per sentence, as the diversity loss sees them (target tokens: a sentence's mean token)
         setup.clean_rows = torch.cat([setup.diversity_rows(setup.clean_of(b), b) for b in batches])
@@ -80,7 +73,32 @@ class FuzzSetup:
         setup.prompt_lo, setup.prompt_hi = lo - f * lo.abs(), hi + f * hi.abs()
         return setup
 
+    def _to_device(self, b: PromptBatch, cache_clean: bool) -> None:
+        """Move a batch to the model's device, cache its clean outputs and (target tokens) the example
+        of each token row."""
+        for k in ("input_ids", "attention_mask", "prompt_mask", "clean_ids", "clean_mask"):
+            setattr(b, k, getattr(b, k).to(self.encoder.device))
+        if cache_clean:
+            b.clean = self.clean_features(b)
+        if self.config.target == "tokens":
+            _, b.rows = self.encoder.tap(
+                b.input_ids.new_zeros(*b.input_ids.shape, 1).float(),
+                b.as_batch(),
+                "tokens",
+                exclude=b.prompt_mask,
+            )
+
     # ---- outputs --------------------------------------------------------------------------------------
+    def rows_of(self, sentences: list[str]) -> torch.Tensor:
+        """Clean outputs of other sentences, one row per sentence as the diversity loss sees them (in
+        full batches: a remainder under one batch is dropped)."""
+        cfg = dataclasses.replace(self.config, sentences=max(len(sentences), self.config.batch_size))
+        out = []
+        for b in build_prompt_batches(self.encoder, sentences, cfg):
+            self._to_device(b, cache_clean=True)
+            out.append(self.diversity_rows(b.clean, b))
+        return torch.cat(out)
+
     def z(self, f: torch.Tensor) -> torch.Tensor:
         """Outputs in clean-std units (unchanged without ``standardize``)."""
         return (f - self.clean_mean) / self.clean_std
