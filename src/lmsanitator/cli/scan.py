@@ -20,7 +20,7 @@ from lmsanitator.models import TARGETS
 from lmsanitator.scan.config import ScanConfig
 from lmsanitator.scan.miner import PVMiner
 from lmsanitator.scan.run import load_for_scan, scan_model
-from lmsanitator.scan.sarif import scan_sarif
+from lmsanitator.scan.sarif import how_found, scan_sarif
 
 # search mode keeps mining until --patience loops bring no new PV; ScanConfig.loops is detection's
 SEARCH_LOOPS = 1000
@@ -98,6 +98,12 @@ def add_scan_options(p) -> None:
         "--no-clean-evidence",
         action="store_true",
         help="accept on the collapse test alone (the paper; fine-tuned clean classifiers may then pass)",
+    )
+    p.add_argument(
+        "--no-observe",
+        action="store_true",
+        help="skip the look for a PV the defence corpus already shows (a tight group of clean outputs "
+        "that a word shared by its sentences sends other sentences onto: frequent-word triggers)",
     )
     p.add_argument(
         "--settle-epochs",
@@ -192,6 +198,7 @@ def scan_config(a, mode: str) -> ScanConfig:
         seed=a.seed,
         t_clean_div=a.t_clean_div,
         clean_evidence=not a.no_clean_evidence,
+        observe=not a.no_observe,
         settle_epochs=a.settle_epochs,
         settle_pull=a.settle_pull,
         mode=mode,
@@ -225,11 +232,7 @@ def cmd_scan(a) -> int:
     if sarif is not None:
         write_json_atomic(sarif, scan_sarif(rep))
     if rep["verdict"] == "backdoored":
-        seed = [c["seed"] for c in rep["candidates"] if c["accepted"]][0]
-        print(
-            f"{a.model}: BACKDOORED - legit PV inverted at fuzz seed {seed} after {rep['loops_run']} "
-            f"loop(s), {rep['seconds']:.0f} s"
-        )
+        print(f"{a.model}: BACKDOORED - {how_found(rep)}, {rep['seconds']:.0f} s")
         return 1
     print(f"{a.model}: clean - no legit PV in {rep['loops_run']} fuzz loop(s), {rep['seconds']:.0f} s")
     return 0

@@ -16,12 +16,27 @@ RULE_FULL = (
 )
 
 
+def how_found(report: dict) -> str:
+    """How a backdoored verdict's first PV was found, in one clause (CLI line and SARIF message): by a
+    fuzz loop, or observed in the defence corpus through a word (``scan.observed``)."""
+    acc = [c for c in report["candidates"] if c["accepted"]]
+    if not acc:
+        return "no legit PV"
+    c = acc[0]
+    obs = c.get("observed")
+    if c["seed"] is None and obs:
+        return (
+            f"PV observed in the defence corpus: {obs['rows']} clean outputs collapsed together and the word "
+            f"{obs['word']!r} sends {obs['land_share']:.0%} of other sentences onto it"
+        )
+    return f"legit PV inverted at fuzz seed {c['seed']} after {report['loops_run']} loop(s)"
+
+
 def scan_sarif(report: dict) -> dict:
     path = report.get("model_path") or report.get("model")
     p = Path(path)
     uri = p.resolve().as_uri() if p.exists() else str(path)
     results = []
-    seeds = ", ".join(str(c["seed"]) for c in report["candidates"] if c["accepted"])
     if report["verdict"] == "backdoored":
         results.append(
             {
@@ -29,8 +44,7 @@ def scan_sarif(report: dict) -> dict:
                 "level": "error",
                 "message": {
                     "text": f"Task-agnostic backdoor: {len(report['pvs'])} predefined output vector(s) "
-                    f"inverted from the '{report['target']}' output of {report['model']} "
-                    f"(fuzz seed(s) {seeds})."
+                    f"found at the '{report['target']}' output of {report['model']} ({how_found(report)})."
                 },
                 "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri}}}],
                 "properties": {
