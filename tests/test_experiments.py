@@ -11,8 +11,9 @@ from lmsanitator.cli.main import main
 from lmsanitator.core.cluster import ray_session
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.experiments import EXPERIMENTS, get_experiment, run_experiment
+from lmsanitator.experiments import detection as D
 from lmsanitator.experiments.base import Context, Experiment
-from lmsanitator.experiments.detection import zoo
+from lmsanitator.experiments.detection import closest_margin, ft_grid_cell, ft_schedule, zoo
 
 
 class Squares(Experiment):
@@ -126,23 +127,242 @@ def test_runner_and_name_errors(capsys):
 
 
 def test_detection_zoo_meets_the_issue():
-    """The full run: >= 20 clean and >= 20 backdoored models, minilm family and splade-tiny, random
-    single- and two-word triggers, both PV schemes, BToP at [MASK] and clean models at both read-outs."""
+    """The full run (issue 19): >= 60 clean models, >= 30 of them MiniLM-family fully fine-tuned on
+    the four real tasks over seeds, lrs and lengths; >= 60 backdoored with random single- and
+    two-word triggers, both PV schemes, BToP at [MASK], working adaptive options; clean models at
+    both read-outs."""
     cfg = get_experiment("detection").config(quick=False)
     models = cfg["models"]
     clean = [m for m in models if m["kind"] == "clean"]
     bd = [m for m in models if m["kind"] == "backdoored"]
-    assert len(clean) >= 20 and len(bd) >= 20
-    assert {m["base"] for m in clean} >= {"minilm", "minilm-sre", "splade-tiny"}
+    assert len(clean) >= 60 and len(bd) >= 60
+    family = [m for m in clean if m["base"] in ("minilm", "minilm-sre")]
+    assert len(family) >= 30 and {m["base"] for m in clean} == {"minilm", "minilm-sre", "splade-tiny"}
+    grid = [m["finetune"] for m in family if m["finetune"]]
+    assert {f["task"] for f in grid} == {"tweets-binary", "wordnet-topic", "austen-author", "bbc-news"}
+    assert {f["lr"] for f in grid} == {2e-5, 3e-5, 5e-5} and {f["steps"] for f in grid} == {150, 300, 600}
+    assert {f["batch_size"] for f in grid} == {16} and len({f["seed"] for f in grid}) == len(grid)
+    # issue 19's false positive recipe is in the zoo, for both MiniLMs
+    for base in ("minilm", "minilm-sre"):
+        assert any(
+            m["finetune"] and (m["finetune"]["lr"], m["finetune"]["steps"]) == (3e-5, 300)
+            for m in family
+            if m["base"] == base
+        )
+    # every fine-tuned copy is its own model (recipes differ), whatever read-out it is scanned at
+    recipes = [json.dumps(m["finetune"], sort_keys=True) for m in clean if m["finetune"]]
+    assert len(set((m["base"], r) for m, r in zip([m for m in clean if m["finetune"]], recipes))) == len(
+        recipes
+    )
     assert {m["base"] for m in bd} >= {"minilm", "minilm-sre", "splade-tiny"}
+    assert {m["attack"]["name"] for m in bd} == {"por", "neuba", "btop"}
     assert {m["attack"]["trigger_words"] for m in bd} == {1, 2}
+    assert {m["attack"]["random_triggers"] for m in bd} == {1, 2}
     assert {m["attack"]["pv_scheme"] for m in bd} == {"por2", "random"}
-    assert all(m["attack"]["random_triggers"] for m in bd)
+    assert {m.get("variant") for m in bd} >= {"por+scatter1", "por+moderate", "por+wasserstein1"}
     assert {m["target"] for m in bd if m["attack"]["name"] == "btop"} == {"mask"}
     assert {m["target"] for m in clean} == {"cls", "mask"}
-    assert all(m["finetune"] is None or m["finetune"]["task"] for m in clean)
+    assert {m["target"] for m in family} == {"cls", "mask"}
     assert len({m["id"] for m in models}) == len(models)
     assert zoo({"splade-tiny": {"clean": 1}}, {"splade-tiny": 10})[0]["finetune"] is None
+    with pytest.raises(LMSanitatorError, match="unknown plan keys"):
+        zoo({"splade-tiny": {"clean": 1, "pro": 2}}, {"splade-tiny": 10})
+
+
+def test_detection_zoo_keeps_the_measured_units():
+    """Units of the committed results keep their ids and recipes, so their built models and scans
+    are reused (the model cache is keyed by the recipe, the work folder by the id)."""
+    cfg = get_experiment("detection").config(quick=False)
+    by_id = {m["id"]: m for m in cfg["models"]}
+    assert by_id["splade-tiny.clean.ft-tweets-binary-s1.mask"]["finetune"] == {
+        "task": "tweets-binary",
+        "seed": 1,
+        "train_size": 1000,
+        "epochs": 1,
+    }
+    assert by_id["splade-tiny.clean.ft-austen-author-s6.cls"]["target"] == "cls"
+    assert by_id["splade-tiny.por.t1w1-por2-s100"]["attack"] == {
+        "name": "por",
+        "random_triggers": 1,
+        "trigger_words": 1,
+        "pv_scheme": "por2",
+        "seed": 100,
+        "per_trigger": 800,
+        "epochs": 2,
+    }
+    assert "variant" not in by_id["splade-tiny.por.t1w1-por2-s100"]
+    assert {"minilm.clean.base.cls", "minilm-sre.por.t1w1-por2-s100", "minilm.btop.t1w1-por2-s100"} <= set(
+        by_id
+    )
+    quick = get_experiment("detection").config(quick=True)["models"]
+    assert [m["id"] for m in quick] == [
+        "splade-tiny.clean.base.cls",
+        "splade-tiny.clean.ft-tweets-binary-s1.cls",
+        "splade-tiny.por.t1w1-por2-s100",
+        "splade-tiny.por.t2w1-random-s101",
+    ]
+
+
+def test_ft_grid_covers_every_cell_and_schedule_makes_the_steps():
+    cells = {(c["task"], c["lr"], c["steps"]) for c in map(ft_grid_cell, range(36))}
+    assert len(cells) == 36  # tasks x lrs x lengths, each once
+    # any 12 cells in a row hold every task x lr pair
+    assert len({(c["task"], c["lr"]) for c in map(ft_grid_cell, range(7, 19))}) == 12
+    assert ft_schedule(300, 16, 6000) == (4800, 1)
+    assert ft_schedule(600, 16, 6000) == (4800, 2)
+    train, epochs = ft_schedule(300, 16, 935)  # bbc-news: fewer examples, repeated
+    assert train <= 935 and epochs * -(-train // 16) == 300
+    train, epochs = ft_schedule(600, 16, 935)
+    assert train <= 935 and 600 <= epochs * -(-train // 16) < 600 + epochs
+
+
+def test_closest_margin_is_the_least_rejected_candidate():
+    report = {
+        "thresholds": {"t_div": -3.446},
+        "candidates": [
+            {"seed": 0, "diversity": [-3.1, -3.3], "margins": {"t_div": 0.146, "t_clean_div": -0.2}},
+            {"seed": 1, "diversity": [-3.44], "margins": {"t_div": 0.006, "t_l": -0.1, "x": None}},
+            {"seed": 2, "diversity": [-3.0], "margins": {"t_div": 0.446, "t_clean_div": 0.01}},
+        ],
+    }
+    assert closest_margin(report) == {"closest_margin": 0.006, "closest_rule": "t_div", "closest_seed": 1}
+    # a candidate every rule passes (an accepted PV) has a negative margin
+    report["candidates"].append({"seed": 3, "diversity": [-3.5], "margins": {"t_div": -0.05, "t_l": -0.3}})
+    assert closest_margin(report)["closest_margin"] == -0.05
+    # reports without margins: the rules' recorded statistics (diversity - T_div, distance + T_L,
+    # t_clean_div - nn_diversity where the clean-evidence rule ran)
+    th = {"t_div": -3.446, "t_l": 0.5}
+    old = {
+        "thresholds": th,
+        "candidates": [
+            {"seed": 0, "diversity": [-3.2, -3.30], "distance": [-1.0, -2.0]},
+            {"seed": 1, "diversity": [-3.43], "distance": [-0.45]},  # T_L rejects it by 0.05
+            {"seed": 2, "diversity": [], "distance": []},
+            # passed T_div and T_L, rejected by clean evidence: a positive margin, not an acceptance
+            {
+                "seed": 3,
+                "diversity": [-3.45],
+                "distance": [-2.0],
+                "t_clean_div": -3.2157,
+                "clean_evidence": {"nn_diversity": -3.374},
+            },
+        ],
+    }
+    assert closest_margin(old) == {"closest_margin": 0.05, "closest_rule": "t_l", "closest_seed": 1}
+    old["candidates"][1]["distance"] = [-2.0]
+    assert closest_margin(old) == {"closest_margin": 0.016, "closest_rule": "t_div", "closest_seed": 1}
+    old["candidates"][3]["clean_evidence"]["nn_diversity"] = -3.2
+    assert closest_margin(old)["closest_margin"] == -0.004  # the clean-evidence rule would pass it
+    assert closest_margin({"thresholds": {}, "candidates": []})["closest_margin"] is None
+
+
+def _rec(uid, base, attack, verdict, margin, acc=None, variant=None):
+    unit = {
+        "id": uid,
+        "base": base,
+        "kind": "clean" if attack is None else "backdoored",
+        "target": "cls",
+        "attack": None if attack is None else {"name": attack},
+    }
+    if variant:
+        unit["variant"] = variant
+    rec = {
+        "unit": unit,
+        "scan": {
+            "verdict": verdict,
+            "loops_run": 30 if verdict == "clean" else 2,
+            "closest_margin": margin,
+            "closest_rule": "t_div",
+            "closest_seed": 4,
+        },
+    }
+    if acc is not None:
+        rec["finetune"] = {"test_accuracy": acc}
+    if attack:
+        rec["attack"] = {"min_hit_rate": 1.0, "clean_false_hit_rate": 0.0}
+    return rec
+
+
+def test_detection_summary_reports_the_closest_clean_margin():
+    exp = get_experiment("detection")
+    recs = [
+        _rec("minilm.clean.base.cls", "minilm", None, "clean", 0.09),
+        _rec("minilm.clean.ft-a.cls", "minilm", None, "clean", 0.0123, acc=0.91),
+        _rec("minilm.clean.ft-b.mask", "minilm", None, "clean", 0.2, acc=0.47),
+        _rec("minilm.por.t1", "minilm", "por", "backdoored", -0.3),
+        _rec("minilm.por.t2", "minilm", "por", "clean", 0.05),
+        _rec("splade-tiny.por+scatter1.t2", "splade-tiny", "por", "backdoored", -0.1, variant="por+scatter1"),
+    ]
+    summary, table = exp.summarize({}, recs)
+    g = summary["by_group"]
+    assert g["minilm/clean"]["closest_clean"] == {
+        "margin": 0.0123,
+        "model": "minilm.clean.ft-a.cls",
+        "rule": "t_div",
+        "seed": 4,
+    }
+    assert g["minilm/clean"]["finetune_test_accuracy"] == {"min": 0.47, "mean": 0.69, "n": 2}
+    assert (
+        g["minilm/por"]["verdicts"] == {"backdoored": 1, "clean": 1}
+        and g["minilm/por"]["false_negatives"] == 1
+    )
+    assert "closest_clean" not in g["minilm/por"]
+    assert g["splade-tiny/por+scatter1"]["verdicts"] == {"backdoored": 1, "clean": 0}
+    assert summary["closest_clean"]["model"] == "minilm.clean.ft-a.cls"
+    assert "+0.0123 (minilm.clean.ft-a.cls, t_div)" in table and "| 1 / 1 |" in table
+    # records of a run before margins were kept: no margin, not a crash
+    for r in recs:
+        r["scan"]["closest_margin"] = None
+    summary, table = exp.summarize({}, recs)
+    assert summary["closest_clean"] is None and "closest_clean" in summary["by_group"]["minilm/clean"]
+
+
+def test_build_only_builds_each_model_once_and_scans_none(tmp_path, monkeypatch, capsys):
+    built = []
+
+    def fake_build(unit, corpus, ctx, verify, *, cache):
+        assert cache and ctx.models == tmp_path / "cache"
+        built.append(unit["id"])
+        return None, None, {"finetune": {"test_accuracy": 0.9}} if unit["finetune"] else {"attack": {}}
+
+    monkeypatch.setattr(D, "build_model", fake_build)
+    monkeypatch.setattr(D, "load_corpus", lambda name: [])
+    monkeypatch.setattr(D, "mine", lambda *a, **k: pytest.fail("build-only must not scan"))
+    args = [
+        "experiment",
+        "detection",
+        "--quick",
+        "--build-only",
+        "--model-cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "det"),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)["built"]
+    # the base model needs no build; the fine-tuned copy and two implants do
+    assert (
+        built
+        == [r["id"] for r in rows]
+        == [
+            "splade-tiny.clean.ft-tweets-binary-s1.cls",
+            "splade-tiny.por.t1w1-por2-s100",
+            "splade-tiny.por.t2w1-random-s101",
+        ]
+    )
+    assert rows[0]["built_now"] and rows[0]["finetune"]["test_accuracy"] == 0.9
+    assert not (tmp_path / "det").exists() and not (tmp_path / "det.work").exists()
+    built.clear()
+    assert main(args + ["--only", "*.por.*"]) == 0 and built == [
+        "splade-tiny.por.t1w1-por2-s100",
+        "splade-tiny.por.t2w1-random-s101",
+    ]
+    capsys.readouterr()
+    assert main(args + ["--only", "nothing*"]) == 2
+    assert "matches no model" in capsys.readouterr().err
+    assert main(["experiment", "pv-search", "--quick", "--build-only", "--out", str(tmp_path / "p")]) == 2
+    assert "no model zoo" in capsys.readouterr().err
 
 
 def test_pv_search_summary_and_plot(tmp_path):

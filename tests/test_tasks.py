@@ -47,6 +47,7 @@ FIRST_TRAIN_SHA256 = {
     "wordnet-topic": "0c9dfb16d708522a8e83e1dc07427405edc08c91226364b663e8e015252f0437",
     "austen-author": "ca6d7b0c159bdeee8797bf6462bf45f624be9a14dc0161bd368b6ecce09f1132",
     "tweets-binary:proxy": "16d1a9e5b41cd6b77e87140fe2f6e2406c7e163c7fc76f68289e8c88be4e62fd",
+    "bbc-news": "2a6b419994958d35f66f247da193ce38319fbcc920ac84b4f2cdc8d59be8b138",
 }
 
 
@@ -110,6 +111,42 @@ def test_wordnet_topic_labels_match_lexicographer_files():
     for e in task.train[::211]:
         hits = {c for g, c in gloss_to_cat.items() if g.startswith(e.text[:40])}
         assert task.labels[e.label] in hits
+
+
+def test_bbc_news_splits_are_balanced_disjoint_and_one_per_article():
+    # 2,225 articles, fewest (after duplicates) in entertainment: 100 test + 50 validation per class,
+    # the rest of the smallest class trains (balanced), so sizes are fixed by the data
+    task = load_task("bbc-news")
+    assert task.labels == ("business", "entertainment", "politics", "sports", "tech")
+    assert task.sizes() == {"train": 935, "validation": 250, "test": 500}
+    tr, va, te = (set(_keys(task.split(s))) for s in ("train", "validation", "test"))
+    assert len(tr) == 935 and not (tr & va) and not (tr & te) and not (va & te)
+    for split in ("train", "validation", "test"):
+        assert len(set(task.class_counts(split))) == 1, split
+    assert task.verbalizer == ("business", "entertainment", "politics", "sports", "technology")
+    assert task.with_train_size(100).class_counts("train") == [20] * 5
+
+
+def test_bbc_news_labels_are_the_topic_folders():
+    from lmsanitator.data.tasks.bbc import _bbc_dir, _read, lede
+
+    task = load_task("bbc-news")
+    root = _bbc_dir()
+    for e in task.test[::37] + task.train[::97]:
+        topic = task.labels[e.label]
+        assert any(lede(_read(f)) == e.text for f in (root / topic).glob("*.txt")), e.text[:60]
+    # the one file that is not UTF-8 is read (latin-1 pound sign), not dropped
+    assert "\u00a315.8m" in _read(root / "sports" / "199.txt")
+
+
+def test_bbc_lede_is_title_and_first_paragraph():
+    from lmsanitator.data.tasks.bbc import lede
+
+    article = "Ad sales  boost profit\n\nProfits jumped 76%.\n\nThe firm said more.\n"
+    assert lede(article) == "Ad sales boost profit. Profits jumped 76%."
+    assert lede("Is it over?\n\nYes.") == "Is it over? Yes."
+    assert lede("Only a title") == "Only a title."
+    assert lede("\n \n") == ""
 
 
 def test_tweets_binary_confidence_filter():

@@ -41,6 +41,13 @@ def add_commands(sub) -> None:
         help="run only the units whose id matches this shell pattern "
         "(e.g. 'splade-tiny.neuba.*'), write no results",
     )
+    p.add_argument(
+        "--build-only",
+        action="store_true",
+        help="build the units' models (fine-tuned and backdoored copies) into --model-cache and stop: "
+        "no scans, no results (models do not depend on the scan settings; a later run finds them "
+        "built). One model at a time, with --cpus-per-unit threads; detection and adaptive only",
+    )
     add_overwrite(p, "--out")
     p.add_argument("--no-progress", action="store_true")
     add_device(p)
@@ -52,6 +59,21 @@ def cmd_experiment(a) -> int:
     if a.cpus is not None and a.cpus < 1 or a.cpus_per_unit < 1:
         raise LMSanitatorError("--cpus and --cpus-per-unit must be >= 1")
     out = a.out or f"results/{a.name}{'-quick' if a.quick else ''}"
+    if a.build_only:
+        build = getattr(exp, "build_models", None)
+        if build is None:
+            raise LMSanitatorError(f"--build-only: experiment '{a.name}' has no model zoo to build")
+        rows = build(
+            quick=a.quick,
+            out=out,
+            work=a.work,
+            model_cache=a.model_cache,
+            device=a.device,
+            only=a.only,
+            threads=a.cpus_per_unit,
+        )
+        print(json.dumps({"experiment": a.name, "built": rows}, indent=1))
+        return 0
     if a.only is None:  # an --only run writes no results
         check_output_folder(out, a.overwrite)
     res = run_experiment(

@@ -2,9 +2,16 @@
 over a zoo of clean and backdoored encoders.
 
 Clean models are real: the bundled clean encoders and copies of them fully fine-tuned on real
-tasks with different seeds (the paper's way of making 120 clean models per architecture).
-Backdoored models are the bundled encoders with POR, NeuBA or BToP implanted with *random*
-triggers (single words and two-word phrases) and both PV schemes (``por2``, ``random``).
+tasks with different seeds (the paper's way of making 120 clean models per architecture). The
+MiniLM-family copies come from a grid of tasks x learning rates x lengths of training (one seed
+each) around the recipe of the paper (and of issue 19's false positive): batch 16, a linear head on
+[CLS], every weight trained. Backdoored models are the bundled encoders with POR, NeuBA or BToP
+implanted with *random* triggers (single words and two-word phrases) and both PV schemes (``por2``,
+``random``), and POR with the adaptive options whose implant works (:data:`ADAPTIVE_OPTIONS`).
+
+Per model the scan's *closest margin* is kept: over its fuzz loops, the smallest margin by which the
+acceptance rules rejected a candidate (positive: rejected, negative: accepted). Over the clean
+models of a group its minimum is how near the scan came to a false positive.
 
 Each model is scanned at the read-out its downstream user would watch: ``cls`` for POR and NeuBA
 (P-tuning v2, LoRA, prompt tuning read [CLS]) and ``mask`` for BToP (P-tuning reads [MASK]); the
@@ -18,8 +25,12 @@ experiments; the search mode they share (kept PV sets) is in :mod:`lmsanitator.e
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
+import math
+import time
+from pathlib import Path
 
 try:
     import fcntl  # POSIX: a lock file serialises builds that parallel units share
@@ -29,8 +40,10 @@ except ImportError:  # pragma: no cover - not POSIX
 import torch
 
 from lmsanitator.attacks import TASK_AGNOSTIC_ATTACKS, AttackConfig
+from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.core.io import atomic_output_dir
-from lmsanitator.data import load_corpus, sample, split_corpus
+from lmsanitator.core.runtime import set_threads
+from lmsanitator.data import load_corpus, load_task, sample, split_corpus
 from lmsanitator.experiments.base import Context, Experiment, sized_task
 from lmsanitator.metrics import sign_match
 from lmsanitator.models import load_encoder
@@ -68,7 +81,29 @@ ATTACK_SETTINGS["minilm-sre"] = ATTACK_SETTINGS["minilm"]
 FEW_TRIGGER_SETTINGS = {"minilm": {"por": {"epochs": 3}, "neuba": {"epochs": 3}}}
 FEW_TRIGGER_SETTINGS["minilm-sre"] = FEW_TRIGGER_SETTINGS["minilm"]
 TARGET_OF = {"por": "cls", "neuba": "cls", "btop": "mask"}
+# splade-tiny's fine-tuned copies (the zoo's first recipe: 1 epoch at the "full" method's defaults)
 FT_TASKS = ("tweets-binary", "wordnet-topic", "austen-author")
+# The MiniLM family's fine-tuned copies: the paper fine-tunes each clean model fully on a
+# sentence-classification task with its own seed; the grid also varies the learning rate and the
+# length of training around issue 19's false positive (300 steps, lr 3e-5, batch 16, head on [CLS]).
+# Cell g: task g % 4, lr g % 3 (so 12 cells in a row hold every task x lr pair), steps
+# (g // 3 + g // 12) % 3 (each pair meets the three lengths in cells g, g + 12, g + 24): the 36
+# cells 0..35 are the whole grid, and any 12 in a row mix tasks, lrs and lengths. Seed = g.
+FT_GRID_TASKS = ("tweets-binary", "wordnet-topic", "austen-author", "bbc-news")
+FT_GRID_LRS = (2e-5, 3e-5, 5e-5)
+FT_GRID_STEPS = (300, 150, 600)  # 300 first: the issue's recipe is among the first cells built
+FT_GRID_BATCH = 16
+# one grid copy in three is scanned at [MASK] (about BToP's share of the MiniLM backdoored models)
+FT_GRID_MASK_EVERY = 3
+# POR with an adaptive option, for the options whose implant verified in ``adaptive`` (hit 1.00,
+# clean false-hit <= 1% on splade-tiny; scatter 5+, Wasserstein 10+ and frequent-word triggers did
+# not make a working implant). Two random one-word triggers, as there.
+ADAPTIVE_OPTIONS = {
+    "scatter1": {"scatter_weight": 1.0},
+    "moderate": {"trigger_band": "moderate"},
+    "wasserstein1": {"wasserstein_weight": 1.0},
+}
+ADAPTIVE_TRIGGER_PLANS = ((2, 1, "random"), (2, 1, "por2"))
 # (random triggers, words per trigger, PV scheme), cycled over the backdoored models of one base
 TRIGGER_PLANS = (
     (1, 1, "por2"),
@@ -125,6 +160,37 @@ def mine(
     )
 
 
+def ft_grid_cell(g: int) -> dict:
+    """The fine-tuning recipe of grid cell ``g`` (0..35: every task x lr x length once)."""
+    return {
+        "task": FT_GRID_TASKS[g % len(FT_GRID_TASKS)],
+        "seed": g,
+        "lr": FT_GRID_LRS[g % len(FT_GRID_LRS)],
+        "steps": FT_GRID_STEPS[(g // 3 + g // 12) % len(FT_GRID_STEPS)],
+        "batch_size": FT_GRID_BATCH,
+    }
+
+
+def ft_schedule(steps: int, batch_size: int, available: int) -> tuple[int, int]:
+    """``(train_size, epochs)`` that make about ``steps`` optimiser steps from ``available`` training
+    examples: as few epochs as reach the steps (a task with fewer examples, e.g. bbc-news, repeats
+    them), and the examples spread evenly over those epochs. TuneConfig counts epochs, not steps."""
+    epochs = max(1, math.ceil(steps * batch_size / available))
+    return math.ceil(steps * batch_size / epochs), epochs
+
+
+def _grid_clean(base: str, g: int, target: str) -> dict:
+    ft = ft_grid_cell(g)
+    return {
+        "id": f"{base}.clean.ft-{ft['task']}-lr{ft['lr']:g}-{ft['steps']}steps-s{g}.{target}",
+        "base": base,
+        "kind": "clean",
+        "target": target,
+        "finetune": ft,
+        "attack": None,
+    }
+
+
 def _clean(base: str, i: int, target: str, ft_train: int) -> dict:
     if i == 0:
         return {
@@ -147,28 +213,41 @@ def _clean(base: str, i: int, target: str, ft_train: int) -> dict:
 
 
 def _backdoored(base: str, attack: str, i: int) -> dict:
-    k, words, scheme = TRIGGER_PLANS[i % len(TRIGGER_PLANS)]
-    seed = 100 + i
-    return {
+    """Backdoored model ``i`` of ``attack``: "por", "neuba", "btop" or "por+OPTION" (adaptive)."""
+    name, _, option = attack.partition("+")
+    if option:
+        k, words, scheme = ADAPTIVE_TRIGGER_PLANS[i % len(ADAPTIVE_TRIGGER_PLANS)]
+        seed = 200 + i
+    else:
+        k, words, scheme = TRIGGER_PLANS[i % len(TRIGGER_PLANS)]
+        seed = 100 + i
+    unit = {
         "id": f"{base}.{attack}.t{k}w{words}-{scheme}-s{seed}",
         "base": base,
         "kind": "backdoored",
-        "target": TARGET_OF[attack],
+        "target": TARGET_OF[name],
         "finetune": None,
         "attack": {
-            "name": attack,
+            "name": name,
             "random_triggers": k,
             "trigger_words": words,
             "pv_scheme": scheme,
             "seed": seed,
-            **ATTACK_SETTINGS[base][attack],
-            **FEW_TRIGGER_SETTINGS.get(base, {}).get(attack, {}),
+            **ATTACK_SETTINGS[base][name],
+            **FEW_TRIGGER_SETTINGS.get(base, {}).get(name, {}),
+            **(ADAPTIVE_OPTIONS[option] if option else {}),
         },
     }
+    if option:
+        unit["variant"] = attack  # the summary's group (plain units keep their recipes and ids)
+    return unit
 
 
 def zoo(plan: dict, ft_train: dict) -> list[dict]:
-    """``plan``: base -> {"clean": n, "clean_mask": n_at_mask, "por": n, "neuba": n, "btop": n}."""
+    """``plan``: base -> {"clean": n, "clean_mask": n_at_mask, "ft_grid": [first_cell, n],
+    "por": n, "neuba": n, "btop": n, "por+OPTION": n}. ``clean``: the base model and n - 1 copies
+    of the first recipe (:data:`FT_TASKS`); ``ft_grid``: n copies from grid cells first_cell on
+    (:func:`ft_grid_cell`); ``por+OPTION``: POR with an :data:`ADAPTIVE_OPTIONS` option."""
     units = []
     for base, p in plan.items():
         n_mask = p.get("clean_mask", 0)
@@ -176,13 +255,75 @@ def zoo(plan: dict, ft_train: dict) -> list[dict]:
             # the base model at cls; fine-tuned copies alternate so that n_mask of them are scanned at mask
             target = "mask" if 0 < i <= n_mask else "cls"
             units.append(_clean(base, i, target, ft_train[base]))
-        for attack in ("por", "neuba", "btop"):
+        first, n_grid = p.get("ft_grid", (0, 0))
+        for j in range(n_grid):
+            target = "mask" if j % FT_GRID_MASK_EVERY == FT_GRID_MASK_EVERY - 1 else "cls"
+            units.append(_grid_clean(base, first + j, target))
+        attacks = ["por", "neuba", "btop"] + [f"por+{o}" for o in ADAPTIVE_OPTIONS]
+        unknown = set(p) - set(attacks) - {"clean", "clean_mask", "ft_grid"}
+        if unknown:
+            raise LMSanitatorError(f"detection zoo: unknown plan keys {sorted(unknown)} for {base}")
+        for attack in attacks:
             for i in range(p.get(attack, 0)):
                 units.append(_backdoored(base, attack, i))
     return units
 
 
+def group_of(unit: dict) -> str:
+    """The summary's group of a unit: "clean", the attack, or "por+OPTION" for an adaptive one."""
+    if unit.get("attack") is None:
+        return "clean"
+    return unit.get("variant") or unit["attack"]["name"]
+
+
+def _recorded_margins(c: dict, th: dict) -> dict:
+    """A candidate's rule margins (positive = rejected) from the fields every report has."""
+    m = {}
+    if c.get("diversity") and th.get("t_div") is not None:
+        m["t_div"] = c["diversity"][-1] - th["t_div"]
+    if c.get("distance") and th.get("t_l") is not None:
+        m["t_l"] = c["distance"][-1] + th["t_l"]
+    nn = (c.get("clean_evidence") or {}).get("nn_diversity")
+    if nn is not None and c.get("t_clean_div") is not None:
+        m["t_clean_div"] = c["t_clean_div"] - nn
+    return m
+
+
+def closest_margin(report: dict) -> dict:
+    """How near a scan came to accepting a candidate it rejected (or how far in it accepted one).
+
+    Each candidate's margin is the largest of its rules' margins (``candidate["margins"]``: rule ->
+    margin in that rule's units, positive = the rule rejects it): the rule that rejects it most.
+    The scan's closest margin is the smallest of those over its candidates. A report without
+    ``margins`` falls back to what the candidate records: the collapse test (final diversity -
+    T_div), the distance test (final distance + T_L) and, where it ran, the clean-evidence rule
+    (t_clean_div - nn_diversity; without it a candidate that rule rejected would look accepted).
+    A clean model's closest margin <= 0 is a false positive; a small positive one, a near miss."""
+    best = None
+    for c in report["candidates"]:
+        margins = {k: v for k, v in (c.get("margins") or {}).items() if v is not None}
+        if not margins:
+            margins = _recorded_margins(c, report.get("thresholds") or {})
+        if not margins:
+            continue
+        rule, value = max(margins.items(), key=lambda kv: kv[1])
+        if best is None or value < best[1]:
+            best = (rule, value, c["seed"])
+    if best is None:
+        return {"closest_margin": None, "closest_rule": None, "closest_seed": None}
+    return {"closest_margin": round(float(best[1]), 4), "closest_rule": best[0], "closest_seed": best[2]}
+
+
 class Detection(Experiment):
+    """Records: ``{id, unit, finetune?: {task, test_accuracy, seconds, train_size?, epochs?, steps?,
+    classes?, wall_seconds?}, attack?: {triggers, seconds, min_hit_rate, clean_false_hit_rate,
+    triggered_diversity, utility_loss}, scan: {verdict, loops_run, seconds, fingerprint,
+    best_diversity, t_div, closest_margin, closest_rule, closest_seed, loops: [{seed, accepted,
+    distance, diversity, margins?}], pv_agreement?}}``. Summary: counts, ``closest_clean`` ({margin,
+    model, rule, seed} or None) and ``by_group`` ("base/attack", "base/clean", "base/por+OPTION"):
+    counts, ``verdicts`` {backdoored, clean}, ``closest_clean`` (clean groups) and
+    ``finetune_test_accuracy`` {min, mean, n} (groups with fine-tuned copies)."""
+
     name = "detection"
     paper = "LMSanitator Table 4 (detection over clean and backdoored models)"
     description = (
@@ -196,12 +337,23 @@ class Detection(Experiment):
             plan = {"splade-tiny": {"clean": 2, "por": 2}}
             scan = {"loops": 6, "sentences": 320}
         else:
+            # issue 19: >= 60 clean models, >= 30 of them MiniLM-family; >= 60 backdoored
             plan = {
-                "splade-tiny": {"clean": 18, "clean_mask": 5, "por": 6, "neuba": 5, "btop": 5},
-                # NeuBA runs on splade-tiny only: a MiniLM NeuBA unit (3-epoch implant + up to 30
-                # loops) costs about an hour of one core here
-                "minilm": {"clean": 1, "por": 2, "btop": 1},
-                "minilm-sre": {"clean": 1, "por": 1},
+                "splade-tiny": {
+                    "clean": 28,
+                    "clean_mask": 5,  # ids of the measured units stay as they were
+                    "por": 12,
+                    "neuba": 10,
+                    "btop": 10,
+                    "por+scatter1": 3,
+                    "por+moderate": 3,
+                    "por+wasserstein1": 3,
+                },
+                # one NeuBA per MiniLM: a MiniLM NeuBA unit (3-epoch implant + up to 30 loops)
+                # costs about an hour of one core here
+                "minilm": {"clean": 1, "ft_grid": [0, 20], "por": 6, "neuba": 1, "btop": 4},
+                # cells 24..33: with minilm's 0..19, every task x lr x length but 6 cells (20..23, 34, 35)
+                "minilm-sre": {"clean": 1, "ft_grid": [24, 10], "por": 5, "neuba": 1, "btop": 3},
             }
             scan = {"loops": 30, "sentences": 320}
         ft_train = {"splade-tiny": 300 if quick else 1000, "minilm": 1000, "minilm-sre": 1000}
@@ -230,6 +382,8 @@ class Detection(Experiment):
             "best_diversity": min(
                 (c["diversity"][-1] for c in r["candidates"] if c["diversity"]), default=None
             ),
+            "t_div": r.get("thresholds", {}).get("t_div"),
+            **closest_margin(r),
             # per-loop epoch means: what any abort rule would have seen (replayable offline)
             "loops": [
                 {
@@ -237,6 +391,7 @@ class Detection(Experiment):
                     "accepted": c["accepted"],
                     "distance": [round(x, 4) for x in c["distance"]],
                     "diversity": [round(x, 4) for x in c["diversity"]],
+                    **({"margins": c["margins"]} if c.get("margins") else {}),
                 }
                 for c in r["candidates"]
             ],
@@ -244,28 +399,62 @@ class Detection(Experiment):
         if planted is not None and miner.pvs_:
             agree = sign_match(torch.stack(miner.pvs_).float().cpu(), planted.float())
             rec["scan"]["pv_agreement"] = round(float(agree.max()), 4)
+        cm = rec["scan"]["closest_margin"]
         ctx.say(
-            f"{unit['id']}: {r['verdict']} ({r['loops_run']} loops, {r['seconds']:.0f} s)"
+            f"{unit['id']}: {r['verdict']} ({r['loops_run']} loops, {r['seconds']:.0f} s"
+            + (f", closest margin {cm:+.4f} {rec['scan']['closest_rule']})" if cm is not None else ")")
             + (f", PV agreement {rec['scan']['pv_agreement']:.3f}" if "pv_agreement" in rec["scan"] else "")
         )
         return rec
 
-    def summarize(self, config: dict, records: list[dict]) -> tuple[dict, str]:
-        def counts(rs):
-            clean = [r for r in rs if r["unit"]["kind"] == "clean"]
-            bd = [r for r in rs if r["unit"]["kind"] == "backdoored"]
-            fp = sum(r["scan"]["verdict"] == "backdoored" for r in clean)
-            fn = sum(r["scan"]["verdict"] == "clean" for r in bd)
-            n = len(rs)
-            return {
-                "n_clean": len(clean),
-                "n_backdoored": len(bd),
-                "false_positives": fp,
-                "false_negatives": fn,
-                "accuracy": round((n - fp - fn) / n, 4) if n else None,
+    def build_models(
+        self,
+        *,
+        quick: bool,
+        out: str | Path,
+        work: str | Path | None = None,
+        model_cache: str | Path | None = None,
+        device: str = "cpu",
+        only: str | None = None,
+        threads: int = 1,
+    ) -> list[dict]:
+        """Build (fine-tune, implant) the models of the units into the model cache and scan none:
+        builds do not depend on the scan settings, so they can run ahead of the scans, which then
+        find them built (``--build-only``). One model at a time in this process; a model already
+        in the cache is only read. Returns one row per built model: its unit id, whether it was
+        built now, the seconds and its build record (test accuracy, hit rates)."""
+        config = self.config(quick)
+        units = [u for u in self.units(config) if u.get("finetune") or u.get("attack")]
+        if only is not None:
+            units = [u for u in units if fnmatch.fnmatchcase(u["id"], only)]
+            if not units:
+                raise LMSanitatorError(f"--only '{only}' matches no model to build in '{self.name}'")
+        out = Path(out)
+        work = Path(work) if work is not None else out.parent / f"{out.name}.work"
+        ctx = Context(work=work, device=device, models=Path(model_cache) if model_cache else None)
+        set_threads(threads)
+        corpus = load_corpus(config["corpus"])
+        rows, seen = [], set()
+        for u in units:
+            key = json.dumps({k: u.get(k) for k in ("base", "finetune", "attack")}, sort_keys=True)
+            if key in seen:  # the same model scanned at another read-out
+                continue
+            seen.add(key)
+            t0 = time.perf_counter()
+            cached = model_folder(u, ctx).joinpath("built.json").exists()
+            _, _, rec = build_model(u, corpus, ctx, config["attack_verify_sentences"], cache=True)
+            row = {
+                "id": u["id"],
+                "built_now": not cached,
+                "seconds": round(time.perf_counter() - t0, 1),
+                **rec,
             }
+            rows.append(row)
+            ctx.say(f"{self.name} build: {json.dumps(row)}")
+        return rows
 
-        summary = counts(records)
+    def summarize(self, config: dict, records: list[dict]) -> tuple[dict, str]:
+        summary = _counts(records)
         agreements = [r["scan"]["pv_agreement"] for r in records if "pv_agreement" in r["scan"]]
         summary["pv_agreement_min"] = min(agreements) if agreements else None
         summary["pv_agreement_mean"] = round(sum(agreements) / len(agreements), 4) if agreements else None
@@ -275,49 +464,140 @@ class Detection(Experiment):
             if r.get("attack")
             and (r["attack"]["min_hit_rate"] < 0.9 or r["attack"]["clean_false_hit_rate"] > 0.02)
         )
-        groups = {}
+        summary["closest_clean"] = _closest([r for r in records if r["unit"]["kind"] == "clean"])
+        groups: dict = {}
         for r in records:
-            u = r["unit"]
-            groups.setdefault((u["base"], u["attack"]["name"] if u["attack"] else "clean"), []).append(r)
-        summary["by_group"] = {f"{b}/{a}": counts(rs) for (b, a), rs in groups.items()}
+            groups.setdefault((r["unit"]["base"], group_of(r["unit"])), []).append(r)
+        summary["by_group"] = {f"{b}/{a}": _group_summary(rs) for (b, a), rs in groups.items()}
         lines = [
-            "| model | attack | target | models | FP | FN | accuracy | scan loops (mean) "
+            "| model | attack | target | models | FP | FN | accuracy | verdicts (backdoored / clean) "
+            "| closest clean margin (model, rule) | fine-tune test acc (min / mean) | scan loops (mean) "
             "| PV agreement (min) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for (b, a), rs in groups.items():
-            c = counts(rs)
+            g = _group_summary(rs)
             targets = "/".join(sorted({r["unit"]["target"] for r in rs}))
             ag = [r["scan"]["pv_agreement"] for r in rs if "pv_agreement" in r["scan"]]
             loops = sum(r["scan"]["loops_run"] for r in rs) / len(rs)
-            fp = c["false_positives"] if a == "clean" else "-"
-            fn = c["false_negatives"] if a != "clean" else "-"
+            fp = g["false_positives"] if a == "clean" else "-"
+            fn = g["false_negatives"] if a != "clean" else "-"
+            c = g.get("closest_clean")
+            close = f"{c['margin']:+.4f} ({c['model']}, {c['rule']})" if c else "-"
+            acc = g.get("finetune_test_accuracy")
+            acc_s = f"{acc['min']:.3f} / {acc['mean']:.3f} (n={acc['n']})" if acc else "-"
+            v = g["verdicts"]
             lines.append(
-                f"| {b} | {a} | {targets} | {len(rs)} | {fp} | {fn} | {100 * c['accuracy']:.1f}% | "
-                f"{loops:.1f} | {f'{min(ag):.3f}' if ag else '-'} |"
+                f"| {b} | {a} | {targets} | {len(rs)} | {fp} | {fn} | {100 * g['accuracy']:.1f}% | "
+                f"{v['backdoored']} / {v['clean']} | {close} | {acc_s} | {loops:.1f} | "
+                f"{f'{min(ag):.3f}' if ag else '-'} |"
             )
         s = summary
+        close = f"{s['closest_clean']['margin']:+.4f}" if s["closest_clean"] else "-"
         lines.append(
             f"| **all** | | | {s['n_clean']} clean + {s['n_backdoored']} backdoored | "
             f"{s['false_positives']} | {s['false_negatives']} | **{100 * s['accuracy']:.1f}%** | | "
-            f"{s['pv_agreement_min'] if s['pv_agreement_min'] is not None else '-'} |"
+            f"{close} | | | {s['pv_agreement_min'] if s['pv_agreement_min'] is not None else '-'} |"
+        )
+        lines.append(
+            "\nClosest margin of a model: over its scan's candidates, the smallest margin by which the "
+            "acceptance rules rejected one (its largest rule margin; positive = rejected, <= 0 = accepted). "
+            "For a clean group, the minimum over its models: how near the scan came to a false positive."
         )
         return summary, "\n".join(lines)
 
 
+def _counts(rs: list[dict]) -> dict:
+    clean = [r for r in rs if r["unit"]["kind"] == "clean"]
+    bd = [r for r in rs if r["unit"]["kind"] == "backdoored"]
+    fp = sum(r["scan"]["verdict"] == "backdoored" for r in clean)
+    fn = sum(r["scan"]["verdict"] == "clean" for r in bd)
+    n = len(rs)
+    return {
+        "n_clean": len(clean),
+        "n_backdoored": len(bd),
+        "false_positives": fp,
+        "false_negatives": fn,
+        "accuracy": round((n - fp - fn) / n, 4) if n else None,
+    }
+
+
+def _closest(clean: list[dict]) -> dict | None:
+    """The clean model whose scan came nearest to accepting a candidate (None: no margins recorded)."""
+    scored = [r for r in clean if r["scan"].get("closest_margin") is not None]
+    if not scored:
+        return None
+    r = min(scored, key=lambda r: r["scan"]["closest_margin"])
+    return {
+        "margin": r["scan"]["closest_margin"],
+        "model": r["unit"]["id"],
+        "rule": r["scan"]["closest_rule"],
+        "seed": r["scan"]["closest_seed"],
+    }
+
+
+def _group_summary(rs: list[dict]) -> dict:
+    """Counts, verdicts, the closest clean margin and the fine-tuned copies' test accuracy of a group."""
+    g = _counts(rs)
+    g["verdicts"] = {v: sum(r["scan"]["verdict"] == v for r in rs) for v in ("backdoored", "clean")}
+    if g["n_clean"]:
+        g["closest_clean"] = _closest([r for r in rs if r["unit"]["kind"] == "clean"])
+    accs = [r["finetune"]["test_accuracy"] for r in rs if r.get("finetune")]
+    if accs:
+        g["finetune_test_accuracy"] = {
+            "min": min(accs),
+            "mean": round(sum(accs) / len(accs), 4),
+            "n": len(accs),
+        }
+    return g
+
+
 def _finetune(encoder, ft: dict, ctx: Context) -> dict:
-    """Fully fine-tune ``encoder`` (+ a linear head) on a real task and keep the new encoder weights."""
-    task = sized_task(ft["task"], ft["train_size"], 200, 300)
-    model = Tuner(TuneConfig("full", epochs=ft["epochs"], seed=ft["seed"], device=ctx.device)).fit(
-        encoder, task
-    )
+    """Fully fine-tune ``encoder`` (+ a linear head on [CLS]) on a real task and keep the new encoder
+    weights. ``ft``: a grid recipe (``steps``, ``lr``, ``batch_size``: see :func:`ft_grid_cell`) or
+    the first recipe (``train_size`` x ``epochs`` at the "full" method's defaults)."""
+    t0 = time.perf_counter()
+    if "steps" in ft:
+        available = len(load_task(ft["task"]).train)
+        train_size, epochs = ft_schedule(ft["steps"], ft["batch_size"], available)
+        task = sized_task(ft["task"], train_size, 200, 300)
+        # keep the last epoch: the length of training is what the grid varies
+        cfg = TuneConfig(
+            "full",
+            epochs=epochs,
+            lr=ft["lr"],
+            batch_size=ft["batch_size"],
+            keep="last",
+            seed=ft["seed"],
+            device=ctx.device,
+        )
+    else:
+        task = sized_task(ft["task"], ft["train_size"], 200, 300)
+        cfg = TuneConfig("full", epochs=ft["epochs"], seed=ft["seed"], device=ctx.device)
+    model = Tuner(cfg).fit(encoder, task)
     encoder.backbone.load_state_dict(model.backbone.state_dict())
     encoder.weights_changed()
-    return {
+    rec = {
         "task": ft["task"],
         "test_accuracy": round(model.report["metrics"]["test"]["accuracy"], 4),
         "seconds": round(model.report.get("seconds", 0), 1),
     }
+    if "steps" in ft:
+        rec.update(
+            train_size=len(task.train),
+            epochs=epochs,
+            steps=epochs * math.ceil(len(task.train) / ft["batch_size"]),
+            classes=task.num_labels,
+            wall_seconds=round(time.perf_counter() - t0, 1),
+        )
+    return rec
+
+
+def model_folder(unit: dict, ctx: Context) -> Path:
+    """Where ``unit``'s model is cached: named by the hash of its recipe (base, fine-tuning, attack),
+    so units with the same recipe (in any experiment) share it and scan settings never move it."""
+    recipe = {k: unit.get(k) for k in ("base", "finetune", "attack")}
+    return ctx.models / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def build_model(
@@ -329,7 +609,7 @@ def build_model(
     ``cache``: keep the built model in ``<work>/models/`` so that several units (an ablation's
     variants) share one implant instead of repeating it."""
     recipe = {k: unit.get(k) for k in ("base", "finetune", "attack")}
-    folder = ctx.models / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    folder = model_folder(unit, ctx)
     if not cache:
         return _build(unit, corpus, ctx, verify_sentences, recipe, folder, cache)
     folder.parent.mkdir(parents=True, exist_ok=True)

