@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from types import SimpleNamespace
 
 import pytest
@@ -191,12 +192,22 @@ def test_outputs_get_the_users_umask(tmp_path, umask):
         assert current_umask() == umask
         with atomic_output_dir(tmp_path / "out") as tmp:
             (tmp / "a.txt").write_text("x")
+            # a writer that saves through its own private temporary file (as tuned-model weights did)
+            (tmp / "sub").mkdir(mode=0o700)
+            fd, private = tempfile.mkstemp(dir=tmp / "sub")
+            os.close(fd)
+            os.replace(private, tmp / "sub" / "w.safetensors")
         write_json_atomic(tmp_path / "r.json", {"a": 1})
         PVSet(pvs=torch.ones(1, 4), target="cls").save(tmp_path / "p.safetensors")
     finally:
         os.umask(old)
     # before: 0700 / 0600 whatever the umask (tempfile's defaults)
-    assert _mode(tmp_path / "out") == 0o777 & ~umask
+    assert _mode(tmp_path / "out") == _mode(tmp_path / "out" / "sub") == 0o777 & ~umask
+    assert (
+        _mode(tmp_path / "out" / "a.txt")
+        == _mode(tmp_path / "out" / "sub" / "w.safetensors")
+        == 0o666 & ~umask
+    )
     assert _mode(tmp_path / "r.json") == _mode(tmp_path / "p.safetensors") == 0o666 & ~umask
 
 

@@ -105,6 +105,19 @@ def clean_stale_temporaries(path: str | Path) -> list[Path]:
     return removed
 
 
+def _umask_tree(root: Path) -> None:
+    """Give what the writers put in ``root`` the user's umask: some save through their own temporary
+    file and rename it (0600 whatever the umask: safetensors weights of a tuned model were)."""
+    mask = current_umask()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o777 & ~mask)
+        for f in filenames:
+            path = os.path.join(dirpath, f)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | Path, overwrite: bool = False):
     """Yield a temporary folder next to ``out``; on success it replaces ``out`` in one rename."""
@@ -116,6 +129,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False):
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
+        _umask_tree(tmp)
         if out.exists():
             old = parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
