@@ -135,7 +135,8 @@ def test_guard_flags_and_purges_a_trigger_on_a_tuned_decoder():
         enc, task, progress=False
     )
     assert model.target == "last"
-    guard = Guard(model, searched_pvset(), w_max=1)
+    # Algorithm 2 with the margin and growth rules; the stability check is looked at below
+    guard = Guard(model, searched_pvset(), w_max=1, stable=False)
     # held-back sentences of the implant's corpus (verified: hit rate 1.0, clean false hits 1%)
     clean = [t for t in split_corpus(load_corpus("austen"), "heldout") if 6 <= len(t.split()) <= 20][:8]
     triggered = [" ".join(t.split()[:2] + ["cf"] + t.split()[2:]) for t in clean]
@@ -152,6 +153,19 @@ def test_guard_flags_and_purges_a_trigger_on_a_tuned_decoder():
     assert sum(w == ["cf"] for w in removed) >= 4, removed
     last_words = {t.split()[-1] for t in clean}
     assert all(w == ["cf"] or w[0] in last_words for w in removed), removed
+    # the stability check (default) only takes answers away: a purge is either the one above or,
+    # when its answer changes once a neighbour goes too, unresolved and rejected. It does not fix the
+    # last-word removals (their answers need not change when a neighbour goes): that stays open
+    # (issue 21, the read-out token).
+    checked = Guard(model, searched_pvset(), w_max=1).predict(triggered)
+    for a, b in zip(recs[8:], checked):
+        assert b["flagged"] == a["flagged"]
+        if b["flagged"] and not b["resolved"]:
+            assert b["reason"] == "unstable" and b["label"] is None and a["resolved"]
+        elif b["flagged"]:
+            assert b["removed"] == a["removed"] and b["label"] == a["label"]
+    # measured: 4 of 8 rejected as unstable, 2 answered with "cf" removed, 2 with a last word removed
+    assert sum(b["flagged"] and not b["resolved"] for b in checked) >= 1
 
 
 # ---------------------------------------------------------------------------- PSIM
