@@ -142,7 +142,11 @@ def test_every_candidate_carries_its_rule_margins(sentences):
     _accepted_iff_all_margins_negative(clean.report_)
     loops = [c for c in clean.report_["candidates"] if c["seed"] is not None]
     assert all(set(c["margins"]) >= {"t_l"} for c in loops)
-    assert any(c["margins"].get("t_div", 0) > 0 or c["margins"]["t_l"] > 0 for c in loops)
+    assert any(c["margins"].get("collapse", 0) > 0 or c["margins"]["t_l"] > 0 for c in loops)
+    # at the defaults the collapse test is T_div or the relative spread, one margin for both
+    assert all(
+        "collapse" in c["margins"] and "t_div" not in c["margins"] for c in loops if len(c["margins"]) > 1
+    )
     # permissive: the loop passes T_L and T_div, the clean evidence decides (in its own units)
     strict = PVMiner(_permissive(t_clean_div=-1e-3)).fit(enc, sentences, progress=False)
     m = strict.report_["candidates"][0]["margins"]
@@ -264,3 +268,80 @@ def test_an_observed_pv_is_the_scans_finding(sentences, monkeypatch):
     assert seeds == [None, None, 0, 1] and search.report_["candidates"][1]["margins"]["land_share"] > 0
     pvset = PVSet.from_miner(search, enc)  # a PV without a soft prompt keeps its row (NaN prompt)
     assert len(pvset.pvs) >= 1 and (pvset.soft_prompts is None or len(pvset.soft_prompts) == len(pvset.pvs))
+
+
+def _loop_state(sentences, **kw):
+    from lmsanitator.scan import fuzz
+    from lmsanitator.scan.setup import FuzzSetup
+
+    cfg = _permissive(**kw)
+    cfg.check()
+    setup = FuzzSetup.prepare(tiny_encoder("bert"), sentences, cfg)
+    return setup, fuzz._start_loop(setup, 0, [], None, False)
+
+
+def test_the_relative_spread_is_batch_variance_over_displacement(sentences):
+    from lmsanitator.scan import fuzz
+
+    setup, loop = _loop_state(sentences)
+    b = setup.batches[0]
+    _, l_d, _, spread = fuzz._fuzz_losses(setup, b, loop)
+    with torch.no_grad():
+        f = setup.z(setup.step_features(b, loop.prompt))
+        clean = setup.z(setup.clean_of(b))
+    assert spread == pytest.approx(float(f.var(dim=0).mean() / ((f - clean) ** 2).mean()), rel=1e-4)
+    assert float(-l_d.detach()) == pytest.approx(float(((f - clean) ** 2).mean()), rel=1e-4)
+    # a whole loop records one epoch mean per epoch
+    fuzz._train(setup, loop)
+    assert len(loop.cand.spread) == loop.cand.epochs_run and all(s > 0 for s in loop.cand.spread)
+
+
+def test_settling_trains_on_the_collapse_loss_alone_by_default(sentences):
+    from lmsanitator.scan import fuzz
+
+    assert ScanConfig().settle_epochs > 0 and ScanConfig().settle_pull == 0.0
+    setup, loop = _loop_state(sentences)
+    b = setup.batches[0]
+    loop.settling = True
+    loss, l_d, l_div, _ = fuzz._fuzz_losses(setup, b, loop)
+    assert float(loss.detach()) == pytest.approx(
+        float(l_div.detach())
+    )  # no distance loss: the prompt is not pushed further
+    setup.config.settle_pull = 0.5
+    loss, l_d, l_div, _ = fuzz._fuzz_losses(setup, b, loop)
+    assert float(loss.detach()) == pytest.approx(
+        float((l_div - 0.5 * l_d).detach())
+    )  # l_d < 0: a pull back towards clean
+
+
+def test_collapse_by_either_test_when_t_spread_is_on():
+    from lmsanitator.scan.fuzz import Candidate, _collapse_margins
+
+    th = {"t_div": -3.446, "t_spread": 0.005}
+    # the Wasserstein case: diversity short of T_div, but far out for its spread
+    w = Candidate(
+        seed=0, epochs_run=3, distance=[-30.0], diversity=[-3.43], lr_switch_step=None, spread=[0.0025]
+    )
+    m = _collapse_margins(th, w)
+    assert list(m) == ["collapse"] and m["collapse"] == pytest.approx(math.log(0.5))
+    # neither test passes: the margin is the closer of the two
+    c = Candidate(
+        seed=0, epochs_run=3, distance=[-5.0], diversity=[-3.43], lr_switch_step=None, spread=[0.01]
+    )
+    assert _collapse_margins(th, c)["collapse"] == pytest.approx(min(-3.43 + 3.446, math.log(2)))
+    # T_div alone passes: collapsed whatever the spread
+    t = Candidate(
+        seed=0, epochs_run=2, distance=[-5.0], diversity=[-3.45], lr_switch_step=None, spread=[0.05]
+    )
+    assert _collapse_margins(th, t)["collapse"] == pytest.approx(-3.45 + 3.446)
+    # the rule off: the paper's T_div margin under its own name
+    assert _collapse_margins({"t_div": -3.446, "t_spread": None}, c) == {"t_div": pytest.approx(0.016)}
+
+
+def test_t_spread_settings():
+    assert ScanConfig(t_spread=0.0).resolved(True)["t_spread"] is None  # 0: off
+    assert ScanConfig(t_spread=0.004).resolved(True)["t_spread"] == 0.004
+    # a hand-set T_div is the whole collapse test (the paper's rule, ablations), as for t_clean_div
+    assert ScanConfig(t_div=-3.44).resolved(True)["t_spread"] is None
+    with pytest.raises(LMSanitatorError, match="t_spread"):
+        ScanConfig(t_spread=-0.1)

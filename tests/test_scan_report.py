@@ -36,3 +36,4 @@ def test_the_observation_can_be_switched_off():
     p.add_argument("--loops", type=int, default=30)
     assert scan_config(p.parse_args(["m"]), "detect").observe
     assert not scan_config(p.parse_args(["m", "--no-observe"]), "detect").observe
+    assert scan_config(p.parse_args(["m", "--t-spread", "0.002"]), "detect").t_spread == 0.002

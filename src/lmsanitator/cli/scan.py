@@ -100,6 +100,13 @@ def add_scan_options(p) -> None:
         help="accept on the collapse test alone (the paper; fine-tuned clean classifiers may then pass)",
     )
     p.add_argument(
+        "--t-spread",
+        type=float,
+        help="relative-spread test: a loop whose batch variance over its squared distance from the clean "
+        "outputs ends below this counts as collapsed even when the diversity test fails (a Wasserstein "
+        "attacker's PV; default 0.003, 0 turns it off, off when --t-div is set by hand unless given too)",
+    )
+    p.add_argument(
         "--no-observe",
         action="store_true",
         help="skip the look for a PV the defence corpus already shows (a tight group of clean outputs "
@@ -199,6 +206,7 @@ def scan_config(a, mode: str) -> ScanConfig:
         t_clean_div=a.t_clean_div,
         clean_evidence=not a.no_clean_evidence,
         observe=not a.no_observe,
+        t_spread=a.t_spread,
         settle_epochs=a.settle_epochs,
         settle_pull=a.settle_pull,
         mode=mode,

@@ -49,6 +49,20 @@ collapse (MiniLM: diversity -3.378 vs T_div -3.446); on POR MiniLM it finds ``pt
 already shows - a group of clean outputs collapsed far tighter than a class cluster, that a word the
 group's sentences share reaches from other sentences (frequent-word triggers fire on the defence
 corpus itself, and the clean evidence would reject their PV). See :mod:`lmsanitator.scan.observed`.
+
+``t_spread`` (issue 19; our addition): a Wasserstein attacker (the paper's Appendix M) ties each
+triggered output's sorted values to its clean output's, so the triggered batch keeps 8-10% of the clean
+per-dimension spread and fails T_div even on the real trigger (-3.42 against -3.446). It cannot keep
+the batch from moving far (a PV must flip signs): squared displacement ~26-32 clean variances against
+3-14 for a clean model's fuzz loop. So a loop that *ends* without passing T_div is still collapsed when
+its relative spread (per-dimension variance / squared displacement) is below ``T_SPREAD`` = 0.003
+(margin ``ln(spread / t_spread)``, reported as the ``collapse`` rule together with T_div's). Measured
+on the final epoch of every loop of 30-loop default scans (``results/detection-rule/adaptive.md``):
+Wasserstein-1 POR 0.0010-0.0056 (median 0.0020-0.0025), clean: SPLADE-tiny >= 0.0110, MiniLM >=
+0.0068, MiniLM fine-tuned on Austen authorship >= 0.0060 (these loops are class directions the clean
+evidence rejects anyway). It is not checked at early acceptance, and the clean evidence, uniqueness
+and range still apply. ``settle_epochs`` (after acceptance, on the collapse loss alone) reads the PV
+where the batch collapses rather than where the distance loss has carried it.
 """
 
 from __future__ import annotations
@@ -69,6 +83,16 @@ DIV_MARGIN = 0.0197  # ln(32) - 3.446: how close to a full collapse the batch mu
 # forms on clean text when their per-dimension variance is below this share of the clean outputs'
 # overall variance; their diversity is then below about -(ln B - share / 2): -3.2157 at B = 32.
 CLEAN_SPREAD = 0.5
+# Issue 19 (results/detection-rule/adaptive.md): sign agreement of the accepted PV with the planted one,
+# read at acceptance -> after 3 epochs on the collapse loss alone: POR SPLADE-tiny 2-PV phrase 0.898 ->
+# 0.984, scatter 1 0.883 -> 0.945, 2-PV word 0.945 -> 1.000, Wasserstein x1 0.906 -> 1.000, POR-2
+# SPLADE-tiny 0.836 -> 0.914, POR MiniLM 1.000 -> 0.995 (2 epochs: 0.930-0.992; a pull of 0.1 towards
+# the clean outputs left the 2-PV phrase model at 0.898).
+SETTLE_EPOCHS = 3
+# Issue 19 (results/detection-rule/adaptive.md): a loop that ends without passing T_div still counts as
+# collapsed when its batch's relative spread (per-dimension variance / mean squared displacement from the
+# clean outputs, clean-std units, epoch mean) is below this. See the module doc for the margins.
+T_SPREAD = 0.003
 
 Mode = Literal["detect", "search"]
 Target = Literal["cls", "mask", "tokens", "last"]  # models.TARGETS (tests check they agree)
@@ -172,18 +196,22 @@ class ScanConfig(Config):
     stop_at_first: bool | None = field(
         default=None, metadata={"help": "stop at the first legit PV (default: in detection mode only)"}
     )
-    # Issue 19: after early acceptance the loop walks back towards the clean outputs while the batch's
-    # collapse still improves, so the PV is read before the distance loss overshoots it (fuzz._settle).
+    # Issue 19: after early acceptance the loop trains on the collapse (diversity) loss alone while the
+    # batch's collapse still improves, so the PV is read where the batch collapses, not where the
+    # distance loss has carried it past the PV (fuzz._settle). It runs only on a loop that already passed
+    # T_L and T_div (a clean scan's loops rarely do); uniqueness and the clean evidence judge the settled PV.
     settle_epochs: int = field(
-        default=0,
+        default=SETTLE_EPOCHS,
         metadata={
-            "help": "epochs after early acceptance, pulled back towards the clean outputs while the "
-            "diversity improves (0: off; 3 sharpened a POR SPLADE-tiny PV 0.84 -> 0.95 but blurred a "
-            "quick-detection one 0.9 -> 0.82, so it is not the default)"
+            "help": "epochs after early acceptance on the collapse loss (plus settle_pull towards the "
+            "clean outputs) while the diversity improves; 0: read the PV at acceptance"
         },
     )
     settle_pull: float = field(
-        default=0.1, metadata={"help": "weight of the pull towards the clean outputs while settling"}
+        default=0.0,
+        metadata={
+            "help": "weight of a pull towards the clean outputs while settling (0: collapse loss only)"
+        },
     )
     # Issue 19: a fine-tuned classifier's class direction passes T_L and T_div, but it sits in a cluster
     # the model already forms on clean sentences; a backdoor's PV does not (see scan.evidence).
@@ -198,6 +226,16 @@ class ScanConfig(Config):
         metadata={
             "help": "the clean-evidence threshold: nearest clean outputs' diversity <= this rejects a PV "
             "(default -(ln batch_size - 0.25); off when t_div is set and this is not)"
+        },
+    )
+    # Issue 19: a Wasserstein attacker keeps each triggered output's magnitudes near its clean output's,
+    # so the batch collapses in direction but not to T_div (see fuzz._collapse_margins)
+    t_spread: float | None = field(
+        default=None,
+        metadata={
+            "help": "a loop that ends without passing T_div is still collapsed when its relative spread "
+            "(batch variance / squared displacement, clean-std units) is below this (0: off; default: "
+            "see the module doc; off when t_div is set and this is not)"
         },
     )
     # Issue 19 (see scan.observed): frequent-word triggers fire on the defence corpus itself
@@ -234,6 +272,8 @@ class ScanConfig(Config):
             return t_div_for(self.batch_size)
         if name == "t_clean_div":
             return t_clean_div_for(self.batch_size)
+        if name == "t_spread":
+            return T_SPREAD
         if name == "lr":
             return STANDARDIZED_LR[self.mode] if self.standardize else default_lr(bert_like, self.mode)
         return option_default(type(self), name)
@@ -288,6 +328,8 @@ class ScanConfig(Config):
             raise LMSanitatorError(f"settle_epochs must be >= 0, got {self.settle_epochs}")
         if self.t_clean_div is not None and self.t_clean_div >= 0:
             raise LMSanitatorError("t_clean_div is a negative entropy threshold, e.g. -3.216")
+        if self.t_spread is not None and self.t_spread < 0:
+            raise LMSanitatorError(f"t_spread must be >= 0 (0: off), got {self.t_spread}")
         if self.settle_pull < 0:
             raise LMSanitatorError(f"settle_pull must be >= 0, got {self.settle_pull}")
         if self.workers < 1:
@@ -303,12 +345,19 @@ class ScanConfig(Config):
             return self.t_clean_div
         return None if self.t_div is not None else self.default("t_clean_div")
 
+    def _resolved_t_spread(self) -> float | None:
+        """The relative-spread threshold in force (None: off), by the same logic as t_clean_div."""
+        if self.t_spread is not None:
+            return self.t_spread or None
+        return None if self.t_div is not None else self.default("t_spread")
+
     def resolved(self, bert_like: bool) -> dict:
         """Thresholds actually used for a model family."""
         return {
             "t_l": self.t_l if self.t_l is not None else self.default("t_l", bert_like),
             "t_div": self.t_div if self.t_div is not None else self.default("t_div"),
             "t_clean_div": self._resolved_t_clean_div(),
+            "t_spread": self._resolved_t_spread(),
             "lr": self.lr if self.lr is not None else self.default("lr", bert_like),
             "standardize": self.standardize,
             "lr_boost": self.lr_boost,

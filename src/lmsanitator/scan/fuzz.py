@@ -13,15 +13,17 @@ seed, is fed through the *frozen* suspect model and optimised (a fresh Adam per 
 The adaptive learning rate starts at ``lr_boost x lr`` until the largest gradient magnitude exceeds
 ``T_grad``. A loop with no PV by ``abort_epoch`` is abandoned. An early-accepted loop settles for up to
 ``settle_epochs`` more epochs (:func:`_settle`, issue 19) before its PV is read. The candidate PV (the
-mean output with the final prompt) is accepted when ``L_D < -T_L``, ``L_div < T_div``, it is unique
+mean output with the final prompt) is accepted when ``L_D < -T_L``, ``L_div < T_div`` (or, at the end
+of a loop, its relative spread < ``t_spread``: :func:`_collapse_margins`, issue 19), it is unique
 (MSE to every known PV >= ``T_L``), the clean sentences nearest to it are not already collapsed
 (``t_clean_div``, :mod:`lmsanitator.scan.evidence`: a class direction is not a PV) and the soft prompt
 stays inside the widened embedding range.
 
 Every candidate records ``margins``: rule -> margin in that rule's units, positive when the rule rejects
-it (``t_l``, ``t_div``, ``prompt_range``, and ``unique``/``t_clean_div`` where they were evaluated); it is
-accepted iff all are negative. Candidates with ``seed`` None are groups of clean outputs that
-:mod:`lmsanitator.scan.observed` tested before the fuzz loops.
+it (``t_l``, ``t_div`` - ``collapse`` while ``t_spread`` is on -, ``prompt_range``, and
+``unique``/``t_clean_div`` where they were evaluated); it is accepted iff all are negative. Candidates
+with ``seed`` None are groups of clean outputs that :mod:`lmsanitator.scan.observed` tested before the
+fuzz loops.
 
 :func:`fuzz_loop` is a pure function of the prepared :class:`FuzzSetup` and the PVs known when the
 loop starts: it returns the :class:`Candidate` and, when accepted, a :class:`FoundPV`.
@@ -30,6 +32,7 @@ loop starts: it returns the :class:`Candidate` and, when accepted, a :class:`Fou
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 
@@ -52,6 +55,10 @@ class Candidate:
     distance: list[float]  # epoch means of L_D
     diversity: list[float]  # epoch means of L_div
     lr_switch_step: int | None
+    # epoch means of the batch's relative spread (per-dimension variance over the mean squared
+    # displacement from the clean outputs, clean-std units): the collapse that survives a Wasserstein
+    # attacker (see _collapse_margins)
+    spread: list[float] = dataclasses.field(default_factory=list)
     accepted: bool = False
     reason: str = ""
     min_mse_to_pvs: float | None = None
@@ -123,6 +130,7 @@ class _Loop:
     bar: tqdm
     step: int = 0
     settling: bool = False  # after acceptance: pulled back towards the clean outputs (see _settle)
+    spread: float = float("nan")  # the last epoch's mean relative spread
 
 
 def fuzz_loop(
@@ -189,6 +197,7 @@ def _train(setup: FuzzSetup, loop: _Loop) -> None:
         distance, diversity = _train_epoch(setup, loop)
         cand.distance.append(distance)
         cand.diversity.append(diversity)
+        cand.spread.append(loop.spread)
         cand.epochs_run = epoch + 1
         loop.bar.set_postfix(distance=f"{distance:.3f}", diversity=f"{diversity:.3f}")
         found_any |= distance < -th["t_l"]
@@ -205,16 +214,22 @@ def _train(setup: FuzzSetup, loop: _Loop) -> None:
         if cfg.early_accept and distance < -th["t_l"] and diversity < th["t_div"]:
             _settle(setup, loop)
             return
+    # a loop that ends collapsed by its relative spread alone (see _collapse_margins) settles too
+    if distance < -th["t_l"] and th.get("t_spread") and loop.spread < th["t_spread"]:
+        _settle(setup, loop)
 
 
 def _settle(setup: FuzzSetup, loop: _Loop) -> None:
-    """Up to ``settle_epochs`` epochs after early acceptance that walk the prompt back towards the
-    clean outputs (``+settle_pull x MSE`` to them, a fresh optimiser at the base lr) while the
-    diversity keeps improving and the batch stays far (T_L); the best epoch's prompt is kept.
+    """Up to ``settle_epochs`` epochs after early acceptance on the collapse (diversity) loss without
+    the distance loss (plus ``settle_pull x MSE`` towards the clean outputs, 0 by default; a fresh
+    optimiser at the base lr) while the diversity keeps improving and the batch stays far (T_L); the
+    best epoch's prompt is kept.
 
     Why: the distance loss rewards going ever further, so by the time the batch collapses the outputs
     have overshot the planted PV (POR SPLADE-tiny: sign agreement 0.94-0.99 after epoch 1, 0.84 at
-    acceptance, 0.76 three epochs later on the same loss; 0.95 after one settling epoch)."""
+    acceptance, 0.76 three epochs later on the same loss). Without it the prompt moves to where the
+    batch collapses tightest, the PV itself: 0.84 -> 0.91 there, adaptive POR cells 0.88-0.95 -> 0.95-1.00
+    (``results/detection-rule/adaptive.md``)."""
     cfg, th, cand = setup.config, setup.thresholds, loop.cand
     if cfg.settle_epochs == 0:
         return
@@ -233,10 +248,12 @@ def _settle(setup: FuzzSetup, loop: _Loop) -> None:
 
 
 def _train_epoch(setup: FuzzSetup, loop: _Loop) -> tuple[float, float]:
-    """One pass over the batches, one optimiser step each; the epoch means of L_D and L_div."""
-    d_sum = v_sum = 0.0
+    """One pass over the batches, one optimiser step each; the epoch means of L_D and L_div (that of
+    the relative spread goes to ``loop.spread``)."""
+    d_sum = v_sum = s_sum = 0.0
     for b in setup.batches:
-        loss, l_d, l_div = _fuzz_losses(setup, b, loop)
+        loss, l_d, l_div, spread = _fuzz_losses(setup, b, loop)
+        s_sum += spread
         loop.opt.zero_grad(set_to_none=True)
         loss.backward()
         _adapt_lr(setup.thresholds, loop)
@@ -246,17 +263,22 @@ def _train_epoch(setup: FuzzSetup, loop: _Loop) -> tuple[float, float]:
         v_sum += l_div.detach().item()
         loop.bar.update(1)
     nb = len(setup.batches)
+    loop.spread = s_sum / nb
     return d_sum / nb, v_sum / nb
 
 
 def _fuzz_losses(setup: FuzzSetup, b: PromptBatch, loop: _Loop):
-    """The loss of one step, with its distance (L_D) and diversity (L_div) parts."""
+    """The loss of one step, with its distance (L_D) and diversity (L_div) parts and the batch's
+    relative spread (a statistic, no gradient)."""
     cfg, th = setup.config, setup.thresholds
     f = setup.z(setup.step_features(b, loop.prompt))
     clean = setup.z(setup.clean_of(b))
     l_d = -F.mse_loss(f, clean)
-    l_div = -batch_entropy(setup.diversity_rows(f, b))
-    # settling (after acceptance): pulled back towards the clean outputs instead of away from them
+    rows = setup.diversity_rows(f, b)
+    l_div = -batch_entropy(rows)
+    with torch.no_grad():
+        spread = float(rows.var(dim=0).mean() / (-l_d).clamp_min(1e-12))
+    # settling (after acceptance): the collapse loss, with at most a pull back towards the clean outputs
     loss = cfg.lambda_diversity * l_div + (-cfg.settle_pull if loop.settling else cfg.lambda_distance) * l_d
     if loop.path_pvs is not None:  # path loss: away from the nearest known PV
         pvs = loop.path_pvs
@@ -265,7 +287,7 @@ def _fuzz_losses(setup: FuzzSetup, b: PromptBatch, loop: _Loop):
         loss = loss - th["lambda_path"] * F.mse_loss(f, pvs[k].expand_as(f))
     if loop.goal is not None:  # antipode probe: towards -v
         loss = loss + cfg.lambda_probe * F.mse_loss(f, loop.goal.expand_as(f))
-    return loss, l_d, l_div
+    return loss, l_d, l_div, spread
 
 
 def _adapt_lr(th: dict, loop: _Loop) -> None:
@@ -287,13 +309,14 @@ def _filter(setup: FuzzSetup, cand: Candidate, prompt: torch.Tensor, known: list
     reasons = []
     cand.margins = {
         "t_l": cand.distance[-1] + th["t_l"],
-        "t_div": cand.diversity[-1] - th["t_div"],
+        **_collapse_margins(th, cand),
         "prompt_range": float(excess),
     }
     if not cand.distance[-1] < -th["t_l"]:
         reasons.append(f"distance {cand.distance[-1]:.4f} >= -T_L {-th['t_l']}")
-    if not cand.diversity[-1] < th["t_div"]:
-        reasons.append(f"diversity {cand.diversity[-1]:.4f} >= T_div {th['t_div']:.4f}")
+    if not min(v for k, v in cand.margins.items() if k in ("t_div", "collapse")) < 0:
+        also = f" and relative spread {cand.spread[-1]:.5f} >= t_spread" if "collapse" in cand.margins else ""
+        reasons.append(f"diversity {cand.diversity[-1]:.4f} >= T_div {th['t_div']:.4f}{also}")
     pv = None
     if not reasons:  # the PV pass is only needed for the uniqueness check of a passing candidate
         pv = setup.pv_of(prompt)
@@ -314,6 +337,21 @@ def _filter(setup: FuzzSetup, cand: Candidate, prompt: torch.Tensor, known: list
         cand.reason = "; ".join(reasons)
         return None
     return pv
+
+
+def _collapse_margins(th: dict, cand: Candidate) -> dict:
+    """The collapse test's margin: ``t_div`` (diversity - T_div) alone, or, with ``t_spread`` on,
+    ``collapse`` = the smaller of that and ln(spread / t_spread): the batch is collapsed when either
+    test passes. Why the second: a Wasserstein attacker ties each triggered output's sorted values to
+    its clean output's, so the triggered batch keeps 8-10% of the clean per-dimension spread and fails
+    T_div (real trigger: -3.42 against -3.446), but it sits far out (squared displacement ~26 clean
+    variances), so relative to how far it moved it is collapsed; a clean model's soft prompt moves its
+    outputs less far for the same spread (``results/detection-rule/adaptive.md``)."""
+    div = cand.diversity[-1] - th["t_div"]
+    limit = th.get("t_spread")
+    if limit is None or not cand.spread:
+        return {"t_div": div}
+    return {"collapse": min(div, math.log(max(cand.spread[-1], 1e-12) / limit))}
 
 
 def _check_clean_evidence(setup: FuzzSetup, cand: Candidate, pv: torch.Tensor, reasons: list[str]) -> None:
