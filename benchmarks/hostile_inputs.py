@@ -57,6 +57,7 @@ ENV = {
 # serve's defaults (lmsanitator serve --help); the cases check the answers against them
 MAX_SECONDS = 2.0  # --max-seconds: trigger removal budget per flagged input
 MAX_CANDIDATES = 256  # --max-candidates
+MAX_WORDS = 128  # --max-words: windows touch only the most salient words
 MAX_BODY = 1 << 20  # --max-body-bytes
 READ_TIMEOUT = 10.0  # --read-timeout
 QUEUE_WAIT = 10.0  # --queue-wait
@@ -157,6 +158,14 @@ def unwritable_dir() -> Path:
         os.close(fd)
         os.unlink(probe)
     raise RuntimeError("no folder found that this user cannot write; pass one with --ro-dir")
+
+
+def guard_run(exe: str, adapter: str, pvs: str, inp: Path, out: Path, *extra: str) -> Run:
+    """`lmsanitator guard` on the JSONL ``inp`` into ``out``."""
+    return cli(
+        exe, "guard", "--adapter", adapter, "--pvs", pvs, "--input", str(inp), "--output", str(out),
+        "--overwrite", *extra,
+    )  # fmt: skip
 
 
 def write_jsonl(path: Path, records: list) -> Path:
@@ -492,20 +501,7 @@ def guard_cli(exe: str, work: Path, adapter: str, pvs: str, triggers: list[str],
     def guard(name: str, records: list, *extra: str) -> tuple[Run, list[dict]]:
         inp = write_jsonl(work / f"{name}.jsonl", records)
         out = work / f"{name}.out.jsonl"
-        r = cli(
-            exe,
-            "guard",
-            "--adapter",
-            adapter,
-            "--pvs",
-            pvs,
-            "--input",
-            str(inp),
-            "--output",
-            str(out),
-            "--overwrite",
-            *extra,
-        )
+        r = guard_run(exe, adapter, pvs, inp, out, *extra)
         return r, (read_records(out) if r.rc == 0 and out.is_file() else [])
 
     ref, ref_recs = guard("ref", [{"text": "a good film with a sad ending"}])
@@ -526,8 +522,8 @@ def guard_cli(exe: str, work: Path, adapter: str, pvs: str, triggers: list[str],
         "2a `guard` on a 1000-word flagged input that no window unflags (`--t-match 0.55`: "
         "a clean input already matches some PV at 0.55-0.63)",
         "~3 x 1000 candidates, 60 s (tiny model)",
-        f"resolved false, reason budget, <= {MAX_CANDIDATES} candidates, "
-        f"<= {MAX_SECONDS:.0f} s over the reference run",
+        f"resolved false (reason budget, or no-window once the {MAX_WORDS} most salient words' windows "
+        f"are all tried), <= {MAX_CANDIDATES} candidates, <= {MAX_SECONDS:.0f} s over the reference run",
     )
     def _():
         if not recs:
@@ -541,7 +537,8 @@ def guard_cli(exe: str, work: Path, adapter: str, pvs: str, triggers: list[str],
         ok = (
             x["flagged"]
             and not x["resolved"]
-            and x.get("reason") == "budget"
+            # either bound ends it: the clock/candidates (a loaded machine) or the word cap (idle)
+            and x.get("reason") in ("budget", "no-window")
             and x["label"] is None
             and x.get("candidates", 1e9) <= MAX_CANDIDATES
             and extra <= MAX_SECONDS + 1.0
@@ -610,19 +607,7 @@ def guard_cli(exe: str, work: Path, adapter: str, pvs: str, triggers: list[str],
             "exit 2, one line",
         )
         def _(inp=inp):
-            r = cli(
-                exe,
-                "guard",
-                "--adapter",
-                adapter,
-                "--pvs",
-                pvs,
-                "--input",
-                str(inp),
-                "--output",
-                str(work / "hostile.out.jsonl"),
-                "--overwrite",
-            )
+            r = guard_run(exe, adapter, pvs, inp, work / "hostile.out.jsonl")
             return r.show(), r.one_line_error()
 
     r, recs = guard("seps", [{"text": "a good\u2028film"}, {"text": "a bad\u0085film"}])
@@ -649,19 +634,7 @@ def guard_cli(exe: str, work: Path, adapter: str, pvs: str, triggers: list[str],
             "exit 2, one line",
         )
         def _(bad=bad):
-            r = cli(
-                exe,
-                "guard",
-                "--adapter",
-                adapter,
-                "--pvs",
-                str(bad),
-                "--input",
-                str(work / "ref.jsonl"),
-                "--output",
-                str(work / "bad.out.jsonl"),
-                "--overwrite",
-            )
+            r = guard_run(exe, adapter, str(bad), work / "ref.jsonl", work / "bad.out.jsonl")
             return r.show(), r.one_line_error()
 
         if kw.get("nan"):
@@ -729,7 +702,7 @@ def service_worst_case(exe: str, work: Path, adapter: str, pvs: str, triggers: l
             ok = (
                 r.status_code == 200
                 and s <= MAX_SECONDS + 1.0
-                and x.get("reason") == "budget"
+                and x.get("reason") in ("budget", "no-window")
                 and x.get("label") is None
                 and nr.status_code == 200
                 and ns <= max(1.5 * base, base + 0.25)
