@@ -436,12 +436,12 @@ class Detection(Experiment):
         corpus = load_corpus(config["corpus"])
         rows, seen = [], set()
         for u in units:
-            key = json.dumps({k: u.get(k) for k in ("base", "finetune", "attack")}, sort_keys=True)
-            if key in seen:  # the same model scanned at another read-out
+            folder = model_folder(u, ctx)  # keyed by the recipe: one model per recipe
+            if folder in seen:  # the same model scanned at another read-out
                 continue
-            seen.add(key)
+            seen.add(folder)
             t0 = time.perf_counter()
-            cached = model_folder(u, ctx).joinpath("built.json").exists()
+            cached = folder.joinpath("built.json").exists()
             _, _, rec = build_model(u, corpus, ctx, config["attack_verify_sentences"], cache=True)
             row = {
                 "id": u["id"],

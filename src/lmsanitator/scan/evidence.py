@@ -36,6 +36,15 @@ from lmsanitator.metrics import batch_entropy, sign_match
 DEFAULT_T_MATCH = 0.8  # the guard's T_match (guard.monitor.DEFAULT_T_MATCH; scan may not import guard)
 
 
+def clean_units(clean: torch.Tensor):
+    """``z(f)``: rows ``f`` in units of the clean rows' own per-dimension std (centred on their mean),
+    on the CPU in float32, whatever the scan's ``standardize``: the clean evidence and the observed
+    groups (:mod:`lmsanitator.scan.observed`) are about spread relative to the clean outputs."""
+    clean = clean.float().cpu()
+    mean, std = clean.mean(dim=0), clean.std(dim=0).clamp_min(1e-6)
+    return lambda f: (f.float().cpu() - mean) / std
+
+
 def clean_evidence(
     pv: torch.Tensor, clean: torch.Tensor, batch: int, t_match: float = DEFAULT_T_MATCH
 ) -> dict:
@@ -43,9 +52,9 @@ def clean_evidence(
     in the model's units). Distances and diversity are taken in units of the clean rows' own
     per-dimension std, whatever the scan's ``standardize`` (the rule is about relative spread)."""
     clean, pv = clean.float().cpu(), pv.float().cpu()
-    mean, std = clean.mean(dim=0), clean.std(dim=0).clamp_min(1e-6)
     m = sign_match(clean, pv[None])[:, 0]
-    z, zv = (clean - mean) / std, (pv - mean) / std
+    z_of = clean_units(clean)
+    z, zv = z_of(clean), z_of(pv)
     d = ((z - zv) ** 2).mean(dim=1)
     near = z[d.argsort()[: min(batch, len(z))]]
     return {

@@ -320,9 +320,7 @@ def _filter(setup: FuzzSetup, cand: Candidate, prompt: torch.Tensor, known: list
     pv = None
     if not reasons:  # the PV pass is only needed for the uniqueness check of a passing candidate
         pv = setup.pv_of(prompt)
-        dev = setup.clean_mean.device
-        zpv = setup.z(pv.to(dev))
-        cand.min_mse_to_pvs = min((float(F.mse_loss(zpv, setup.z(q.to(dev)))) for q in known), default=None)
+        cand.min_mse_to_pvs = setup.min_mse_to(pv, known)
         if cand.min_mse_to_pvs is not None:
             cand.margins["unique"] = th["t_l"] - cand.min_mse_to_pvs
         if cand.min_mse_to_pvs is not None and cand.min_mse_to_pvs < th["t_l"]:

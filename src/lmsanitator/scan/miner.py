@@ -211,9 +211,7 @@ class PVMiner:
                 "words_tried": obs.words_tried,
             }
             pv = setup.clean_rows[obs.rows].float().mean(dim=0).cpu()
-            dev = setup.clean_mean.device
-            mse = [float(((setup.z(pv.to(dev)) - setup.z(q.to(dev))) ** 2).mean()) for q in self.pvs_]
-            cand.min_mse_to_pvs = min(mse, default=None)
+            cand.min_mse_to_pvs = setup.min_mse_to(pv, self.pvs_)
             if cand.min_mse_to_pvs is not None:
                 cand.margins["unique"] = t_l - cand.min_mse_to_pvs
             found = None

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from lmsanitator.data.triggers import insert_trigger
+from lmsanitator.scan.evidence import clean_units
 from lmsanitator.scan.setup import FuzzSetup
 
 K_NEAREST = 8
@@ -119,13 +120,8 @@ def observe(setup: FuzzSetup) -> list[Observation]:
     """The tightest groups of the scan's clean outputs, each with its best shared-word probe. Every
     group is probed, also one too loose to count, so that each rule's margin is reported (a clean
     model's tightest group is a near miss of ``T_GROUP`` only if no word reaches it either)."""
-    rows = setup.clean_rows.float().cpu()
-    mean, std = rows.mean(dim=0), rows.std(dim=0).clamp_min(1e-6)
-
-    def z_of(f: torch.Tensor) -> torch.Tensor:
-        return (f.float().cpu() - mean) / std
-
-    groups = tight_groups(z_of(rows))
+    z_of = clean_units(setup.clean_rows)
+    groups = tight_groups(z_of(setup.clean_rows))
     for g in groups:
         words = shared_words([setup.sentences[i] for i in g.rows], setup.sentences)
         g.words_tried = {w: probe_word(setup, w, g, z_of) for w in words}
@@ -139,7 +135,5 @@ def observe(setup: FuzzSetup) -> list[Observation]:
 def landed_rows(setup: FuzzSetup, pv: torch.Tensor) -> torch.Tensor:
     """Clean rows on an observed PV (MSE to it below ``T_LAND``): triggered sentences of the corpus,
     no clean reference for the clean evidence."""
-    rows = setup.clean_rows.float().cpu()
-    mean, std = rows.mean(dim=0), rows.std(dim=0).clamp_min(1e-6)
-    z, zv = (rows - mean) / std, (pv.float().cpu() - mean) / std
-    return ((z - zv) ** 2).mean(dim=1) < T_LAND
+    z_of = clean_units(setup.clean_rows)
+    return ((z_of(setup.clean_rows) - z_of(pv)) ** 2).mean(dim=1) < T_LAND

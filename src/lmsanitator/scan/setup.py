@@ -139,6 +139,13 @@ class FuzzSetup:
         rows = [(seed * 70 + i * 10) % emb.shape[0] for i in range(self.config.prompt_length)]
         return emb[rows].clone()
 
+    def min_mse_to(self, pv: torch.Tensor, known: list[torch.Tensor]) -> float | None:
+        """MSE (in the scan's units) from ``pv`` to the nearest known PV: the uniqueness test's
+        statistic (None when no PV is known)."""
+        dev = self.clean_mean.device
+        zpv = self.z(pv.to(dev))
+        return min((float(((zpv - self.z(q.to(dev))) ** 2).mean()) for q in known), default=None)
+
     def pv_of(self, prompt: torch.Tensor) -> torch.Tensor:
         """The PV a soft prompt inverts: the mean target output over all batches with the final
         prompt (one no-grad pass), in the model's own units. (The authors average outputs seen
