@@ -325,6 +325,11 @@ def test_build_only_builds_each_model_once_and_scans_none(tmp_path, monkeypatch,
         built.append(unit["id"])
         return None, None, {"finetune": {"test_accuracy": 0.9}} if unit["finetune"] else {"attack": {}}
 
+    # every experiment module binds build_model/mine by name at import: import them all before the
+    # patch, or one first imported during it would keep the fake after the test (and later tests in
+    # this file would run it)
+    for name in EXPERIMENTS:
+        get_experiment(name)
     monkeypatch.setattr(D, "build_model", fake_build)
     monkeypatch.setattr(D, "load_corpus", lambda name: [])
     monkeypatch.setattr(D, "mine", lambda *a, **k: pytest.fail("build-only must not scan"))
