@@ -2,8 +2,11 @@
 
 import multiprocessing
 import os
+import time
 
 import pytest
+import tqdm.auto
+import tqdm.std
 
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data import load_corpus
@@ -18,6 +21,20 @@ def _dies_on_seed_1(seed: int):
     if seed == 1:
         os._exit(9)
     return _real_fuzz(seed)
+
+
+_LOCK_TAKEN = multiprocessing.get_context("fork").Event()  # set by a worker, seen by its sibling
+
+
+def _dies_holding_the_bar_lock(seed: int):
+    """Seed 1 takes tqdm's write lock (as a progress bar does for a moment) and is terminated
+    holding it, by the early stop after seed 0."""
+    if seed == 1:
+        with tqdm.auto.tqdm.get_lock():
+            _LOCK_TAKEN.set()
+            time.sleep(600)
+    _LOCK_TAKEN.wait(120)
+    return None, None  # no loop: a real one draws a (disabled) bar and would wait for the lock
 
 
 def _config(**kw) -> ScanConfig:
@@ -41,3 +58,23 @@ def test_workers_end_when_the_loops_are_no_longer_read():
     assert seed == 0 and cand.seed == 0
     loops.close()
     assert multiprocessing.active_children() == []
+
+
+def test_a_worker_stopped_holding_the_bar_lock_blocks_nothing(monkeypatch):
+    """An early stop terminates workers wherever they are. One terminated inside tqdm's write lock,
+    whose default is a multiprocessing lock shared with the parent, left it taken: the next scan's
+    workers (every bar takes it, even a disabled one) and the parent's progress bar waited forever,
+    and CI hung. Each worker now has a lock of its own."""
+    miner = PVMiner(_config(workers=2))
+    miner.fit(tiny_encoder("bert"), load_corpus("austen")[:32], progress=False)
+    tqdm.auto.tqdm(disable=True).close()  # the parent's shared lock exists before the fork
+    monkeypatch.setattr(parallel, "_fuzz_in_worker", _dies_holding_the_bar_lock)
+    loops = parallel.forked_fuzz_loops(miner.setup_, [], range(4), 2)
+    assert next(loops)[0] == 0 and _LOCK_TAKEN.is_set()
+    loops.close()
+    shared = tqdm.std.TqdmDefaultWriteLock.mp_lock
+    assert shared.acquire(timeout=60), "a terminated worker left tqdm's shared lock taken"
+    shared.release()
+    monkeypatch.setattr(parallel, "_fuzz_in_worker", _real_fuzz)
+    again = parallel.forked_fuzz_loops(miner.setup_, [], range(2), 2)
+    assert [seed for seed, _, _ in again] == [0, 1]

@@ -21,12 +21,15 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import signal
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import torch
+import tqdm.auto
+import tqdm.std
 
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.scan.fuzz import Candidate, FoundPV, fuzz_loop
@@ -44,6 +47,14 @@ def _init_worker(setup: FuzzSetup, known: list[torch.Tensor]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(1)  # one core per fuzz loop; also keeps forked OpenMP out of trouble
+    # Every tqdm bar, even a disabled one, takes tqdm's write lock, and its default is a
+    # multiprocessing lock shared with the parent and the other workers: a worker terminated while
+    # holding it (an early accept stops the workers mid-loop) left it taken, and the next pool's
+    # workers and the parent's progress bar waited for it forever. Its thread half, copied at the
+    # fork, may be held by the parent's tqdm monitor thread, which does not exist here. A worker
+    # draws no bar, so a lock of its own is enough.
+    for bar in {tqdm.std.tqdm, tqdm.auto.tqdm}:
+        bar.set_lock(threading.RLock())
     _WORKER = (setup, known)
 
 
