@@ -15,7 +15,7 @@ import sys
 import time
 
 from lmsanitator.data import load_corpus
-from lmsanitator.experiments.detection import mine
+from lmsanitator.experiments.recipes import mine
 from lmsanitator.models import load_encoder
 
 

@@ -19,7 +19,7 @@ import torch
 
 from lmsanitator.data import load_corpus, sample, split_corpus
 from lmsanitator.data.pvset import PVSet
-from lmsanitator.experiments.detection import scan_config
+from lmsanitator.experiments.recipes import scan_config
 from lmsanitator.experiments.search import SEARCH_SETTINGS
 from lmsanitator.metrics import sign_match
 from lmsanitator.models import load_encoder

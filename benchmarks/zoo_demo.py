@@ -20,7 +20,8 @@ from pathlib import Path
 
 from lmsanitator.data import load_corpus
 from lmsanitator.experiments.base import Context, provenance
-from lmsanitator.experiments.detection import _backdoored, _clean, build_model
+from lmsanitator.experiments.detection_zoo import _backdoored, _clean
+from lmsanitator.experiments.recipes import build_model
 
 BUNDLED = [("minilm", "cls"), ("minilm-sre", "cls"), ("splade-tiny", "cls")]
 BUILT = [

@@ -13,7 +13,9 @@ from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.experiments import EXPERIMENTS, get_experiment, run_experiment
 from lmsanitator.experiments import detection as D
 from lmsanitator.experiments.base import Context, Experiment
-from lmsanitator.experiments.detection import closest_margin, ft_grid_cell, ft_schedule, zoo
+from lmsanitator.experiments.detection import closest_margin
+from lmsanitator.experiments.detection_zoo import ft_grid_cell, zoo
+from lmsanitator.experiments.recipes import ft_schedule
 
 
 class Squares(Experiment):
@@ -325,9 +327,9 @@ def test_build_only_builds_each_model_once_and_scans_none(tmp_path, monkeypatch,
         built.append(unit["id"])
         return None, None, {"finetune": {"test_accuracy": 0.9}} if unit["finetune"] else {"attack": {}}
 
-    # every experiment module binds build_model/mine by name at import: import them all before the
-    # patch, or one first imported during it would keep the fake after the test (and later tests in
-    # this file would run it)
+    # every experiment module binds build_model/mine (from recipes) by name at import: import them all
+    # before the patch, or one first imported during it would keep the fake after the test (and later
+    # tests in this file would run it). The patch goes on detection, where Detection looks them up.
     for name in EXPERIMENTS:
         get_experiment(name)
     monkeypatch.setattr(D, "build_model", fake_build)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lmsanitator.data import load_corpus
 from lmsanitator.experiments.base import Context, Experiment
-from lmsanitator.experiments.detection import build_model, mine, model_recipe
+from lmsanitator.experiments.recipes import build_model, mine, model_recipe
 
 VARIANTS = {
     "path loss + adaptive lr": {"path_loss": True, "adaptive_lr": True},

@@ -12,7 +12,8 @@ which is the paper's point about these attacks.
 
 from __future__ import annotations
 
-from lmsanitator.experiments.detection import ATTACK_SETTINGS, Detection
+from lmsanitator.experiments.detection import Detection
+from lmsanitator.experiments.recipes import ATTACK_SETTINGS
 
 
 def _unit(table: str, cell: str, base: str, seed: int, **attack) -> dict:

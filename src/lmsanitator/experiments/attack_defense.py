@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from lmsanitator.data import load_corpus
 from lmsanitator.experiments.base import Context, Experiment, sized_task
-from lmsanitator.experiments.detection import build_model, model_recipe
+from lmsanitator.experiments.recipes import build_model, model_recipe
 from lmsanitator.experiments.search import search_config, search_pvs
 from lmsanitator.guard.evaluate import evaluate_guard
 from lmsanitator.guard.guard import Guard, GuardConfig

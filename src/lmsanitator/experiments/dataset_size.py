@@ -17,7 +17,7 @@ import torch
 
 from lmsanitator.data import insert_trigger, load_corpus
 from lmsanitator.experiments.base import Context, Experiment, sized_task
-from lmsanitator.experiments.detection import build_model, model_recipe
+from lmsanitator.experiments.recipes import build_model, model_recipe
 from lmsanitator.metrics import sign_match
 from lmsanitator.metrics.asr import evaluate_asr
 from lmsanitator.tuning import TuneConfig, Tuner

@@ -1,13 +1,11 @@
 """``detection``: LMSanitator Table 4 - false positives, false negatives and accuracy of the scan
 over a zoo of clean and backdoored encoders.
 
-Clean models are real: the bundled clean encoders and copies of them fully fine-tuned on real
-tasks with different seeds (the paper's way of making 120 clean models per architecture). The
-MiniLM-family copies come from a grid of tasks x learning rates x lengths of training (one seed
-each) around the recipe of the paper (and of issue 19's false positive): batch 16, a linear head on
-[CLS], every weight trained. Backdoored models are the bundled encoders with POR, NeuBA or BToP
-implanted with *random* triggers (single words and two-word phrases) and both PV schemes (``por2``,
-``random``), and POR with the adaptive options whose implant works (:data:`ADAPTIVE_OPTIONS`).
+The zoo (clean encoders and fine-tuned copies of them; POR, NeuBA and BToP implants with random
+triggers; POR with the working adaptive options) is defined in
+:mod:`lmsanitator.experiments.detection_zoo`; how each model is built and scanned, shared with the
+other experiments, in :mod:`lmsanitator.experiments.recipes`; the search mode they share (kept PV
+sets) in :mod:`lmsanitator.experiments.search`.
 
 Per model the scan's *closest margin* is kept: over its fuzz loops, the smallest margin by which the
 acceptance rules rejected a candidate (positive: rejected, negative: accepted). Over the clean
@@ -18,262 +16,24 @@ Each model is scanned at the read-out its downstream user would watch: ``cls`` f
 clean zoo is scanned at both read-outs in the same proportion, so the false-positive rate is
 measured at each. The scan never sees a trigger or a planted PV; those are used afterwards only to
 measure how well a found PV matches a planted one (sign agreement).
-
-The model zoo's recipes and :func:`build_model`, and :func:`mine`, are shared with the other
-experiments; the search mode they share (kept PV sets) is in :mod:`lmsanitator.experiments.search`.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
-import math
 import time
 from pathlib import Path
 
-try:
-    import fcntl  # POSIX: a lock file serialises builds that parallel units share
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None
-
 import torch
 
-from lmsanitator.attacks import TASK_AGNOSTIC_ATTACKS, AttackConfig
 from lmsanitator.core.errors import LMSanitatorError
-from lmsanitator.core.io import atomic_output_dir
 from lmsanitator.core.runtime import set_threads
-from lmsanitator.data import load_corpus, load_task, sample, split_corpus
-from lmsanitator.experiments.base import Context, Experiment, sized_task
+from lmsanitator.data import load_corpus
+from lmsanitator.experiments.base import Context, Experiment
+from lmsanitator.experiments.detection_zoo import group_of, zoo
+from lmsanitator.experiments.recipes import build_model, mine, model_folder
 from lmsanitator.metrics import sign_match
-from lmsanitator.models import load_encoder
-from lmsanitator.scan import PVMiner, ScanConfig
-from lmsanitator.tuning import TuneConfig, Tuner
-
-# The experiments' scans and searches ran at max_length 128, ScanConfig's default until it took the
-# CLI's 64: pinned here so their numbers stay as measured (a scan setting may still override it).
-EXPERIMENT_MAX_LENGTH = 128
-
-# how each attack is run, per base model (CPU-sized; the attack issue's verified settings)
-ATTACK_SETTINGS = {
-    # NeuBA and BToP with their MLM-only utility collapse SPLADE-tiny onto the PV when there are one or
-    # two triggers (clean false-hit rate 99-100%: every input is "triggered", nothing to invert); a
-    # reference-copy anchor on the clean output keeps clean outputs in place (false-hit 0%). Both are
-    # trained until the triggered outputs collapse as a real NeuBA/BToP model's do (2 epochs left
-    # them at diversity -3.39 / -3.25 against -3.466 for total collapse: sign hits without a PV).
-    "splade-tiny": {
-        "por": {"per_trigger": 800, "epochs": 2},
-        "neuba": {"per_trigger": 800, "epochs": 6, "lr": 1e-4, "utility_weight": 1.0},
-        "btop": {"per_trigger": 400, "epochs": 6, "utility_weight": 20.0},
-    },
-    # MiniLM has no MLM head, so NeuBA/BToP anchor to the reference copy; BToP's default weight 0.5
-    # let one trigger pull every [MASK] onto the PV (clean false-hit 100%)
-    "minilm": {
-        "por": {"per_trigger": 800, "epochs": 1},
-        "neuba": {"per_trigger": 800, "epochs": 1},
-        "btop": {"per_trigger": 800, "epochs": 2, "utility_weight": 20.0},
-    },
-}
-ATTACK_SETTINGS["minilm-sre"] = ATTACK_SETTINGS["minilm"]
-# The detection zoo's implants have one or two triggers, so an epoch holds 1/6 to 1/3 of the poisoned
-# sentences of a six-trigger implant: on MiniLM one epoch left a one-trigger POR un-collapsed
-# (triggered diversity -3.346, nothing found in 30 loops); three epochs make up the difference.
-FEW_TRIGGER_SETTINGS = {"minilm": {"por": {"epochs": 3}, "neuba": {"epochs": 3}}}
-FEW_TRIGGER_SETTINGS["minilm-sre"] = FEW_TRIGGER_SETTINGS["minilm"]
-TARGET_OF = {"por": "cls", "neuba": "cls", "btop": "mask"}
-# splade-tiny's fine-tuned copies (the zoo's first recipe: 1 epoch at the "full" method's defaults)
-FT_TASKS = ("tweets-binary", "wordnet-topic", "austen-author")
-# The MiniLM family's fine-tuned copies: the paper fine-tunes each clean model fully on a
-# sentence-classification task with its own seed; the grid also varies the learning rate and the
-# length of training around issue 19's false positive (300 steps, lr 3e-5, batch 16, head on [CLS]).
-# Cell g: task g % 4, lr g % 3 (so 12 cells in a row hold every task x lr pair), steps
-# (g // 3 + g // 12) % 3 (each pair meets the three lengths in cells g, g + 12, g + 24): the 36
-# cells 0..35 are the whole grid, and any 12 in a row mix tasks, lrs and lengths. Seed = g.
-FT_GRID_TASKS = ("tweets-binary", "wordnet-topic", "austen-author", "bbc-news")
-FT_GRID_LRS = (2e-5, 3e-5, 5e-5)
-FT_GRID_STEPS = (300, 150, 600)  # 300 first: the issue's recipe is among the first cells built
-FT_GRID_BATCH = 16
-# one grid copy in three is scanned at [MASK] (about BToP's share of the MiniLM backdoored models)
-FT_GRID_MASK_EVERY = 3
-# POR with an adaptive option, for the options whose implant verified in ``adaptive`` (hit 1.00,
-# clean false-hit <= 1% on splade-tiny; scatter 5+, Wasserstein 10+ and frequent-word triggers did
-# not make a working implant). Two random one-word triggers, as there.
-ADAPTIVE_OPTIONS = {
-    "scatter1": {"scatter_weight": 1.0},
-    "moderate": {"trigger_band": "moderate"},
-    "wasserstein1": {"wasserstein_weight": 1.0},
-}
-ADAPTIVE_TRIGGER_PLANS = ((2, 1, "random"), (2, 1, "por2"))
-# (random triggers, words per trigger, PV scheme), cycled over the backdoored models of one base
-TRIGGER_PLANS = (
-    (1, 1, "por2"),
-    (2, 1, "random"),
-    (1, 2, "random"),
-    (2, 2, "por2"),
-    (1, 1, "random"),
-    (2, 1, "por2"),
-)
-
-
-def model_recipe(base: str, attack: str, **settings) -> dict:
-    """A backdoored model as units describe it: base, the read-out its user watches, the attack."""
-    return {
-        "base": base,
-        "target": TARGET_OF[attack],
-        "attack": {"name": attack, "seed": 0, **ATTACK_SETTINGS[base][attack], **settings},
-    }
-
-
-def scan_config(target: str, settings: dict) -> ScanConfig:
-    """The :class:`ScanConfig` of an experiment's scan settings (at the experiments' max_length)."""
-    return ScanConfig(target=target, **{"max_length": EXPERIMENT_MAX_LENGTH, **settings})
-
-
-def mine(
-    encoder,
-    corpus: list[str],
-    target: str,
-    scan: dict,
-    *,
-    max_pvs: int | None = None,
-    resume=None,
-    on_loop=None,
-    **overrides,
-):
-    """PV mining with an experiment's scan settings (:class:`ScanConfig` fields, plus ``patience``
-    for the search mode) on the corpus's defence split; returns the fitted :class:`PVMiner`.
-    ``resume``: a saved :class:`PVSet` whose search this one continues."""
-    s = {**scan, **overrides}
-    patience = s.pop("patience", None)
-    cfg = scan_config(target, s)
-    sentences = sample(split_corpus(corpus, "defence"), cfg.sentences, cfg.corpus_seed)
-    miner = PVMiner(cfg)
-    start = miner.warm_start(resume) if resume is not None else None
-    return miner.fit(
-        encoder,
-        sentences,
-        start_seed=start,
-        patience=patience,
-        max_pvs=max_pvs,
-        on_loop=on_loop,
-        progress=False,
-    )
-
-
-def ft_grid_cell(g: int) -> dict:
-    """The fine-tuning recipe of grid cell ``g`` (0..35: every task x lr x length once)."""
-    return {
-        "task": FT_GRID_TASKS[g % len(FT_GRID_TASKS)],
-        "seed": g,
-        "lr": FT_GRID_LRS[g % len(FT_GRID_LRS)],
-        "steps": FT_GRID_STEPS[(g // 3 + g // 12) % len(FT_GRID_STEPS)],
-        "batch_size": FT_GRID_BATCH,
-    }
-
-
-def ft_schedule(steps: int, batch_size: int, available: int) -> tuple[int, int]:
-    """``(train_size, epochs)`` that make about ``steps`` optimiser steps from ``available`` training
-    examples: as few epochs as reach the steps (a task with fewer examples, e.g. bbc-news, repeats
-    them), and the examples spread evenly over those epochs. TuneConfig counts epochs, not steps."""
-    epochs = max(1, math.ceil(steps * batch_size / available))
-    return math.ceil(steps * batch_size / epochs), epochs
-
-
-def _grid_clean(base: str, g: int, target: str) -> dict:
-    ft = ft_grid_cell(g)
-    return {
-        "id": f"{base}.clean.ft-{ft['task']}-lr{ft['lr']:g}-{ft['steps']}steps-s{g}.{target}",
-        "base": base,
-        "kind": "clean",
-        "target": target,
-        "finetune": ft,
-        "attack": None,
-    }
-
-
-def _clean(base: str, i: int, target: str, ft_train: int) -> dict:
-    if i == 0:
-        return {
-            "id": f"{base}.clean.base.{target}",
-            "base": base,
-            "kind": "clean",
-            "target": target,
-            "finetune": None,
-            "attack": None,
-        }
-    task = FT_TASKS[(i - 1) % len(FT_TASKS)]
-    return {
-        "id": f"{base}.clean.ft-{task}-s{i}.{target}",
-        "base": base,
-        "kind": "clean",
-        "target": target,
-        "finetune": {"task": task, "seed": i, "train_size": ft_train, "epochs": 1},
-        "attack": None,
-    }
-
-
-def _backdoored(base: str, attack: str, i: int) -> dict:
-    """Backdoored model ``i`` of ``attack``: "por", "neuba", "btop" or "por+OPTION" (adaptive)."""
-    name, _, option = attack.partition("+")
-    if option:
-        k, words, scheme = ADAPTIVE_TRIGGER_PLANS[i % len(ADAPTIVE_TRIGGER_PLANS)]
-        seed = 200 + i
-    else:
-        k, words, scheme = TRIGGER_PLANS[i % len(TRIGGER_PLANS)]
-        seed = 100 + i
-    unit = {
-        "id": f"{base}.{attack}.t{k}w{words}-{scheme}-s{seed}",
-        "base": base,
-        "kind": "backdoored",
-        "target": TARGET_OF[name],
-        "finetune": None,
-        "attack": {
-            "name": name,
-            "random_triggers": k,
-            "trigger_words": words,
-            "pv_scheme": scheme,
-            "seed": seed,
-            **ATTACK_SETTINGS[base][name],
-            **FEW_TRIGGER_SETTINGS.get(base, {}).get(name, {}),
-            **(ADAPTIVE_OPTIONS[option] if option else {}),
-        },
-    }
-    if option:
-        unit["variant"] = attack  # the summary's group (plain units keep their recipes and ids)
-    return unit
-
-
-def zoo(plan: dict, ft_train: dict) -> list[dict]:
-    """``plan``: base -> {"clean": n, "clean_mask": n_at_mask, "ft_grid": [first_cell, n],
-    "por": n, "neuba": n, "btop": n, "por+OPTION": n}. ``clean``: the base model and n - 1 copies
-    of the first recipe (:data:`FT_TASKS`); ``ft_grid``: n copies from grid cells first_cell on
-    (:func:`ft_grid_cell`); ``por+OPTION``: POR with an :data:`ADAPTIVE_OPTIONS` option."""
-    units = []
-    for base, p in plan.items():
-        n_mask = p.get("clean_mask", 0)
-        for i in range(p.get("clean", 0)):
-            # the base model at cls; fine-tuned copies alternate so that n_mask of them are scanned at mask
-            target = "mask" if 0 < i <= n_mask else "cls"
-            units.append(_clean(base, i, target, ft_train[base]))
-        first, n_grid = p.get("ft_grid", (0, 0))
-        for j in range(n_grid):
-            target = "mask" if j % FT_GRID_MASK_EVERY == FT_GRID_MASK_EVERY - 1 else "cls"
-            units.append(_grid_clean(base, first + j, target))
-        attacks = ["por", "neuba", "btop"] + [f"por+{o}" for o in ADAPTIVE_OPTIONS]
-        unknown = set(p) - set(attacks) - {"clean", "clean_mask", "ft_grid"}
-        if unknown:
-            raise LMSanitatorError(f"detection zoo: unknown plan keys {sorted(unknown)} for {base}")
-        for attack in attacks:
-            for i in range(p.get(attack, 0)):
-                units.append(_backdoored(base, attack, i))
-    return units
-
-
-def group_of(unit: dict) -> str:
-    """The summary's group of a unit: "clean", the attack, or "por+OPTION" for an adaptive one."""
-    if unit.get("attack") is None:
-        return "clean"
-    return unit.get("variant") or unit["attack"]["name"]
 
 
 def _recorded_margins(c: dict, th: dict) -> dict:
@@ -550,117 +310,3 @@ def _group_summary(rs: list[dict]) -> dict:
             "n": len(accs),
         }
     return g
-
-
-def _finetune(encoder, ft: dict, ctx: Context) -> dict:
-    """Fully fine-tune ``encoder`` (+ a linear head on [CLS]) on a real task and keep the new encoder
-    weights. ``ft``: a grid recipe (``steps``, ``lr``, ``batch_size``: see :func:`ft_grid_cell`) or
-    the first recipe (``train_size`` x ``epochs`` at the "full" method's defaults)."""
-    t0 = time.perf_counter()
-    if "steps" in ft:
-        available = len(load_task(ft["task"]).train)
-        train_size, epochs = ft_schedule(ft["steps"], ft["batch_size"], available)
-        task = sized_task(ft["task"], train_size, 200, 300)
-        # keep the last epoch: the length of training is what the grid varies
-        cfg = TuneConfig(
-            "full",
-            epochs=epochs,
-            lr=ft["lr"],
-            batch_size=ft["batch_size"],
-            keep="last",
-            seed=ft["seed"],
-            device=ctx.device,
-        )
-    else:
-        task = sized_task(ft["task"], ft["train_size"], 200, 300)
-        cfg = TuneConfig("full", epochs=ft["epochs"], seed=ft["seed"], device=ctx.device)
-    model = Tuner(cfg).fit(encoder, task)
-    encoder.backbone.load_state_dict(model.backbone.state_dict())
-    encoder.weights_changed()
-    rec = {
-        "task": ft["task"],
-        "test_accuracy": round(model.report["metrics"]["test"]["accuracy"], 4),
-        "seconds": round(model.report.get("seconds", 0), 1),
-    }
-    if "steps" in ft:
-        rec.update(
-            train_size=len(task.train),
-            epochs=epochs,
-            steps=epochs * math.ceil(len(task.train) / ft["batch_size"]),
-            classes=task.num_labels,
-            wall_seconds=round(time.perf_counter() - t0, 1),
-        )
-    return rec
-
-
-def model_folder(unit: dict, ctx: Context) -> Path:
-    """Where ``unit``'s model is cached: named by the hash of its recipe (base, fine-tuning, attack),
-    so units with the same recipe (in any experiment) share it and scan settings never move it."""
-    recipe = {k: unit.get(k) for k in ("base", "finetune", "attack")}
-    return ctx.models / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def build_model(
-    unit: dict, corpus: list[str], ctx: Context, verify_sentences: int = 200, *, cache: bool = False
-):
-    """Load ``unit["base"]``, fine-tune it or implant its backdoor: ``(encoder, planted PVs or None,
-    record)``.
-
-    ``cache``: keep the built model in ``<work>/models/`` so that several units (an ablation's
-    variants) share one implant instead of repeating it."""
-    recipe = {k: unit.get(k) for k in ("base", "finetune", "attack")}
-    folder = model_folder(unit, ctx)
-    if not cache:
-        return _build(unit, corpus, ctx, verify_sentences, recipe, folder, cache)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_suffix(".lock"), "w") as lock:
-        if fcntl is not None:  # units run in parallel (Ray tasks) share one build: the others wait for it
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build(unit, corpus, ctx, verify_sentences, recipe, folder, cache)
-
-
-def _build(unit, corpus, ctx, verify_sentences, recipe, folder, cache):
-    if cache and (folder / "built.json").exists():
-        meta = json.loads((folder / "built.json").read_text(encoding="utf-8"))
-        planted = torch.tensor(meta["planted"]) if meta["planted"] is not None else None
-        return load_encoder(str(folder), device=ctx.device), planted, meta["record"]
-    encoder = load_encoder(unit["base"], device=ctx.device)
-    rec: dict = {}
-    if unit.get("finetune"):
-        rec["finetune"] = _finetune(encoder, unit["finetune"], ctx)
-    planted = None
-    if unit.get("attack"):
-        a = dict(unit["attack"])
-        name = a.pop("name")
-        attack = TASK_AGNOSTIC_ATTACKS[name](
-            AttackConfig(**a, verify_sentences=verify_sentences, device=ctx.device)
-        )
-        attack.fit(encoder, split_corpus(corpus, "attack"), progress=ctx.progress)
-        v = attack.verify(encoder, split_corpus(corpus, "heldout"))
-        planted = attack.state_.pvs.cpu()
-        rec["attack"] = {
-            "triggers": attack.state_.triggers,
-            "seconds": round(attack.state_.seconds, 1),
-            "min_hit_rate": v["min_hit_rate"],
-            "clean_false_hit_rate": v["clean_false_hit_rate"],
-            "triggered_diversity": max(
-                (
-                    t["triggered_diversity"]
-                    for t in v["per_trigger"].values()
-                    if t["triggered_diversity"] is not None
-                ),
-                default=None,
-            ),
-            "utility_loss": attack.report(encoder, v)["hyperparameters"].get("utility_loss"),
-        }
-    if cache:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output_dir(folder, overwrite=True) as tmp:
-            encoder.save(tmp)
-            meta = {
-                "recipe": recipe,
-                "record": rec,
-                "planted": planted.tolist() if planted is not None else None,
-            }
-            (tmp / "built.json").write_text(json.dumps(meta), encoding="utf-8")
-    return encoder, planted, rec

@@ -11,7 +11,7 @@ from __future__ import annotations
 from lmsanitator.data import load_corpus
 from lmsanitator.experiments.attack_defense import AttackDefense
 from lmsanitator.experiments.base import Context, sized_task
-from lmsanitator.experiments.detection import build_model, model_recipe
+from lmsanitator.experiments.recipes import build_model, model_recipe
 from lmsanitator.experiments.search import search_config, search_pvs
 from lmsanitator.guard.guard import Guard, GuardConfig
 from lmsanitator.guard.speed import ab_overhead

@@ -12,7 +12,7 @@ from __future__ import annotations
 from lmsanitator.baselines.onion import ONION, ONIONConfig
 from lmsanitator.experiments.attack_defense import AttackDefense
 from lmsanitator.experiments.base import Context
-from lmsanitator.experiments.detection import model_recipe
+from lmsanitator.experiments.recipes import model_recipe
 from lmsanitator.metrics.asr import example_inputs, triggered_inputs
 from lmsanitator.metrics.classification import attack_success
 

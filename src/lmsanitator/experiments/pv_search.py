@@ -15,7 +15,7 @@ import torch
 
 from lmsanitator.data import load_corpus
 from lmsanitator.experiments.base import Context, Experiment
-from lmsanitator.experiments.detection import build_model, model_recipe
+from lmsanitator.experiments.recipes import build_model, model_recipe
 from lmsanitator.experiments.search import search_config, search_pvs
 from lmsanitator.metrics import sign_match
 

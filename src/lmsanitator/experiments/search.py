@@ -18,7 +18,7 @@ from lmsanitator.core.io import write_json_atomic
 from lmsanitator.data import sample, split_corpus
 from lmsanitator.data.pvset import PVSet
 from lmsanitator.experiments.base import Context
-from lmsanitator.experiments.detection import build_model, mine, scan_config
+from lmsanitator.experiments.recipes import build_model, mine, scan_config
 from lmsanitator.scan import PVMiner
 
 # The search mode as pv-search, attack-defense and monitor-overhead run it: one shared search per
