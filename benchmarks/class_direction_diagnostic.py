@@ -21,22 +21,12 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from lmsanitator.data import load_corpus, sample, split_corpus
+from lmsanitator.data import insert_trigger, load_corpus, sample, split_corpus
 from lmsanitator.experiments.recipes import mine
 from lmsanitator.metrics import sign_match
 from lmsanitator.models import load_encoder
 
 SCAN = {"loops": 30, "sentences": 320, "batch_size": 32, "seed": 0, "corpus_seed": 0}
-
-
-def with_mask(texts: list[str], mask: str, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    out = []
-    for t in texts:
-        w = t.split()
-        w.insert(rng.randint(0, len(w)), mask)
-        out.append(" ".join(w))
-    return out
 
 
 def diagnose(model: str, target: str) -> dict:
@@ -47,7 +37,10 @@ def diagnose(model: str, target: str) -> dict:
     if not miner.pvs_:
         return rec
     held = sample(split_corpus(corpus, "heldout"), 400, 3)
-    f, _ = enc.features(with_mask(held, enc.tokenizer.mask_token) if target == "mask" else held, target)
+    if target == "mask":  # one [MASK] at a random word, as the scan places it
+        rng = random.Random(0)
+        held = [insert_trigger(t, enc.tokenizer.mask_token, rng, times=1) for t in held]
+    f, _ = enc.features(held, target)
     pv = miner.pvs_[0].float()
     mu, sd = f.mean(0), f.std(0).clamp_min(1e-6)
     z = (pv - mu) / sd

@@ -1,6 +1,7 @@
 """Per-group summary of the detection units finished so far in a work folder (a partial zoo run,
-``experiment detection --only ...``): positives, the closest margin to the acceptance rule, and per
-rule the smallest margin any fuzz loop of the group reached (margin > 0: the rule rejects).
+``experiment detection --only ...``): the experiment's own group summary (verdicts, the closest clean
+margin to the acceptance rule) per base, kind and read-out, plus per rule the smallest margin any
+fuzz loop of the group reached (margin > 0: the rule rejects).
 
     python benchmarks/detection_progress.py [results/detection.work]
 """
@@ -12,6 +13,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from lmsanitator.experiments.detection import _group_summary
+
 
 def main(work: Path) -> None:
     groups = defaultdict(list)
@@ -20,21 +23,20 @@ def main(work: Path) -> None:
         u = r["unit"]
         kind = (u["attack"]["name"] if u.get("attack") else "clean") + ("-ft" if u.get("finetune") else "")
         groups[(u["base"], kind, u["target"])].append(r)
-    print("| base | kind | read-out | models | positives | closest margin (rule, model) | per-rule min |")
+    print("| base | kind | read-out | models | backdoored | closest clean (margin, rule, id) | rule mins |")
     print("|---|---|---|---|---|---|---|")
     for (base, kind, target), rs in sorted(groups.items()):
-        pos = sum(r["scan"]["verdict"] == "backdoored" for r in rs)
-        close = min(rs, key=lambda r: r["scan"].get("closest_margin", float("inf")))
+        g = _group_summary(rs)
+        c = g.get("closest_clean") or {}
         per: dict[str, float] = defaultdict(lambda: float("inf"))
         for r in rs:
-            for c in r["scan"]["loops"]:
-                for k, v in (c.get("margins") or {}).items():
+            for loop in r["scan"]["loops"]:
+                for k, v in (loop.get("margins") or {}).items():
                     per[k] = min(per[k], v)
         rules = ", ".join(f"{k} {v:.4f}" for k, v in sorted(per.items()))
-        s = close["scan"]
         print(
-            f"| {base} | {kind} | {target} | {len(rs)} | {pos} | "
-            f"{s.get('closest_margin')} ({s.get('closest_rule')}, {close['id']}) | {rules} |"
+            f"| {base} | {kind} | {target} | {len(rs)} | {g['verdicts']['backdoored']} | "
+            f"{c.get('margin')} ({c.get('rule')}, {c.get('model')}) | {rules} |"
         )
 
 
