@@ -52,8 +52,7 @@ def batches_of(setup, sentences, k, seed):
     cfg = dataclasses.replace(setup.config, prompt_length=k, sentences=len(sentences), corpus_seed=seed)
     out = build_prompt_batches(setup.encoder, sentences, cfg)
     for b in out:
-        for name in ("input_ids", "attention_mask", "prompt_mask", "clean_ids", "clean_mask"):
-            setattr(b, name, getattr(b, name).to(setup.encoder.device))
+        setup._to_device(b, cache_clean=False)
     return out
 
 
@@ -79,12 +78,20 @@ def mse_to(setup, f, pv):
     return ((setup.z(f) - setup.z(pv)) ** 2).mean(dim=-1)
 
 
-def search(setup, pv, k, sentences, seed=0):
+def allowed_tokens(setup) -> torch.Tensor:
+    """Vocabulary rows a trigger may use: no special, unused or ``<...>`` tokens."""
+    tok, n = setup.encoder.tokenizer, setup.encoder.input_embeddings().shape[0]
+    special = set(tok.all_special_ids)
+    names = tok.convert_ids_to_tokens(list(range(n)))
+    ok = [
+        t is not None and not t.startswith(("[unused", "<")) and i not in special for i, t in enumerate(names)
+    ]
+    return torch.tensor(ok, device=setup.encoder.device)
+
+
+def search(setup, pv, k, sentences, allowed, seed=0):
     """Greedy coordinate gradient search for ``k`` real tokens that pull outputs onto ``pv``."""
     tok, emb = setup.encoder.tokenizer, setup.encoder.input_embeddings().detach()
-    allowed = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)
-    for i, t in enumerate(tok.convert_ids_to_tokens(list(range(emb.shape[0])))):
-        allowed[i] = t is not None and not t.startswith(("[unused", "<")) and i not in tok.all_special_ids
     g = torch.Generator().manual_seed(seed)
     b = batches_of(setup, sentences, k, seed)[0]
     ids = torch.full((k,), tok.convert_tokens_to_ids("the"), dtype=torch.long, device=emb.device)
@@ -137,7 +144,6 @@ def reach(setup, pv, ids, sentences, seed=1):
 def main(pairs: list[str]) -> None:
     corpus = load_corpus("austen")
     held = sample(split_corpus(corpus, "heldout"), 64, 5)
-    defence = sample(split_corpus(corpus, "defence"), SCAN["sentences"], SCAN["corpus_seed"])
     for model, target in zip(pairs[::2], pairs[1::2]):
         t0 = time.perf_counter()
         miner = mine(load_encoder(model), corpus, target, SCAN)
@@ -151,8 +157,9 @@ def main(pairs: list[str]) -> None:
             print(json.dumps(row), flush=True)
             continue
         setup, pv = miner.setup_, miner.pvs_[0].to(miner.setup_.encoder.device)
+        allowed = allowed_tokens(setup)
         for k in LENGTHS:
-            ids = search(setup, pv, k, defence[:64])
+            ids = search(setup, pv, k, setup.sentences[:64], allowed)
             st = reach(setup, pv, ids, held)
             tokens = setup.encoder.tokenizer.convert_ids_to_tokens(ids.tolist())
             print(
