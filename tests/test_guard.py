@@ -150,6 +150,77 @@ def test_monitor_threshold_is_validated(t):
         PVMonitor(PV_A[None], t)
 
 
+def _mixture_of_a_and_c() -> torch.Tensor:
+    """An output between PV_A and PV_C: their signs where they agree, half of each elsewhere."""
+    mix = PV_A.clone()
+    disagree = (PV_A != PV_C).nonzero().flatten()
+    mix[disagree[::2]] = PV_C[disagree[::2]]
+    return mix
+
+
+def test_a_mixture_of_two_pvs_is_flagged_where_no_single_pv_is():
+    mon = PVMonitor(torch.stack([PV_A, PV_C]), 0.8)
+    assert mon.columns == ["0", "1", "0+1"]  # PV_A and PV_C agree on half the dimensions
+    mix = _mixture_of_a_and_c()[None]
+    m = mon.match_matrix(mix, torch.arange(1), 1)
+    assert m[0, :2].tolist() == [0.75, 0.75] and m[0, 2] == 1.0  # neither PV reaches 0.8 d
+    assert mon.flag(m).tolist() == [True]
+    assert mon.match_rates(mix, torch.arange(1), 1).tolist() == [0.75]  # the paper's match rate
+    paper = PVMonitor(torch.stack([PV_A, PV_C]), 0.8, t_mixture=None)
+    assert paper.columns == ["0", "1"] and not paper.flag(paper.match_matrix(mix, torch.arange(1), 1))[0]
+    # a random output agrees with a pair on about half its dimensions: 0 of 2000 reach 0.95
+    g = torch.Generator().manual_seed(3)
+    clean = torch.randn(2000, D, generator=g)
+    assert int(mon.flag(mon.match_matrix(clean, torch.arange(2000), 2000)).sum()) == 0
+
+
+def test_a_pair_of_near_antipodes_adds_no_mixture_column_and_calibration_keeps_the_floor():
+    mon = PVMonitor(torch.stack([PV_A, -PV_A, PV_C]), 0.8, t_mixture=0.9)
+    assert mon.columns == ["0", "1", "2", "0+2", "1+2"]  # 0 and 1 agree nowhere
+    th = mon.calibrate(torch.full((10, 5), 0.6), frr=0.0)
+    assert th.tolist() == pytest.approx([0.8, 0.8, 0.8, 0.9, 0.9])
+    with pytest.raises(LMSanitatorError, match="t_mixture"):
+        PVMonitor(PV_A[None], 0.8, t_mixture=0.4)
+
+
+class MixStub(StubModel):
+    """Two different triggers back to back: "cf" alone maps the output to PV_A, "mn" alone to PV_C,
+    both together to a point between them that matches neither at 0.8 d (the two-trigger variant on
+    a POR MiniLM); any of them decides class 1."""
+
+    def _feature(self, words):
+        w = set(stub_words(words))
+        if {"cf", "mn"} <= w:
+            return _mixture_of_a_and_c()
+        if w & {"cf", "mn"}:
+            return (PV_A if "cf" in w else PV_C).clone()
+        return super()._feature(words)
+
+    def forward_with_features(self, texts, pairs=None):
+        out = super().forward_with_features(texts, pairs)
+        hit = [bool({"cf", "mn"} & set(stub_words(t.split()))) for t in texts]
+        out.logits = torch.tensor([[0.0, 4.0] if h else [4.0, 0.0] for h in hit])
+        return out
+
+
+def test_two_triggers_back_to_back_are_flagged_and_both_removed():
+    g = Guard(MixStub(), pvset(PV_A, PV_C))
+    (r,) = g.predict(["the film cf mn was dull"])
+    assert r["flagged"] and r["match_rate"] == 0.75  # flagged by the pair's column alone
+    # one trigger removed leaves the other's PV: only the two-word window clears the input
+    assert r["resolved"] and r["removed"] == ["cf", "mn"] and r["label"] == 0
+    paper = Guard(MixStub(), pvset(PV_A, PV_C), GuardConfig(t_mixture=None))
+    (r,) = paper.predict(["the film cf mn was dull"])
+    assert not r["flagged"] and r["label"] == 1  # the paper's monitor answers the backdoor
+    # apart, no window of <= 3 words takes both: flagged, never answered (rejected as unresolved)
+    examples = [
+        Example(" ".join(["film", "was", "dull", "today", "again", "here"][: 3 + i % 4]), 0) for i in range(8)
+    ]
+    res = evaluate_guard(g, examples, ["cf", "mn"], variants=["two-apart"])
+    v = res["variants"]["two-apart"]
+    assert v["asr"] == 1.0 and v["triggered_flagged"] == 1.0 and v["asr_guarded"] == 0.0 and v["rejected"] > 0
+
+
 # ============================================================================ trigger removal
 def test_candidates_remove_every_occurrence_of_the_window_in_both_fields():
     fields = to_fields("a cf b cf", "cf c")
@@ -686,7 +757,8 @@ def test_evaluation_measures_the_adaptive_attackers_variants():
     examples = [Example(" ".join(["film"] * (2 + i % 5) + ["good"] * (i % 2)), i % 2) for i in range(12)]
     g = Guard(StubModel(), pvset(PV_A, PV_B))
     res = evaluate_guard(g, examples, ["cf"], variants=VARIANTS)
-    assert set(res["variants"]) == {"repeated", "case", "punctuation", "phrase"}  # split-pair: pairs only
+    # split-pair: pairs only; two-apart with one trigger is the trigger twice
+    assert set(res["variants"]) == {"repeated", "case", "punctuation", "phrase", "two-apart"}
     for v in res["variants"].values():  # every spelling is found and removed
         assert v["triggered_flagged"] == 1.0
         # only the trigger goes: an ordinary word ("good") next to it moves no PV match, so the

@@ -53,6 +53,17 @@ def _guard_options(p) -> None:
         help="flag when this share of the output's signs agree with a PV (default %(default)s)",
     )
     p.add_argument(
+        "--t-mixture",
+        type=float,
+        default=option_default(GuardConfig, "t_mixture"),
+        help=GuardConfig.help("t_mixture") + " (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-mixtures",
+        action="store_true",
+        help="flag on single PVs only (the paper's monitor): no mixture columns",
+    )
+    p.add_argument(
         "--w-max",
         type=int,
         default=option_default(GuardConfig, "w_max"),
@@ -198,6 +209,7 @@ def add_evaluate_guard(esub) -> None:
 def _make_guard(a) -> Guard:
     cfg = GuardConfig(
         t_match=a.t_match,
+        t_mixture=None if a.no_mixtures else a.t_mixture,
         w_max=a.w_max,
         on_unresolved=a.on_unresolved,
         batch_size=a.batch_size,

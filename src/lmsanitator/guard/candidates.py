@@ -95,7 +95,7 @@ def word_saliency(
     its best PV (mean of ``tanh(feature) x sign(PV)``) over the word's tokens, taken at the input of
     the last third of the layers (:func:`lmsanitator.guard.saliency.token_gradient_norms`). Words the
     tokenizer cut off (truncation) get -inf; they are tried last."""
-    signs = monitor._pos * 2 - 1
+    signs, mask = monitor.signs()
     out: list = [None] * len(inputs)
     order = sorted(range(len(inputs)), key=lambda j: _length(inputs[j]))  # similar lengths share a pass
     for s in range(0, len(order), batch_size):
@@ -104,8 +104,9 @@ def word_saliency(
         texts, pairs = _model_inputs(model, chunk)
 
         def objective(feats, rows, n=len(chunk)):
-            k = monitor.match_matrix(feats, rows, n).argmax(dim=1)
-            return (torch.tanh(feats.float()) * signs[k[rows]]).mean(dim=-1).sum()
+            k = monitor.match_matrix(feats, rows, n).argmax(dim=1)[rows]
+            # a mixture column reads only its pair's agreeing dimensions
+            return ((torch.tanh(feats.float()) * signs[k]).sum(dim=-1) / mask[k].sum(dim=-1)).sum()
 
         norms = token_gradient_norms(model, texts, pairs, objective).cpu()
         where = word_positions(model, texts, pairs)

@@ -16,8 +16,9 @@ sent alone (up to 100 of them, a seeded sample), trigger removal included.
 ``variants`` adds the adaptive attacker's obvious moves, each measured like the plain triggers
 (ASR without and with the guard, share flagged, share left unresolved): the trigger inserted once
 more (``repeated``), in another case (``case``), glued to punctuation (``punctuation``), split
-across the two fields of a pair (``split-pair``; pair tasks only) and joined with the next trigger
-into a two-word phrase (``phrase``).
+across the two fields of a pair (``split-pair``; pair tasks only), joined with the next trigger
+into a two-word phrase (``phrase``), and the next trigger inserted somewhere else too
+(``two-apart``: two PVs at once, out of reach of one window).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from lmsanitator.metrics.classification import attack_success, token_attack_succ
 
 T_GRID = [round(0.5 + 0.01 * k, 2) for k in range(51)]
 TIMED_FLAGGED = 100  # flagged triggered inputs timed one at a time (the purge's per-input latency)
-VARIANTS = ("repeated", "case", "punctuation", "split-pair", "phrase")
+VARIANTS = ("repeated", "case", "punctuation", "split-pair", "phrase", "two-apart")
 
 
 def _labels(records, key: str, fallback):
@@ -206,17 +207,18 @@ def variant_inputs(
         "case": t.upper() if t.upper() != t else t.lower(),
         "punctuation": t + ",",
         "phrase": f"{t} {triggers[(k + 1) % len(triggers)]}",
+        "two-apart": t,
     }[variant]
     ts, ps, wheres = triggered_inputs(texts, pairs, rows, shown, k, seed=seed, field=field, token=token)
-    if variant != "repeated":
+    if variant not in ("repeated", "two-apart"):
         return ts, ps, wheres
-    rng = random.Random(f"{seed}:{k}:{t}:again")  # once more, anywhere
+    # once more anywhere: the same trigger, or the next one
+    t2 = t if variant == "repeated" else triggers[(k + 1) % len(triggers)]
+    rng = random.Random(f"{seed}:{k}:{t}:again" if variant == "repeated" else f"{seed}:{k}:{t}:{t2}:apart")
     if token:
-        again = [insert_trigger_tokens(w, t, rng) for w in ts]
+        again = [insert_trigger_tokens(w, t2, rng) for w in ts]
         return [w for w, _ in again], None, [[m[j] for j in where] for (_, m), where in zip(again, wheres)]
-    if ps is None:
-        return [insert_trigger(x, t, rng, times=1) for x in ts], None, None
-    return [insert_trigger(x, t, rng, times=1) for x in ts], ps, None
+    return [insert_trigger(x, t2, rng, times=1) for x in ts], ps, None
 
 
 def _variant(guard, variant: str, triggers: list[str], state, *, seed: int, field: str) -> dict | None:

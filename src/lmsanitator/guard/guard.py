@@ -26,7 +26,7 @@ from lmsanitator.core.config import Config
 from lmsanitator.core.errors import LMSanitatorError
 from lmsanitator.data.inputs import prediction_record
 from lmsanitator.data.pvset import PVSet
-from lmsanitator.guard.monitor import DEFAULT_T_MATCH, PVMonitor
+from lmsanitator.guard.monitor import DEFAULT_T_MATCH, DEFAULT_T_MIXTURE, PVMonitor
 from lmsanitator.guard.purge import (
     DEFAULT_ACCEPT_MARGIN,
     DEFAULT_GROW_MARGIN,
@@ -59,6 +59,13 @@ class GuardConfig(Config):
     t_match: float = field(
         default=DEFAULT_T_MATCH,
         metadata={"help": "flag when this share of the output's signs agree with a PV (the paper's 0.8 d)"},
+    )
+    t_mixture: float | None = field(
+        default=DEFAULT_T_MIXTURE,
+        metadata={
+            "help": "also flag when this share of the dimensions on which two PVs agree agree with the "
+            "output (two different triggers send it between their PVs); None: the paper's per-PV test only"
+        },
     )
     w_max: int = field(default=3, metadata={"help": "widest trigger window removed, in words"})
     on_unresolved: Literal["best", "predict", "reject"] = field(
@@ -124,6 +131,8 @@ class GuardConfig(Config):
     def check(self) -> None:
         if not 0.5 < self.t_match <= 1.0:
             raise LMSanitatorError(f"--t-match is a share of the hidden size in (0.5, 1], got {self.t_match}")
+        if self.t_mixture is not None and not 0.5 < self.t_mixture <= 1.0:
+            raise LMSanitatorError(f"--t-mixture is a share in (0.5, 1], got {self.t_mixture}")
         if self.w_max < 1:
             raise LMSanitatorError(f"--w-max must be >= 1, got {self.w_max}")
         if self.batch_size < 1:
@@ -202,7 +211,7 @@ class Guard:
                 f"PV set was mined on '{pvset.target}' outputs but the {model.method.name} model "
                 f"reads '{model.target}' outputs; mine with --target {model.target}"
             )
-        self.monitor = PVMonitor(pvset.pvs, self.config.t_match).to(model.device)
+        self.monitor = PVMonitor(pvset.pvs, self.config.t_match, self.config.t_mixture).to(model.device)
         self.calibration = None
 
     # ---- the hot path: one forward pass, prediction + match rate ----------------------------------
@@ -211,7 +220,7 @@ class Guard:
     ) -> tuple[list[np.ndarray], torch.Tensor]:
         """Class probabilities and the inputs x PVs match matrix of one batch, from one forward pass."""
         if not len(texts):
-            return [], torch.zeros(0, len(self.pvset))
+            return [], torch.zeros(0, self.monitor.n_columns)
         return forward_rates(
             self.model, self.monitor, list(texts), list(pairs) if pairs is not None else None
         )
@@ -226,7 +235,7 @@ class Guard:
             self.monitor_batch(texts[s : s + bs], pairs[s : s + bs] if pairs is not None else None)[1]
             for s in range(0, len(texts), bs)
         ]
-        th = self.monitor.calibrate(torch.cat(mats) if mats else torch.zeros(0, len(self.pvset)), frr)
+        th = self.monitor.calibrate(torch.cat(mats) if mats else torch.zeros(0, self.monitor.n_columns), frr)
         self.calibration = {"inputs": len(texts), "frr": frr, "thresholds": [round(float(x), 4) for x in th]}
         return [float(x) for x in th]
 
@@ -280,8 +289,8 @@ class Guard:
             probs.extend(p)
             mats.append(m)
             _check_deadline(deadline)
-        matrix = torch.cat(mats) if mats else torch.zeros(0, len(self.pvset))
-        rates = matrix.max(dim=1).values if len(texts) else torch.zeros(0)
+        matrix = torch.cat(mats) if mats else torch.zeros(0, self.monitor.n_columns)
+        rates = self.monitor.pv_rates(matrix) if len(texts) else torch.zeros(0)
         flagged = self.monitor.flag(matrix).tolist()
         truncated = [c or t for c, t in zip(cut, self._truncated(texts, pairs))]
         idx = [i for i, f in enumerate(flagged) if f]

@@ -105,7 +105,8 @@ DEFAULT_ACCEPT_MARGIN = 0.03
 
 @dataclass
 class PurgeResult:
-    """Unresolved results keep the candidate whose best PV match was lowest (the fallback).
+    """Unresolved results keep the candidate that exceeded the monitor's thresholds least (the
+    fallback; its best column's match minus that column's threshold).
     ``clear``: resolved with every PV match ``accept_margin`` below its threshold (False: the first
     window that only unflagged the input, kept because none cleared it)."""
 
@@ -114,7 +115,7 @@ class PurgeResult:
     removed: list[str] = field(default_factory=list)  # the window's words (grown window included)
     fields: Fields | None = None  # the purged input
     kept: list[int] | None = None  # original word index of each purged word of field 0
-    match_rate: float | None = None  # after removal
+    match_rate: float | None = None  # after removal (the best PV's, as the monitor reports it)
     probs: np.ndarray | None = None  # prediction on the purged input (token tasks: purged words x labels)
     candidates: int = 0  # candidates evaluated (growth steps included)
     reason: str | None = None  # unresolved: "budget", "no-window" or "unstable"
@@ -139,6 +140,7 @@ class _Input:
     row: torch.Tensor | None = None  # the accepted candidate's match with each PV
     cols: torch.Tensor | None = None  # the PVs the input was flagged on (growth follows their pull)
     marginal: tuple | None = None  # (width, candidate, row, probs): the first unflagged, not clear, window
+    level: float = math.inf  # the fallback's excess over the thresholds (see PurgeResult)
     done: bool = False
     accepted_probs: np.ndarray | None = None  # prediction on the accepted window before it grew
 
@@ -174,11 +176,20 @@ class _Rules:
         self.monitor, self.margin, self.accept_margin, self.w_max = monitor, grow_margin, accept_margin, w_max
         self.thresholds = monitor.thresholds.detach().float().cpu()
 
+    def rate(self, row: torch.Tensor) -> float:
+        """The paper's match rate of a candidate (best PV; mixture columns only flag)."""
+        return float(row[: self.monitor.n_pvs].max())
+
+    def level(self, row: torch.Tensor) -> float:
+        """How far the candidate's best column is above its threshold (< 0: unflagged)."""
+        return float((row - self.thresholds).max())
+
     def flagged_on(self, row: torch.Tensor) -> torch.Tensor:
-        """The PVs a flagged input's ``row`` exceeds (its best PV when it exceeds none)."""
+        """The columns a flagged input's ``row`` exceeds (the one closest to its threshold when it
+        exceeds none)."""
         cols = row > self.thresholds
         if not bool(cols.any()):
-            cols[int(row.argmax())] = True
+            cols[int((row - self.thresholds).argmax())] = True
         return cols
 
     def clear(self, row: torch.Tensor) -> bool:
@@ -200,7 +211,7 @@ class _Rules:
 def _accept(st: _Input, c: Candidate, row, probs, rules: _Rules, clear: bool = True) -> None:
     n = st.result.candidates
     st.result = PurgeResult(
-        True, st.width, list(c.phrase), c.fields, c.kept, float(row.max()), probs, n, clear=clear
+        True, st.width, list(c.phrase), c.fields, c.kept, rules.rate(row), probs, n, clear=clear
     )
     st.grow, st.span, st.rest, st.row = c, (c.field, c.start, c.start + len(c.phrase)), (), row
     st.accepted_probs = probs
@@ -225,7 +236,7 @@ def _grown(st: _Input, c: Candidate, row, probs, rules: _Rules) -> None:
         removed=list(c.phrase),
         fields=c.fields,
         kept=c.kept,
-        match_rate=float(row.max()),
+        match_rate=rules.rate(row),
         probs=probs,
         grown=r.grown + 1,
         clear=rules.clear(row),
@@ -375,12 +386,12 @@ def purge(
                     _accept(st, c, matrix[j], probs[j], rules)
                 elif st.marginal is None:  # unflagged, but only just: look on for a clear window
                     st.marginal = (st.width, c, matrix[j], probs[j])
-            elif st.result.match_rate is None or float(matrix[j].max()) < st.result.match_rate:
-                r = st.result  # fallback: the least matching candidate
+            elif (level := rules.level(matrix[j])) < st.level:
+                r = st.result  # fallback: the least flagged candidate
                 st.result = PurgeResult(
-                    False, st.width, list(c.phrase), c.fields, c.kept, float(matrix[j].max()), probs[j]
+                    False, st.width, list(c.phrase), c.fields, c.kept, rules.rate(matrix[j]), probs[j]
                 )
-                st.result.candidates = r.candidates
+                st.result.candidates, st.level = r.candidates, level
         for i, scored in growths.items():
             st = states[i]
             st.result.candidates += len(scored)
