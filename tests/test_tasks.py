@@ -178,6 +178,8 @@ def test_csv_task_with_split_column(tmp_path):
     assert task.labels == ("no", "yes") and task.is_pair
     assert task.sizes() == {"train": 19, "validation": 4, "test": 4}  # the leaked row stays in test only
     assert task.train[0].text_pair.startswith("hypothesis")
+    # the documented column name needs no --pair-column
+    assert load_task(str(p)).is_pair and load_task(str(p)).train[0].text_pair == task.train[0].text_pair
 
 
 def test_file_task_errors(tmp_path):

@@ -17,6 +17,13 @@ output's sign agrees with them, flagged above ``t_mixture``. The columns of the 
 PVs first, then the pairs (``columns`` names them); a flagged mixture goes through trigger removal as
 a flagged PV does. Pairs that agree on fewer than ``MIN_MIXTURE_SHARE`` of the dimensions (near
 antipodes, as the scan's antipode probe finds) add no column: too few dimensions to test.
+
+Why ``t_mixture`` = 0.95 (measured on that POR MiniLM, PVs from ``lmsanitator search``, P-tuning v2
+victim, 1000 clean test tweets; ``results/guard-phrase``): triggered inputs, two triggers back to
+back included, read 0.99-1.0 on their pair's column; no clean tweet reaches 0.94 on a mixture column
+without also matching a PV above 0.8 d (at 0.90, 5 of 1000 would be flagged by a mixture alone).
+A pair column reads about d / 2 dimensions, so its clean spread is wider than a PV's: calibration
+(``calibrate``) raises it per column where clean inputs come close.
 """
 
 from __future__ import annotations

@@ -57,6 +57,8 @@ def task_from_records(
             if tokens_column in first and tags_column in first and text_column not in first
             else "sequence"
         )
+    if pair_column is None and kind == "sequence" and "text_pair" in first:
+        pair_column = "text_pair"  # the documented column: a pair file needs no --pair-column
     need = (
         [tokens_column, tags_column]
         if kind == "token"
